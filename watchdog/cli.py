@@ -1,0 +1,57 @@
+"""The ``gpu-watchdog`` command line: one subcommand per module in ``watchdog.commands``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from watchdog import __version__
+from watchdog.errors import EXIT_USAGE, WatchdogError
+
+# Each module defines register(subparsers), which adds its parser and sets `func`.
+COMMAND_MODULES = (
+    "run",
+    "check_config",
+    "status",
+    "record",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit with EXIT_USAGE."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for every subcommand."""
+    parser = _Parser(
+        prog="gpu-watchdog",
+        description="Watch GPU training jobs for memory leaks and near-OOM, and act on them.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"watchdog.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand and return its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except WatchdogError as exc:
+        print(f"gpu-watchdog {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

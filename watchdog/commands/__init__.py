@@ -1,0 +1,1 @@
+"""One module per ``gpu-watchdog`` subcommand; each defines ``register(subparsers)``."""

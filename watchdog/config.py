@@ -1,0 +1,347 @@
+"""The daemon's configuration: one TOML file, then the environment, then the command line.
+
+Every setting has a default, a type and (where it matters) a range, declared
+once on the section dataclasses below; loading, validation, environment
+overrides and the documentation test all read those declarations. Everything
+is validated before the daemon touches NVML or binds a socket.
+
+Environment variables are named ``GPU_WATCHDOG_<SECTION>_<KEY>`` in upper
+case, for example ``GPU_WATCHDOG_SOURCES_DEVICE_INTERVAL_S=0.5``; a few
+short aliases exist (``ALIASES``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from watchdog.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/gpu-watchdog/config.toml")
+ENV_PREFIX = "GPU_WATCHDOG_"
+# Variables that are not settings but are read by the same programs.
+ENV_NOT_SETTINGS = frozenset({"GPU_WATCHDOG_CONFIG"})
+# Short names for settings that clients and daemon share.
+ALIASES = {"GPU_WATCHDOG_SOCKET": ("control", "socket_path")}
+
+T = TypeVar("T")
+
+
+class ConfigError(UsageError):
+    """A configuration that cannot be used; the message is one line naming the key and source."""
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    check: Callable[[Any], str | None] | None = None,
+) -> Any:
+    """Declare one setting: its default, a one-line help text and its constraints."""
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "minimum": minimum,
+            "maximum": maximum,
+            "choices": choices,
+            "check": check,
+        },
+    )
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[V6]:PORT`` for IPv6); raise ValueError if malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _check_listen(value: str) -> str | None:
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """How the daemon logs and where it keeps state."""
+
+    log_level: str = setting(
+        "info", "Lowest level logged.", choices=("debug", "info", "warning", "error")
+    )
+    log_format: str = setting(
+        "auto",
+        "json (for journald), console (readable), or auto: console on a terminal, else json.",
+        choices=("auto", "json", "console"),
+    )
+    state_dir: str = setting(
+        "/var/lib/gpu-watchdog", "Directory for the audit journal and other state."
+    )
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The Prometheus endpoint."""
+
+    listen: str = setting(
+        "127.0.0.1:9723",
+        "Address of /metrics and /healthz; loopback by default: exposing it is a choice.",
+        check=_check_listen,
+    )
+    max_concurrent_scrapes: int = setting(
+        8, "Scrapes served at once; more wait for a free slot.", minimum=1, maximum=256
+    )
+
+
+@dataclass(frozen=True)
+class SourcesSettings:
+    """How often each source is polled."""
+
+    device_interval_s: float = setting(
+        1.0, "Seconds between GPU memory polls (cheap: ~10 µs a call).", minimum=0.05, maximum=3600
+    )
+    process_interval_s: float = setting(
+        5.0,
+        "Seconds between GPU process-list polls (milliseconds, takes the driver lock).",
+        minimum=0.1,
+        maximum=3600,
+    )
+    host_interval_s: float = setting(
+        5.0, "Seconds between host-memory polls of GPU processes.", minimum=0.1, maximum=3600
+    )
+    stall_after_s: float = setting(
+        10.0,
+        "A poll running longer than this is reported as stalled.",
+        minimum=0.1,
+        maximum=3600,
+    )
+    max_processes: int = setting(
+        256,
+        "Most GPU processes exported per poll, to bound label cardinality.",
+        minimum=1,
+        maximum=100_000,
+    )
+    proc_root: str = setting("/proc", "Where procfs is mounted (a container may mount the host's).")
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """The simulated GPU, used only with ``gpu-watchdog run --simulate``."""
+
+    speed: float = setting(
+        1.0, "Trace seconds played per wall-clock second.", minimum=0.001, maximum=1_000_000
+    )
+    loop: bool = setting(False, "Start the trace again when it ends.")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, one attribute per TOML table."""
+
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    sources: SourcesSettings = field(default_factory=SourcesSettings)
+    simulation: SimulationSettings = field(default_factory=SimulationSettings)
+
+
+def sections() -> dict[str, type]:
+    """The TOML tables and the dataclass that declares each."""
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def _type_name(kind: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        kind, str(kind)
+    )
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    """Return ``value`` as ``kind`` or raise ValueError; TOML already typed it."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ValueError(f"must be {_type_name(kind)}, got {type(value).__name__} {value!r}")
+
+
+def _from_env_text(text: str, kind: Any) -> Any:
+    """Parse an environment variable's text as ``kind``."""
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"must be a boolean (true/false), got {text!r}")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"must be an integer, got {text!r}") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"must be a number, got {text!r}") from None
+    return text
+
+
+def _validate(value: Any, spec: dataclasses.Field[Any]) -> Any:
+    meta = spec.metadata
+    kind = {"bool": bool, "int": int, "float": float, "str": str}[str(spec.type)]
+    value = _coerce(value, kind)
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        raise ValueError(f"must be >= {meta['minimum']}, got {value}")
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+        raise ValueError(f"must be <= {meta['maximum']}, got {value}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ValueError(f"must be one of {', '.join(meta['choices'])}; got {value!r}")
+    if meta.get("check"):
+        problem = meta["check"](value)
+        if problem:
+            raise ValueError(problem)
+    return value
+
+
+def _build_section(
+    name: str, cls: type[T], values: Mapping[str, Any], origin: Callable[[str], str]
+) -> T:
+    specs = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(specs))
+    if unknown:
+        raise ConfigError(
+            f"{origin(unknown[0])}: unknown key {name}.{unknown[0]} "
+            f"(known: {', '.join(sorted(specs))})"
+        )
+    checked = {}
+    for key, value in values.items():
+        try:
+            checked[key] = _validate(value, specs[key])
+        except ValueError as exc:
+            raise ConfigError(f"{origin(key)}: {name}.{key} {exc}") from None
+    return cls(**checked)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as stream:
+            return tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
+
+
+def _env_settings(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, str]]:
+    """Map (section, key) to (variable, text) for every settings variable in ``env``."""
+    known = sections()
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    for variable, text in sorted(env.items()):
+        if not variable.startswith(ENV_PREFIX) or variable in ENV_NOT_SETTINGS:
+            continue
+        if variable in ALIASES:
+            found[ALIASES[variable]] = (variable, text)
+            continue
+        rest = variable[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        cls = known.get(section)
+        if cls is None or key not in {f.name for f in dataclasses.fields(cls)}:
+            raise ConfigError(
+                f"environment: unknown setting variable {variable} "
+                f"(expected {ENV_PREFIX}<SECTION>_<KEY>, see docs/configuration.md)"
+            )
+        found[(section, key)] = (variable, text)
+    return found
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, str], Any] | None = None,
+) -> Config:
+    """Load and validate the configuration.
+
+    Args:
+        path: The TOML file. ``None`` reads ``DEFAULT_PATH`` if it exists, else
+            uses the defaults; an explicit path must exist.
+        env: Environment variables (``os.environ`` when ``None``).
+        overrides: ``(section, key) -> value`` from the command line; they win.
+
+    Raises:
+        ConfigError: with a one-line message naming the key and where it came from.
+    """
+    env = os.environ if env is None else env
+    if path is None and "GPU_WATCHDOG_CONFIG" in env:
+        path = Path(env["GPU_WATCHDOG_CONFIG"])
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        data, source = _read_file(path), str(path)
+    elif DEFAULT_PATH.exists():
+        data, source = _read_file(DEFAULT_PATH), str(DEFAULT_PATH)
+
+    known = sections()
+    for name, table in data.items():
+        if name not in known:
+            raise ConfigError(f"{source}: unknown table [{name}] (known: {', '.join(known)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {name} must be a table ([{name}])")
+
+    origins: dict[tuple[str, str], str] = {}
+    merged: dict[str, dict[str, Any]] = {name: dict(data.get(name, {})) for name in known}
+    for (name, key), (variable, text) in _env_settings(env).items():
+        spec = next(f for f in dataclasses.fields(known[name]) if f.name == key)
+        kind = {"bool": bool, "int": int, "float": float, "str": str}[str(spec.type)]
+        try:
+            merged[name][key] = _from_env_text(text, kind)
+        except ValueError as exc:
+            raise ConfigError(f"environment {variable}: {name}.{key} {exc}") from None
+        origins[(name, key)] = f"environment {variable}"
+    for (name, key), value in (overrides or {}).items():
+        merged[name][key] = value
+        origins[(name, key)] = "command line"
+
+    built = {
+        name: _build_section(
+            name,
+            cls,
+            merged[name],
+            lambda key, name=name: origins.get((name, key), source),  # type: ignore[misc]
+        )
+        for name, cls in known.items()
+    }
+    return Config(**built)

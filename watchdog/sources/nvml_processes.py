@@ -1,0 +1,113 @@
+"""GPU processes and their memory from NVML.
+
+A process list costs milliseconds and takes the driver's lock, so this source
+has its own, slower interval. The newest process-info call the driver has is
+probed per device and remembered (v3, then v2, then v1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from watchdog.samples import NVML, GpuProcessSample, Reading
+from watchdog.sources.nvml import VERSION_ERRORS, Nvml, NvmlCallError
+from watchdog.sources.nvml_devices import DeviceHandles
+
+log = structlog.get_logger("watchdog.sources.nvml_processes")
+
+# NVML's "not available" for usedGpuMemory; newer pynvml already turns it into None.
+NOT_AVAILABLE = 0xFFFFFFFFFFFFFFFF
+
+_VERSIONS = {
+    "compute": (
+        "nvmlDeviceGetComputeRunningProcesses_v3",
+        "nvmlDeviceGetComputeRunningProcesses_v2",
+        "nvmlDeviceGetComputeRunningProcesses",
+    ),
+    "graphics": (
+        "nvmlDeviceGetGraphicsRunningProcesses_v3",
+        "nvmlDeviceGetGraphicsRunningProcesses_v2",
+        "nvmlDeviceGetGraphicsRunningProcesses",
+    ),
+}
+
+
+class NvmlProcessSource:
+    """Lists every process on every GPU with its GPU memory (``None`` where hidden)."""
+
+    name = "nvml_processes"
+
+    def __init__(
+        self,
+        nvml: Nvml,
+        handles: DeviceHandles,
+        interval_s: float = 5.0,
+        max_processes: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._nvml = nvml
+        self._handles = handles
+        self.interval_s = interval_s
+        self._max_processes = max_processes
+        self._clock = clock
+        self._calls: dict[tuple[int, str], str] = {}
+        self._truncation_logged = False
+
+    def poll(self) -> Reading:
+        """Read every GPU's processes; a GPU that fails is skipped (the device source marks it)."""
+        t = self._clock()
+        processes: list[GpuProcessSample] = []
+        for index in range(self._handles.count()):
+            try:
+                processes.extend(self._read_device(index))
+            except NvmlCallError as exc:
+                self._handles.forget(index)
+                log.warning("gpu_processes_unreadable", gpu=index, call=exc.call, error=exc.error)
+        if len(processes) > self._max_processes:
+            if not self._truncation_logged:
+                self._truncation_logged = True
+                log.warning(
+                    "gpu_processes_truncated", seen=len(processes), limit=self._max_processes
+                )
+            processes.sort(key=lambda p: p.used_bytes or 0, reverse=True)
+            processes = processes[: self._max_processes]
+        return Reading(t=t, origin=NVML, processes=processes)
+
+    def close(self) -> None:
+        """Nothing to release: the daemon shuts NVML down."""
+
+    def _read_device(self, index: int) -> list[GpuProcessSample]:
+        handle = self._handles.get(index)
+        seen: dict[int, GpuProcessSample] = {}
+        for kind in ("compute", "graphics"):
+            for info in self._list(index, kind, handle):
+                pid = int(info.pid)
+                if pid in seen:  # a process with both contexts: one entry, compute first
+                    continue
+                used = info.usedGpuMemory
+                used = None if used is None or used == NOT_AVAILABLE else int(used)
+                seen[pid] = GpuProcessSample(gpu=index, pid=pid, used_bytes=used, kind=kind)
+        return list(seen.values())
+
+    def _list(self, index: int, kind: str, handle: Any) -> list[Any]:
+        known = self._calls.get((index, kind))
+        candidates = (known,) if known else _VERSIONS[kind]
+        for call in candidates:
+            if not hasattr(self._nvml.module, call):
+                continue
+            try:
+                result = self._nvml.call(call, handle)
+            except NvmlCallError as exc:
+                if exc.error in VERSION_ERRORS and call != candidates[-1]:
+                    continue
+                if exc.error == "NotSupported":  # e.g. graphics processes on a compute card
+                    self._calls[(index, kind)] = call
+                    return []
+                raise
+            self._calls[(index, kind)] = call
+            return list(result)
+        return []

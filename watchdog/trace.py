@@ -1,0 +1,153 @@
+"""The trace format shared by ``record``, ``--simulate`` and ``replay``.
+
+A trace is CSV with the header ``t,gpu,pid,used_bytes,total_bytes`` (more
+columns are allowed and ignored, in any order). A device row has an empty
+``pid`` and ``total_bytes`` set; a process row has ``pid`` set and
+``total_bytes`` empty. ``t`` is seconds from the start of the trace and never
+goes backwards. docs/traces.md is the user-facing description.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, NamedTuple
+
+from watchdog.errors import UsageError
+
+COLUMNS = ("t", "gpu", "pid", "used_bytes", "total_bytes")
+
+
+class TraceError(UsageError, ValueError):
+    """A trace file that cannot be read; the message names the file and line."""
+
+
+class TraceRow(NamedTuple):
+    """One row of a trace: a device sample when ``pid`` is None, else a process sample."""
+
+    t: float
+    gpu: int
+    pid: int | None
+    used_bytes: int
+    total_bytes: int | None
+
+
+class TraceStep(NamedTuple):
+    """All rows that share one timestamp."""
+
+    t: float
+    devices: list[TraceRow]
+    processes: list[TraceRow]
+
+
+def _parse_int(text: str, column: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{column} is not an integer: {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"{column} must be >= {minimum}, got {value}")
+    return value
+
+
+def _parse_row(fields: list[str], index: tuple[int, ...]) -> TraceRow:
+    try:
+        t_text, gpu_text, pid_text, used_text, total_text = (fields[i].strip() for i in index)
+    except IndexError:
+        raise ValueError(f"expected at least {max(index) + 1} columns, got {len(fields)}") from None
+    try:
+        t = float(t_text)
+    except ValueError:
+        raise ValueError(f"t is not a number: {t_text!r}") from None
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"t must be a finite number >= 0, got {t_text!r}")
+    gpu = _parse_int(gpu_text, "gpu", 0)
+    used = _parse_int(used_text, "used_bytes", 0)
+    if pid_text:
+        if total_text:
+            raise ValueError("a process row (pid set) must leave total_bytes empty")
+        return TraceRow(t, gpu, _parse_int(pid_text, "pid", 1), used, None)
+    if not total_text:
+        raise ValueError("a device row (pid empty) needs total_bytes")
+    return TraceRow(t, gpu, None, used, _parse_int(total_text, "total_bytes", 1))
+
+
+def read_rows(stream: IO[str], name: str) -> Iterator[TraceRow]:
+    """Yield validated rows from an open trace; raise TraceError naming ``name`` and the line."""
+    reader = csv.reader(stream)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise TraceError(f"{name}: empty file, expected the header {','.join(COLUMNS)}") from None
+    except csv.Error as exc:
+        raise TraceError(f"{name}:1: {exc}") from None
+    columns = [column.strip() for column in header]
+    missing = [column for column in COLUMNS if column not in columns]
+    if missing:
+        raise TraceError(
+            f"{name}:1: not a trace header (missing {', '.join(missing)}); "
+            f"expected {','.join(COLUMNS)}"
+        )
+    index = tuple(columns.index(column) for column in COLUMNS)
+    previous_t = 0.0
+    line = 1
+    try:
+        for fields in reader:
+            line = reader.line_num
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue
+            row = _parse_row(fields, index)
+            if row.t < previous_t:
+                raise ValueError(f"t goes backwards ({row.t:g} after {previous_t:g})")
+            previous_t = row.t
+            yield row
+    except (ValueError, csv.Error) as exc:
+        raise TraceError(f"{name}:{line}: {exc}") from None
+
+
+def read_trace(path: str | Path) -> Iterator[TraceRow]:
+    """Yield the rows of the trace file at ``path``; errors name the file and line."""
+    try:
+        stream = open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot open trace: {exc.strerror or exc}") from None
+    with stream:
+        try:
+            yield from read_rows(stream, str(path))
+        except UnicodeDecodeError as exc:
+            raise TraceError(f"{path}: not a text file ({exc.reason})") from None
+
+
+def group_steps(rows: Iterable[TraceRow]) -> Iterator[TraceStep]:
+    """Group consecutive rows with the same ``t`` into one step."""
+    current: TraceStep | None = None
+    for row in rows:
+        if current is None or row.t != current.t:
+            if current is not None:
+                yield current
+            current = TraceStep(row.t, [], [])
+        (current.devices if row.pid is None else current.processes).append(row)
+    if current is not None:
+        yield current
+
+
+class TraceWriter:
+    """Writes rows in the trace format to an open text stream."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._writer = csv.writer(stream, lineterminator="\n")
+        self._writer.writerow(COLUMNS)
+
+    def device(self, t: float, gpu: int, used_bytes: int, total_bytes: int) -> None:
+        """Write one device row."""
+        self._writer.writerow((_format_t(t), gpu, "", used_bytes, total_bytes))
+
+    def process(self, t: float, gpu: int, pid: int, used_bytes: int) -> None:
+        """Write one process row."""
+        self._writer.writerow((_format_t(t), gpu, pid, used_bytes, ""))
+
+
+def _format_t(t: float) -> str:
+    return f"{t:.3f}".rstrip("0").rstrip(".") if t != int(t) else str(int(t))
