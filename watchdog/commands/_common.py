@@ -1,0 +1,106 @@
+"""Pieces several subcommands share: config options, building sources."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from watchdog.config import Config, load_config
+from watchdog.samples import NVML, SIMULATED
+from watchdog.sources.base import Source
+from watchdog.sources.host import HostSource
+from watchdog.sources.nvml import Nvml
+from watchdog.sources.nvml_devices import DeviceHandles, NvmlDeviceSource
+from watchdog.sources.nvml_processes import NvmlProcessSource
+from watchdog.sources.simulated import SimulatedSource, load_steps
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """``--config PATH``."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="TOML config file (default /etc/gpu-watchdog/config.toml if it exists)",
+    )
+
+
+def add_simulate_option(parser: argparse.ArgumentParser) -> None:
+    """``--simulate TRACE_OR_SCENARIO`` and ``--speed``."""
+    parser.add_argument(
+        "--simulate",
+        metavar="TRACE_OR_SCENARIO",
+        help="use a SIMULATED GPU playing a trace file or a built-in scenario "
+        "(healthy, leak, two-jobs-one-leak) instead of NVML",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        metavar="X",
+        help="with --simulate: trace seconds per wall-clock second (default 1)",
+    )
+
+
+def load(args: argparse.Namespace, **overrides: Any) -> Config:
+    """The configuration for ``args``, with command-line ``overrides`` as ``section__key``."""
+    pairs = {
+        tuple(key.split("__", 1)): value for key, value in overrides.items() if value is not None
+    }
+    if getattr(args, "speed", None) is not None:
+        pairs[("simulation", "speed")] = args.speed
+    return load_config(getattr(args, "config", None), overrides=pairs)  # type: ignore[arg-type]
+
+
+class Sources:
+    """The sources a command polls, and what to shut down afterwards."""
+
+    def __init__(self, sources: list[Source], origin: str, nvml: Nvml | None) -> None:
+        self.sources = sources
+        self.origin = origin
+        self.nvml = nvml
+
+    @property
+    def primary(self) -> Source:
+        """The source whose polls say the daemon is alive (GPU devices)."""
+        return self.sources[0]
+
+    def close(self) -> None:
+        """Close every source and shut NVML down."""
+        for source in self.sources:
+            source.close()
+        if self.nvml is not None:
+            self.nvml.shutdown()
+
+
+def build_sources(
+    config: Config,
+    simulate: str | None,
+    gpu_pids: Any,
+    nvml_module: Any = None,
+) -> Sources:
+    """NVML sources, or the simulated one when ``simulate`` names a trace or scenario.
+
+    Raises:
+        NvmlUnavailable: NVML cannot be used (never falls back to simulation).
+        UsageError: ``simulate`` names nothing playable.
+    """
+    settings = config.sources
+    if simulate:
+        steps = load_steps(simulate)
+        simulated = SimulatedSource(
+            steps,
+            interval_s=settings.device_interval_s,
+            speed=config.simulation.speed,
+            loop=config.simulation.loop,
+        )
+        return Sources([simulated], SIMULATED, None)
+    nvml = Nvml(nvml_module)
+    nvml.init()
+    handles = DeviceHandles(nvml)
+    sources: list[Source] = [
+        NvmlDeviceSource(nvml, handles, settings.device_interval_s),
+        NvmlProcessSource(nvml, handles, settings.process_interval_s, settings.max_processes),
+        HostSource(gpu_pids, settings.host_interval_s, Path(settings.proc_root)),
+    ]
+    return Sources(sources, NVML, nvml)

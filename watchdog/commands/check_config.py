@@ -1,0 +1,55 @@
+"""``gpu-watchdog check-config``: validate a configuration without starting anything."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from watchdog.config import DEFAULT_PATH, Config, load_config
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``check-config`` subcommand."""
+    parser = subparsers.add_parser(
+        "check-config",
+        help="validate a config file",
+        description="Validate a config file (and GPU_WATCHDOG_* variables) and print the result.",
+    )
+    parser.add_argument("path", nargs="?", type=Path, help=f"config file (default {DEFAULT_PATH})")
+    parser.add_argument(
+        "--show", action="store_true", help="print the effective configuration as TOML"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load and validate; print ``ok`` (and the effective settings with ``--show``)."""
+    config = load_config(args.path)
+    where = args.path or (DEFAULT_PATH if DEFAULT_PATH.exists() else "defaults")
+    print(f"{where}: ok")
+    if args.show:
+        print(render_toml(config), end="")
+    return 0
+
+
+def render_toml(config: Config) -> str:
+    """The effective configuration as TOML."""
+    lines: list[str] = []
+    for section in dataclasses.fields(config):
+        lines.append(f"[{section.name}]")
+        values = getattr(config, section.name)
+        for item in dataclasses.fields(values):
+            lines.append(f"{item.name} = {_toml_value(getattr(values, item.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    return repr(value)

@@ -1,0 +1,1 @@
+"""The long-running daemon: state, poll loop, lifecycle."""

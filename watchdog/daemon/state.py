@@ -1,0 +1,161 @@
+"""The daemon's latest view of the world, shared by the poll loop and the exporter.
+
+Polls write into it; scrapes, ``/healthz`` and the status table read an
+immutable :class:`Snapshot` of it, so a scrape never calls NVML and never
+waits for a poll.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from watchdog.samples import (
+    NVML,
+    DeviceSample,
+    GpuProcessSample,
+    HostMemory,
+    HostProcessSample,
+    Reading,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorHealth:
+    """How one source's polls are going."""
+
+    name: str
+    interval_s: float
+    success: bool = False
+    last_duration_s: float | None = None
+    last_success_wall: float | None = None
+    last_success_mono: float | None = None
+    running_since_mono: float | None = None
+    polls: int = 0
+    failures: int = 0
+    missed_runs: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An immutable copy of the state at one moment."""
+
+    origin: str
+    devices: tuple[DeviceSample, ...]
+    processes: tuple[GpuProcessSample, ...]
+    host_processes: tuple[HostProcessSample, ...]
+    host_memory: HostMemory | None
+    collectors: tuple[CollectorHealth, ...]
+    taken_mono: float
+    nvml_errors: dict[tuple[str, str], int] = field(default_factory=dict)
+    driver_version: str = ""
+    nvml_version: str = ""
+
+    def stalled(self, collector: CollectorHealth, stall_after_s: float) -> bool:
+        """True when ``collector`` has had one poll running for longer than ``stall_after_s``."""
+        since = collector.running_since_mono
+        return since is not None and self.taken_mono - since > stall_after_s
+
+
+class DaemonState:
+    """Thread-safe store of the latest readings and of each collector's health."""
+
+    def __init__(
+        self,
+        origin: str = NVML,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._monotonic = monotonic
+        self._wall = wall
+        self._origin = origin
+        self._devices: dict[int, DeviceSample] = {}
+        self._processes: tuple[GpuProcessSample, ...] = ()
+        self._host_processes: tuple[HostProcessSample, ...] = ()
+        self._host_memory: HostMemory | None = None
+        self._collectors: dict[str, CollectorHealth] = {}
+        self._nvml_errors: Callable[[], dict[tuple[str, str], int]] = dict
+        self._versions = ("", "")
+
+    def set_nvml_info(
+        self,
+        errors: Callable[[], dict[tuple[str, str], int]],
+        driver_version: str,
+        nvml_version: str,
+    ) -> None:
+        """Where to read NVML error counts, and the versions found at start."""
+        self._nvml_errors = errors
+        self._versions = (driver_version, nvml_version)
+
+    def add_collector(self, name: str, interval_s: float) -> None:
+        """Track the health of a source polled every ``interval_s``."""
+        with self._lock:
+            self._collectors[name] = CollectorHealth(name=name, interval_s=interval_s)
+
+    def poll_started(self, name: str) -> None:
+        """A poll of ``name`` began (for the stalled flag)."""
+        self._update(name, running_since_mono=self._monotonic())
+
+    def poll_finished(self, name: str, duration_s: float, error: str = "") -> None:
+        """A poll of ``name`` ended, successfully when ``error`` is empty."""
+        with self._lock:
+            health = self._collectors[name]
+            ok = not error
+            self._collectors[name] = replace(
+                health,
+                success=ok,
+                last_duration_s=duration_s,
+                running_since_mono=None,
+                polls=health.polls + 1,
+                failures=health.failures + (0 if ok else 1),
+                last_error=error,
+                last_success_wall=self._wall() if ok else health.last_success_wall,
+                last_success_mono=self._monotonic() if ok else health.last_success_mono,
+            )
+
+    def run_missed(self, name: str) -> None:
+        """A scheduled poll of ``name`` was skipped (the previous one still ran, or it was late)."""
+        with self._lock:
+            health = self._collectors[name]
+            self._collectors[name] = replace(health, missed_runs=health.missed_runs + 1)
+
+    def apply(self, reading: Reading) -> None:
+        """Replace what ``reading`` reports; vanished devices and processes disappear with it."""
+        with self._lock:
+            if reading.devices is not None:
+                self._devices = {device.gpu: device for device in reading.devices}
+            if reading.processes is not None:
+                self._processes = tuple(reading.processes)
+            if reading.host_processes is not None:
+                self._host_processes = tuple(reading.host_processes)
+            if reading.host_memory is not None:
+                self._host_memory = reading.host_memory
+
+    def gpu_pids(self) -> list[int]:
+        """Pids of the processes currently on a GPU."""
+        with self._lock:
+            return sorted({process.pid for process in self._processes})
+
+    def snapshot(self) -> Snapshot:
+        """A consistent copy for readers."""
+        with self._lock:
+            return Snapshot(
+                origin=self._origin,
+                devices=tuple(self._devices[gpu] for gpu in sorted(self._devices)),
+                processes=self._processes,
+                host_processes=self._host_processes,
+                host_memory=self._host_memory,
+                collectors=tuple(self._collectors.values()),
+                taken_mono=self._monotonic(),
+                nvml_errors=self._nvml_errors(),
+                driver_version=self._versions[0],
+                nvml_version=self._versions[1],
+            )
+
+    def _update(self, name: str, **changes: object) -> None:
+        with self._lock:
+            self._collectors[name] = replace(self._collectors[name], **changes)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Prometheus exposition: the collectors over the daemon's state, and the HTTP server."""

@@ -1,0 +1,88 @@
+"""Built-in traces for the simulated GPU, by name, for demos and tests.
+
+Each is deterministic (a fixed seed) and shaped like real training: a warm-up
+ramp, a sawtooth from the caching allocator and periodic ``empty_cache``,
+noise quantised to 2 MiB blocks, and, where named, a leak.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from watchdog.trace import TraceRow
+
+GIB = 1 << 30
+MIB = 1 << 20
+CARD_BYTES = 80 * GIB
+CONTEXT_BYTES = 600 * MIB
+SIMULATED_PIDS = (4_000_001, 4_000_002)
+"""Near the top of Linux's pid range (at most 4,194,304), so they rarely name a real process."""
+
+
+def _training_memory(t: float, rng: random.Random, working_set: float) -> float:
+    """Memory of one healthy training process at ``t`` seconds."""
+    warm_up = min(1.0, t / 180.0)  # context, model load and allocator growth over 3 minutes
+    sawtooth = (t % 300.0) / 300.0 * 2 * GIB  # caches grow, empty_cache every 5 minutes
+    noise = rng.gauss(0.0, 64 * MIB)
+    return CONTEXT_BYTES + warm_up * working_set + warm_up * sawtooth + noise
+
+
+def _quantised(value: float) -> int:
+    return max(0, int(value) // (2 * MIB) * (2 * MIB))
+
+
+def _build(
+    duration_s: float, leaks: tuple[Callable[[float], float], ...], working_sets: tuple[float, ...]
+) -> list[TraceRow]:
+    rng = random.Random(1234)
+    rows: list[TraceRow] = []
+    for step in range(int(duration_s) + 1):
+        t = float(step)
+        per_process = [
+            _quantised(_training_memory(t, rng, working_set) + leak(t))
+            for working_set, leak in zip(working_sets, leaks, strict=True)
+        ]
+        used = min(CARD_BYTES, sum(per_process))
+        rows.append(TraceRow(t, 0, None, used, CARD_BYTES))
+        rows.extend(
+            TraceRow(t, 0, pid, memory, None)
+            for pid, memory in zip(SIMULATED_PIDS, per_process, strict=False)
+        )
+        if used >= CARD_BYTES:
+            break
+    return rows
+
+
+def _no_leak(t: float) -> float:
+    return 0.0
+
+
+def _steady_leak(start_s: float, bytes_per_s: float) -> Callable[[float], float]:
+    return lambda t: max(0.0, t - start_s) * bytes_per_s
+
+
+SCENARIOS: dict[str, tuple[str, Callable[[], list[TraceRow]]]] = {
+    "healthy": (
+        "one job on an 80 GiB card: warm-up, sawtooth, noise; no leak (2 hours)",
+        lambda: _build(7200, (_no_leak,), (40 * GIB,)),
+    ),
+    "leak": (
+        "one job leaking 20 MiB/s from minute 10 on an 80 GiB card; OOM after about 40 minutes",
+        lambda: _build(7200, (_steady_leak(600, 20 * MIB),), (40 * GIB,)),
+    ),
+    "two-jobs-one-leak": (
+        "two jobs on one card, the second leaking 15 MiB/s from minute 5",
+        lambda: _build(7200, (_no_leak, _steady_leak(300, 15 * MIB)), (20 * GIB, 20 * GIB)),
+    ),
+}
+
+
+def scenario_names() -> list[str]:
+    """Names accepted by ``--simulate``."""
+    return sorted(SCENARIOS)
+
+
+def scenario_rows(name: str) -> list[TraceRow]:
+    """The rows of built-in scenario ``name``; raises KeyError for an unknown one."""
+    return SCENARIOS[name][1]()
