@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from watchdog.config import DEFAULT_PATH, Config, load_config
+from watchdog.config_docs import toml_value
 
 
 def register(subparsers: Any) -> None:
@@ -41,15 +42,6 @@ def render_toml(config: Config) -> str:
         lines.append(f"[{section.name}]")
         values = getattr(config, section.name)
         for item in dataclasses.fields(values):
-            lines.append(f"{item.name} = {_toml_value(getattr(values, item.name))}")
+            lines.append(f"{item.name} = {toml_value(getattr(values, item.name))}")
         lines.append("")
     return "\n".join(lines)
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    return repr(value)

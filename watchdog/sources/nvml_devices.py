@@ -82,7 +82,6 @@ class NvmlDeviceSource:
             total, used, free, reserved = self._memory(index, handle)
         except NvmlCallError as exc:
             self._handles.forget(index)
-            self._identity.pop(index, None)
             log.warning("gpu_unreadable", gpu=index, call=exc.call, error=exc.error)
             uuid, name = self._identity.get(index, ("", ""))
             return DeviceSample(gpu=index, uuid=uuid, name=name, lost=True, lost_reason=exc.error)

@@ -1,0 +1,43 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def require_tool(name: str) -> str:
+    """Path of command ``name``; skip without it, but fail in CI (WATCHDOG_REQUIRE_TOOLS set)."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("WATCHDOG_REQUIRE_TOOLS"):
+            pytest.fail(f"{name} is required here (WATCHDOG_REQUIRE_TOOLS is set) but not on PATH")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for running the CLI in a subprocess: no stray GPU_WATCHDOG_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
+    env["GPU_WATCHDOG_CONFIG"] = str(tmp_path / "absent-is-an-error.toml")
+    env.pop("GPU_WATCHDOG_CONFIG")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+PYTHON = sys.executable

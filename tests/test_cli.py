@@ -1,0 +1,196 @@
+"""The command line end to end, in subprocesses: run, status, record, and bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYTHON, free_port
+from watchdog.errors import EXIT_NVML_UNAVAILABLE, EXIT_USAGE
+from watchdog.trace import TraceWriter, read_trace
+
+# Makes `import torch` fail in the child, as on a host without the extra installed.
+NO_TORCH = (
+    "import sys; sys.modules['torch'] = None; "
+    "from watchdog.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def _cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-c", NO_TORCH, *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def _scrape(url: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_run_simulated_serves_labelled_metrics_and_stops_on_sigterm(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """run --simulate serves source="simulated" metrics, logs JSON lines, and exits 0 on SIGTERM."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            PYTHON,
+            "-c",
+            NO_TORCH,
+            "run",
+            "--simulate",
+            "leak",
+            "--speed",
+            "60",
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env,
+    )
+    try:
+        body = _scrape(f"http://127.0.0.1:{port}/metrics")
+        assert 'gpu_watchdog_gpu_memory_used_bytes{gpu="0",source="simulated"}' in body
+        assert "gpu_watchdog_build_info{" in body
+        assert 'source="simulated"' in body
+        assert _scrape(f"http://127.0.0.1:{port}/healthz").strip() == "ok"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0
+    assert "SIMULATED GPU" in stderr
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    watching = next(e for e in events if e["event"] == "watching")
+    assert watching["source"] == "simulated"
+    assert events[-1]["event"] == "daemon_stopping"
+
+
+def test_run_without_nvml_exits_3_with_one_line_and_never_simulates(
+    cli_env: dict[str, str],
+) -> None:
+    """With no NVML the daemon says so in one line and exits 3, with no silent simulation."""
+    result = _cli("run", "--listen", f"127.0.0.1:{free_port()}", env=cli_env)
+    assert result.returncode == EXIT_NVML_UNAVAILABLE
+    assert result.stderr.strip().count("\n") == 0
+    assert "NVML unavailable" in result.stderr
+    assert "simulated" not in (result.stdout + result.stderr).lower()
+
+
+def test_port_in_use_is_one_line_error(cli_env: dict[str, str]) -> None:
+    """A metrics port already taken is reported in one line with exit 1."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _cli("run", "--simulate", "healthy", "--listen", f"127.0.0.1:{port}", env=cli_env)
+    assert result.returncode == 1
+    assert "cannot listen on" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("run", "--listen", "nowhere"), "--listen: expected HOST:PORT"),
+        (("run", "--simulate", "no-such"), "neither a trace file nor a scenario"),
+        (("run", "--config", "/nonexistent.toml"), "config file not found"),
+        (("run", "--bogus"), "unrecognized arguments: --bogus"),
+        (("record",), "the following arguments are required: --out"),
+        (
+            ("record", "--out", "/x.csv", "--duration", "-1", "--simulate", "leak"),
+            "--duration must be > 0",
+        ),
+        (("record", "--out", "/nonexistent-dir/x.csv", "--simulate", "leak"), "cannot write"),
+        (("status", "--simulate", "/dev/null"), "empty file"),
+        (("frobnicate",), "invalid choice"),
+        (("check-config", "/nonexistent.toml"), "config file not found"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(
+    cli_env: dict[str, str], args: tuple[str, ...], message: str
+) -> None:
+    """Every wrong argument or missing file gives one clear line on stderr and exit 2."""
+    result = _cli(*args, env=cli_env)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert message in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_status_fits_80_columns(cli_env: dict[str, str]) -> None:
+    """The status table is labelled simulated, lists GPU and processes, and fits a terminal."""
+    result = _cli("status", "--simulate", "two-jobs-one-leak", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "SIMULATED GPU (not real hardware)"
+    assert any("Simulated GPU" in line for line in lines)
+    assert sum("4000001" in line or "4000002" in line for line in lines) == 2
+    assert max(len(line) for line in lines) <= 80
+
+
+def test_record_then_simulate_round_trip(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """A recording of a simulated trace plays back as the same samples."""
+    original = tmp_path / "original.csv"
+    with original.open("w") as stream:
+        writer = TraceWriter(stream)
+        for t in range(200):
+            writer.device(t, 0, 1000 + t * 10, 10_000)
+            writer.device(t, 1, 5000 - t, 10_000)
+            writer.process(t, 0, 4000001, 500 + t)
+    source_rows = {(r.gpu, r.pid, r.used_bytes, r.total_bytes): r.t for r in read_trace(original)}
+    config = tmp_path / "fast.toml"
+    config.write_text("[sources]\ndevice_interval_s = 0.05\nprocess_interval_s = 0.1\n")
+    recorded = tmp_path / "recorded.csv"
+    result = _cli(
+        "record",
+        "--out",
+        str(recorded),
+        "--duration",
+        "1.5",
+        "--config",
+        str(config),
+        "--simulate",
+        str(original),
+        "--speed",
+        "100",
+        env=cli_env,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = list(read_trace(recorded))
+    assert len(rows) > 20
+    first_t = source_rows[(rows[0].gpu, rows[0].pid, rows[0].used_bytes, rows[0].total_bytes)]
+    for row in rows:
+        key = (row.gpu, row.pid, row.used_bytes, row.total_bytes)
+        assert key in source_rows, f"recorded a sample that was never played: {row}"
+        # Recorded time is relative to the first sample, and matches the trace's to a poll.
+        assert abs((source_rows[key] - first_t) - row.t) <= 10.0
+    replayed = _cli("status", "--simulate", str(recorded), env=cli_env)
+    assert replayed.returncode == 0, replayed.stderr
+
+
+def test_daemon_modules_never_import_torch(cli_env: dict[str, str]) -> None:
+    """Importing every daemon-side module leaves torch unimported."""
+    code = (
+        "import sys, watchdog.cli, watchdog.commands.run, watchdog.commands.status, "
+        "watchdog.commands.record, watchdog.commands.check_config; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    result = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=cli_env)
+    assert result.returncode == 0, result.stderr

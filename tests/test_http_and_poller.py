@@ -1,0 +1,188 @@
+"""The HTTP endpoint and the poll loop: health, bounded scrapes, failing and hung sources."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from watchdog.daemon.poller import Poller
+from watchdog.daemon.service import Daemon
+from watchdog.daemon.state import DaemonState
+from watchdog.exporter.collector import StateCollector
+from watchdog.exporter.http import MetricsServer
+from watchdog.samples import DeviceSample, Reading
+
+
+class StubSource:
+    """A source whose behaviour the test sets: return, raise, or block."""
+
+    def __init__(self, name: str = "stub", interval_s: float = 0.05) -> None:
+        self.name = name
+        self.interval_s = interval_s
+        self.fail = False
+        self.block = threading.Event()
+        self.blocking = False
+        self.polls = 0
+
+    def poll(self) -> Reading:
+        self.polls += 1
+        if self.blocking:
+            self.block.wait(30)
+        if self.fail:
+            raise RuntimeError("driver said no")
+        return Reading(t=float(self.polls), devices=[DeviceSample(0, "u", "n", 100, 10)])
+
+    def close(self) -> None:
+        self.block.set()
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _daemon(source: StubSource) -> tuple[Daemon, MetricsServer, DaemonState]:
+    state = DaemonState()
+    registry = CollectorRegistry()
+    registry.register(StateCollector(state.snapshot, stall_after_s=0.5))
+    poller = Poller([source], state)
+    daemon: Daemon | None = None
+
+    def health() -> tuple[bool, str]:
+        assert daemon is not None
+        return daemon.health()
+
+    server = MetricsServer("127.0.0.1:0", registry, health, max_concurrent=4)
+    daemon = Daemon(state, poller, server, stall_after_s=0.5, progress_collector=source.name)
+    return daemon, server, state
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def running():  # type: ignore[no-untyped-def]
+    """A daemon serving a StubSource on a free port; stopped after the test."""
+    source = StubSource()
+    daemon, server, state = _daemon(source)
+    stop = threading.Event()
+    thread = threading.Thread(target=daemon.serve, args=(stop,), daemon=True)
+    thread.start()
+    _wait_for(lambda: source.polls > 0)
+    yield source, f"http://127.0.0.1:{server.port}", state
+    stop.set()
+    source.block.set()
+    thread.join(10)
+
+
+def test_metrics_and_health_served(running) -> None:  # type: ignore[no-untyped-def]
+    """/metrics serves the snapshot and /healthz says ok while polls succeed."""
+    _, base, _ = running
+    _wait_for(lambda: _get(base + "/healthz")[0] == 200)
+    status, body = _get(base + "/metrics")
+    assert status == 200
+    assert 'gpu_watchdog_gpu_memory_used_bytes{gpu="0",source="nvml"} 10.0' in body
+    assert _get(base + "/nope")[0] == 404
+
+
+def test_failing_source_is_counted_retried_and_unhealthy(running) -> None:  # type: ignore[no-untyped-def]
+    """A source that raises is retried each interval, counted, and turns /healthz to 503."""
+    source, _, state = running
+    source.fail = True
+    before = source.polls
+    _wait_for(lambda: source.polls > before + 3)
+    health = next(h for h in state.snapshot().collectors if h.name == "stub")
+    assert health.failures >= 3
+    assert not health.success
+    assert "driver said no" in health.last_error
+    source.fail = False
+    _wait_for(lambda: next(h for h in state.snapshot().collectors if h.name == "stub").success)
+
+
+def test_hung_source_keeps_scrapes_fast_and_reports_stall(running) -> None:  # type: ignore[no-untyped-def]
+    """A poll blocked forever never blocks /metrics; it is flagged stalled and /healthz is 503."""
+    source, base, _ = running
+    source.blocking = True
+    _wait_for(lambda: 'collector_stalled{collector="stub"} 1.0' in _get(base + "/metrics")[1])
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(lambda _: _get(base + "/metrics")[0], range(100)))
+    elapsed = time.monotonic() - started
+    assert results == [200] * 100
+    assert elapsed < 10  # generous: the point is "not blocked on the hung poll"
+    status, body = _get(base + "/healthz")
+    assert status == 503
+    assert "stub: poll stalled" in body
+    missed = _get(base + "/metrics")[1]
+    assert 'gpu_watchdog_collector_missed_runs_total{collector="stub"}' in missed
+
+
+def test_observer_failure_never_stops_polling() -> None:
+    """An observer that raises is logged; the reading is still stored and polling goes on."""
+    source = StubSource()
+    state = DaemonState()
+
+    def broken(reading: Reading) -> None:
+        raise ValueError("observer bug")
+
+    poller = Poller([source], state, observers=[broken])
+    assert poller.poll_once(source) is not None
+    assert state.snapshot().devices[0].used_bytes == 10
+
+
+def test_health_reports_starting_before_the_first_poll() -> None:
+    """Before any poll finished, /healthz explains that the daemon is starting."""
+    daemon, server, _ = _daemon(StubSource())
+    try:
+        ok, reason = daemon.health()
+        assert not ok
+        assert reason.startswith("starting:")
+    finally:
+        server.stop()
+
+
+def test_watchdog_pings_only_on_progress() -> None:
+    """The service watchdog is pinged after a successful poll, not while polls stall."""
+
+    class Notifier:
+        pings = 0
+
+        def ready(self) -> None: ...
+        def status(self, text: str) -> None: ...
+        def stopping(self) -> None: ...
+        def watchdog_ping(self) -> None:
+            Notifier.pings += 1
+
+        def watchdog_interval_s(self) -> float | None:
+            return 0.05
+
+    source = StubSource()
+    daemon, _, _ = _daemon(source)
+    daemon._notifier = Notifier()  # type: ignore[assignment]
+    stop = threading.Event()
+    thread = threading.Thread(target=daemon.serve, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: Notifier.pings >= 2)
+        source.blocking = True
+        time.sleep(0.3)
+        pings = Notifier.pings
+        time.sleep(0.5)
+        assert Notifier.pings == pings
+    finally:
+        stop.set()
+        source.block.set()
+        thread.join(10)

@@ -1,0 +1,107 @@
+"""The trace format: parsing, validation with file and line, grouping and writing."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from watchdog.trace import TraceError, TraceRow, TraceWriter, group_steps, read_trace
+
+GOOD = """t,gpu,pid,used_bytes,total_bytes,comment
+0,0,,100,1000,first
+0,0,42,60,,
+0,1,,200,2000,
+1.5,0,,110,1000,
+"""
+
+
+def _trace(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "trace.csv"
+    path.write_text(text)
+    return path
+
+
+def test_reads_device_and_process_rows_ignoring_extra_columns(tmp_path: Path) -> None:
+    """Device rows have no pid and a total; process rows a pid and no total; extras are ignored."""
+    rows = list(read_trace(_trace(tmp_path, GOOD)))
+    assert rows == [
+        TraceRow(0.0, 0, None, 100, 1000),
+        TraceRow(0.0, 0, 42, 60, None),
+        TraceRow(0.0, 1, None, 200, 2000),
+        TraceRow(1.5, 0, None, 110, 1000),
+    ]
+
+
+def test_columns_may_come_in_any_order(tmp_path: Path) -> None:
+    """The header, not the position, says which column is which."""
+    rows = list(read_trace(_trace(tmp_path, "total_bytes,used_bytes,pid,gpu,t\n1000,5,,0,2\n")))
+    assert rows == [TraceRow(2.0, 0, None, 5, 1000)]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "trace.csv: empty file"),
+        ("0,0,,1,2\n", "trace.csv:1: not a trace header"),
+        (
+            "t,gpu,pid,used_bytes,total_bytes\n0,0,,x,2\n",
+            "trace.csv:2: used_bytes is not an integer",
+        ),
+        ("t,gpu,pid,used_bytes,total_bytes\nnan,0,,1,2\n", "trace.csv:2: t must be a finite"),
+        (
+            "t,gpu,pid,used_bytes,total_bytes\n0,0,,1,2\n5,0,,1,2\n4,0,,1,2\n",
+            "trace.csv:4: t goes backwards",
+        ),
+        (
+            "t,gpu,pid,used_bytes,total_bytes\n0,0,,1,\n",
+            "trace.csv:2: a device row (pid empty) needs total_bytes",
+        ),
+        (
+            "t,gpu,pid,used_bytes,total_bytes\n0,0,7,1,9\n",
+            "trace.csv:2: a process row (pid set) must leave",
+        ),
+        ("t,gpu,pid,used_bytes,total_bytes\n0,-1,,1,9\n", "trace.csv:2: gpu must be >= 0"),
+        ("t,gpu,pid,used_bytes,total_bytes\n0,0\n", "trace.csv:2: expected at least 5 columns"),
+    ],
+)
+def test_malformed_trace_names_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    """Every malformed input is one TraceError naming the file and the line."""
+    with pytest.raises(TraceError) as caught:
+        list(read_trace(_trace(tmp_path, text)))
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_and_binary_files_are_clear_errors(tmp_path: Path) -> None:
+    """A missing file and a binary file are TraceErrors, not tracebacks."""
+    with pytest.raises(TraceError, match="cannot open trace"):
+        list(read_trace(tmp_path / "absent.csv"))
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\xff\xfe\x00\x01" * 100)
+    with pytest.raises(TraceError, match=r"binary\.csv"):
+        list(read_trace(binary))
+
+
+def test_group_steps_splits_devices_and_processes(tmp_path: Path) -> None:
+    """Rows sharing a timestamp form one step, with device and process rows apart."""
+    steps = list(group_steps(read_trace(_trace(tmp_path, GOOD))))
+    assert [(s.t, len(s.devices), len(s.processes)) for s in steps] == [(0.0, 2, 1), (1.5, 1, 0)]
+
+
+def test_writer_output_reads_back_identically() -> None:
+    """What TraceWriter writes, read_rows reads back unchanged."""
+    stream = io.StringIO()
+    writer = TraceWriter(stream)
+    writer.device(0, 0, 100, 1000)
+    writer.process(0, 0, 42, 60)
+    writer.device(0.25, 0, 120, 1000)
+    stream.seek(0)
+    from watchdog.trace import read_rows
+
+    assert list(read_rows(stream, "mem")) == [
+        TraceRow(0.0, 0, None, 100, 1000),
+        TraceRow(0.0, 0, 42, 60, None),
+        TraceRow(0.25, 0, None, 120, 1000),
+    ]
