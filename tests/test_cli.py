@@ -76,8 +76,8 @@ def test_run_simulated_serves_labelled_metrics_and_stops_on_sigterm(
     assert "SIMULATED GPU" in stderr
     events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     watching = next(e for e in events if e["event"] == "watching")
-    assert watching["source"] == "simulated"
     assert events[-1]["event"] == "daemon_stopping"
+    assert all(e["source"] == "simulated" for e in events), "every log line names its source"
 
 
 def test_run_without_nvml_exits_3_with_one_line_and_never_simulates(

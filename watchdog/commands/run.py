@@ -50,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
             raise WatchdogError(f"--listen: {exc}", exit_code=2) from None
     config = load(args, metrics__listen=args.listen)
     configure_logging(config.daemon.log_level, config.daemon.log_format)
+    origin = SIMULATED if args.simulate else NVML
+    # Every log line says where its GPU figures come from, so simulated runs can't pass as real.
+    structlog.contextvars.bind_contextvars(source=origin)
 
-    state = DaemonState(origin=SIMULATED if args.simulate else NVML)
+    state = DaemonState(origin=origin)
     sources = build_sources(config, args.simulate, state.gpu_pids)
     if sources.nvml is not None:
         state.set_nvml_info(
@@ -101,4 +104,4 @@ def _announce(origin: str, simulate: str | None, host: str, port: int) -> None:
         file=sys.stderr,
         flush=True,
     )
-    log.info("watching", source=origin, simulate=simulate, metrics=f"http://{shown}:{port}/metrics")
+    log.info("watching", simulate=simulate, metrics=f"http://{shown}:{port}/metrics")
