@@ -22,6 +22,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from watchdog.errors import UsageError
+from watchdog.policy.rules import (
+    DEFAULT_LADDER,
+    LadderStep,
+    Schedule,
+    parse_ladder,
+    parse_schedules,
+    render_ladder,
+    render_schedules,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,8 +59,17 @@ def setting(
     maximum: float | None = None,
     choices: tuple[str, ...] | None = None,
     check: Callable[[Any], str | None] | None = None,
+    parse: Callable[[Any], Any] | None = None,
+    render: Callable[[str, Any], list[str]] | None = None,
 ) -> Any:
-    """Declare one setting: its default, a one-line help text and its constraints."""
+    """Declare one setting: its default, a one-line help text and its constraints.
+
+    Scalars (bool, int, float, str) need nothing more. A structured setting
+    (a list of tables) gives ``parse``, which turns the TOML value into the
+    field's value or raises ValueError, and ``render``, which writes the
+    default back as TOML lines for the example config; it cannot be set from
+    the environment.
+    """
     return field(
         default=default,
         metadata={
@@ -60,6 +78,8 @@ def setting(
             "maximum": maximum,
             "choices": choices,
             "check": check,
+            "parse": parse,
+            "render": render,
         },
     )
 
@@ -157,6 +177,180 @@ class SimulationSettings:
     loop: bool = setting(False, "Start the trace again when it ends.")
 
 
+def _check_octal_mode(value: str) -> str | None:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        return f'must be an octal file mode like "0660", got {value!r}'
+    if not 0 <= mode <= 0o777:
+        return f"must be a file mode between 0000 and 0777, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """The control socket that training processes and ``gpu-watchdog clients``/``send`` use."""
+
+    socket_path: str = setting(
+        "/run/gpu-watchdog/watchdog.sock",
+        "Unix socket of the control channel; its directory is created 0750 if missing.",
+    )
+    socket_mode: str = setting(
+        "0660", "Octal mode of the socket file: who may connect at all.", check=_check_octal_mode
+    )
+    socket_group: str = setting("", "Group owning the socket file; empty keeps the daemon's.")
+    max_clients: int = setting(
+        1024, "Connections served at once; more are closed at once.", minimum=1, maximum=65536
+    )
+    max_clients_per_uid: int = setting(
+        256, "Connections one user may hold at once.", minimum=1, maximum=65536
+    )
+    max_message_bytes: int = setting(
+        1 << 20,
+        "Largest message accepted; a longer frame drops the connection.",
+        minimum=4096,
+        maximum=16 << 20,
+    )
+    read_timeout_s: float = setting(
+        5.0,
+        "A frame not complete this long after it began, or a new connection silent this long, "
+        "is dropped.",
+        minimum=0.1,
+        maximum=3600,
+    )
+    client_timeout_s: float = setting(
+        60.0, "A registered client silent this long is dropped.", minimum=1, maximum=86400
+    )
+    heartbeat_s: float = setting(
+        5.0, "Seconds between client heartbeats, told to each client.", minimum=0.1, maximum=3600
+    )
+    command_timeout_s: float = setting(
+        600.0,
+        "Longest wait for a command's result (a checkpoint may take minutes).",
+        minimum=1,
+        maximum=86400,
+    )
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """Leak and near-OOM detection (docs/detection.md explains each tunable)."""
+
+    bucket_s: float = setting(
+        10.0,
+        "Finest time bucket of the floor (minimum) estimate; coarser ones double it.",
+        minimum=1,
+        maximum=3600,
+    )
+    max_window_s: float = setting(
+        86400.0,
+        "Longest stretch of history a trend is judged over.",
+        minimum=600,
+        maximum=30 * 86400,
+    )
+    warmup_s: float = setting(
+        600.0,
+        "History this young after a series starts (or restarts) is not used to judge a leak: "
+        "the CUDA context, model load and caching allocator grow there.",
+        minimum=0,
+    )
+    leak_min_rise_bytes: int = setting(
+        64 << 20, "A leak's floor must have risen at least this much.", minimum=0
+    )
+    leak_min_rise_ratio: float = setting(
+        0.005,
+        "... and at least this fraction of the limit.",
+        minimum=0,
+        maximum=1,
+    )
+    leak_extrapolation: float = setting(
+        4.0,
+        "A leak is raised once its time to OOM is at most this many times the stretch "
+        "of history that shows it (for stretches of 2 h and more; 1x at 30 min or less).",
+        minimum=1,
+        maximum=100,
+    )
+    leak_max_time_to_oom_s: float = setting(
+        3 * 86400.0,
+        "Growth that would take longer than this to run out of memory is not reported.",
+        minimum=60,
+    )
+    saturation_ratio: float = setting(
+        0.5,
+        "Growth whose recent rate is below this fraction of its earlier rate is saturating.",
+        minimum=0,
+        maximum=1,
+    )
+    leak_clear_after_s: float = setting(
+        600.0, "A leak is cleared after its floor has stopped rising this long.", minimum=0
+    )
+    near_oom_used_ratio: float = setting(
+        0.92, "near_oom is raised when used/limit reaches this.", minimum=0.1, maximum=1
+    )
+    near_oom_clear_ratio: float = setting(
+        0.9, "... and cleared when it falls below this.", minimum=0.1, maximum=1
+    )
+    near_oom_horizon_s: float = setting(
+        900.0, "near_oom is also raised when the predicted time to OOM is under this.", minimum=0
+    )
+    reset_drop_ratio: float = setting(
+        0.25,
+        "A fall this fraction below the floor (a job ended or restarted) starts the history anew.",
+        minimum=0.01,
+        maximum=1,
+    )
+    reset_drop_min_bytes: int = setting(
+        256 << 20, "... but never a fall smaller than this.", minimum=0
+    )
+    reset_gap_s: float = setting(
+        600.0, "A series silent this long starts its history anew.", minimum=1
+    )
+    forget_after_s: float = setting(
+        900.0,
+        "A series not seen this long is forgotten and its findings cleared.",
+        minimum=1,
+    )
+    update_min_interval_s: float = setting(
+        300.0,
+        "Shortest time between two 'updated' events of one finding.",
+        minimum=0,
+    )
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """What findings and schedules lead to, and the guards against restart loops."""
+
+    dry_run: bool = setting(False, "Log, journal and export what would be done; send nothing.")
+    cooldown_s: float = setting(
+        900.0, "Least time between two runs of one action on one job.", minimum=0, maximum=7 * 86400
+    )
+    max_restarts: int = setting(
+        3, "Most checkpoint-and-restarts of one job within restart_window_s.", minimum=0
+    )
+    restart_window_s: float = setting(
+        86400.0, "The window max_restarts counts over.", minimum=60, maximum=30 * 86400
+    )
+    journal_max_bytes: int = setting(
+        16 << 20, "The audit journal is rotated at this size.", minimum=4096, maximum=1 << 34
+    )
+    journal_keep: int = setting(3, "Rotated journal files kept.", minimum=1, maximum=100)
+    ladder: tuple[LadderStep, ...] = setting(
+        DEFAULT_LADDER,
+        "The escalation ladder: [[policy.ladder]] tables of finding, cause, action, "
+        "under_time_to_oom_s and job/user/gpu matches.",
+        parse=parse_ladder,
+        render=render_ladder,
+    )
+    schedule: tuple[Schedule, ...] = setting(
+        (),
+        "Timed actions: [[policy.schedule]] tables of action, interval_s or cron, jitter_s "
+        "and job/user/gpu matches.",
+        parse=parse_schedules,
+        render=render_schedules,
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration, one attribute per TOML table."""
@@ -165,6 +359,9 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     sources: SourcesSettings = field(default_factory=SourcesSettings)
     simulation: SimulationSettings = field(default_factory=SimulationSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
 
 
 def sections() -> dict[str, type]:
@@ -218,6 +415,8 @@ def _from_env_text(text: str, kind: Any) -> Any:
 
 def _validate(value: Any, spec: dataclasses.Field[Any]) -> Any:
     meta = spec.metadata
+    if meta.get("parse"):
+        return meta["parse"](value)
     kind = {"bool": bool, "int": int, "float": float, "str": str}[str(spec.type)]
     value = _coerce(value, kind)
     if meta.get("minimum") is not None and value < meta["minimum"]:
@@ -325,6 +524,10 @@ def load_config(
     merged: dict[str, dict[str, Any]] = {name: dict(data.get(name, {})) for name in known}
     for (name, key), (variable, text) in _env_settings(env).items():
         spec = next(f for f in dataclasses.fields(known[name]) if f.name == key)
+        if spec.metadata.get("parse"):
+            raise ConfigError(
+                f"environment {variable}: {name}.{key} is a list of tables; set it in the file"
+            )
         kind = {"bool": bool, "int": int, "float": float, "str": str}[str(spec.type)]
         try:
             merged[name][key] = _from_env_text(text, kind)

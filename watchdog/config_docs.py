@@ -45,9 +45,16 @@ def render_example() -> str:
     ]
     for name, cls in sections().items():
         lines += ["", f"[{name}]"]
+        tables: list[str] = []
         for item in dataclasses.fields(cls):
+            render = item.metadata.get("render")
+            if render:  # arrays of tables must follow the table's plain keys
+                tables += ["", f"# {item.metadata['help']}"]
+                tables += render(name, item.default) or [f"# (none by default: {name}.{item.name})"]
+                continue
             lines.append(f"# {item.metadata['help']}")
             lines.append(f"{item.name} = {toml_value(item.default)}")
+        lines += tables
     return "\n".join(lines) + "\n"
 
 
@@ -59,6 +66,12 @@ def render_reference() -> str:
         out += ["| key | default | allowed | environment | meaning |", "|---|---|---|---|---|"]
         for item in dataclasses.fields(cls):
             variable = f"{ENV_PREFIX}{name.upper()}_{item.name.upper()}"
+            if item.metadata.get("render"):
+                out.append(
+                    f"| `{name}.{item.name}` | see the example config | list of tables | "
+                    f"(file only) | {item.metadata['help']} |"
+                )
+                continue
             out.append(
                 f"| `{name}.{item.name}` | `{toml_value(item.default)}` | "
                 f"{_constraint(item.metadata)} | `{variable}` | {item.metadata['help']} |"

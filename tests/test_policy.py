@@ -1,0 +1,232 @@
+"""The policy: ladder, guards (cooldown, restart budget, in flight, dry run), config and journal."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from watchdog.config import ConfigError, PolicySettings, load_config
+from watchdog.detectors.events import Event
+from watchdog.policy.engine import DRY_RUN, SEND, SUPPRESSED, JobRef, Policy
+from watchdog.policy.journal import Journal, ReadStats, decision_entry, ledger_from
+from watchdog.policy.rules import DEFAULT_LADDER, LadderStep, parse_ladder, parse_schedules
+
+
+def _event(
+    t: float,
+    state: str = "raised",
+    kind: str = "leak",
+    tto: float | None = 7200.0,
+    cause: str | None = None,
+    pid: int | None = 42,
+) -> Event:
+    return Event(
+        t=t,
+        kind=kind,
+        state=state,
+        gpu=0,
+        pid=pid,
+        series="process",
+        rate_bytes_per_s=1e6,
+        time_to_oom_s=tto,
+        confidence=0.9,
+        pattern="steady",
+        cause=cause,
+        message="test",
+    )
+
+
+def _jobs(gpu: int, pid: int | None) -> list[JobRef]:
+    return [JobRef(job="train", user="alice")]
+
+
+def _policy(**overrides: object) -> Policy:
+    settings = {"cooldown_s": 600.0, "max_restarts": 2, "restart_window_s": 86400.0, **overrides}
+    return Policy(DEFAULT_LADDER, **settings)  # type: ignore[arg-type]
+
+
+def _sent(decisions: list) -> list[str]:  # type: ignore[type-arg]
+    return [d.action for d in decisions if d.outcome == SEND]
+
+
+def test_leak_gets_a_snapshot_then_a_restart_under_the_budget() -> None:
+    """A leak far from OOM gets a snapshot; once under the checkpoint budget, a restart."""
+    policy = _policy()
+    policy.observe(_event(0, tto=7200))
+    first = policy.decide(t=0, wall=1000, jobs=_jobs)
+    assert _sent(first) == ["dump_snapshot"]
+    policy.ledger.finished("train")
+    # 7200 - 5500 = 1700 s to OOM: under the default budget of 1800 s.
+    later = policy.decide(t=5500, wall=6500, jobs=_jobs)
+    assert _sent(later) == ["checkpoint_and_restart"]
+    assert later[-1].time_to_oom_s == pytest.approx(1700)
+
+
+def test_cache_growth_gets_empty_cache_and_tensors_do_not() -> None:
+    """empty_cache is chosen for allocator-cache growth, never for tensors kept alive."""
+    cache = _policy()
+    cache.observe(_event(0, cause="allocator_cache"))
+    assert _sent(cache.decide(0, 0, _jobs))[0] == "empty_cache"
+    tensors = _policy()
+    tensors.observe(_event(0, cause="tensors_kept_alive"))
+    assert "empty_cache" not in _sent(tensors.decide(0, 0, _jobs))
+
+
+def test_near_oom_without_leak_gets_empty_cache_only() -> None:
+    """near_oom alone leads to empty_cache and never to a restart."""
+    policy = _policy()
+    policy.observe(_event(0, kind="near_oom", tto=None))
+    decisions = policy.decide(0, 0, _jobs)
+    assert _sent(decisions) == ["empty_cache"]
+    policy.ledger.finished("train")
+    assert "checkpoint_and_restart" not in _sent(policy.decide(5000, 5000, _jobs))
+
+
+def test_cooldown_holds_across_episodes_and_is_reported_once() -> None:
+    """A finding raised again within the cooldown does not repeat the action; said once."""
+    policy = _policy()
+    policy.observe(_event(0))
+    assert _sent(policy.decide(0, 0, _jobs)) == ["dump_snapshot"]
+    policy.ledger.finished("train")
+    assert policy.decide(5, 5, _jobs) == []  # one snapshot per finding
+    policy.observe(_event(8, state="cleared"))
+    policy.observe(_event(9))
+    second = policy.decide(10, 10, _jobs)
+    assert [(d.action, d.outcome, d.reason) for d in second] == [
+        ("dump_snapshot", SUPPRESSED, "cooldown")
+    ]
+    assert policy.decide(20, 20, _jobs) == []
+    assert _sent(policy.decide(700, 700, _jobs)) == ["dump_snapshot"]
+
+
+def test_restart_budget_is_enforced_per_window() -> None:
+    """After max_restarts in the window, further restarts are suppressed as restart_budget."""
+    policy = _policy(cooldown_s=0.0)
+    outcomes = []
+    for minute in range(5):
+        # Each restart brings the job back and its leak is found again: a new episode.
+        policy.observe(_event(minute * 60, state="cleared"))
+        policy.observe(_event(minute * 60, tto=100))
+        for _ in range(2):  # the snapshot, then, once it answered, the restart
+            decisions = policy.decide(minute * 60, minute * 60, _jobs)
+            policy.ledger.finished("train")
+            outcomes += [
+                (d.outcome, d.reason) for d in decisions if d.action == "checkpoint_and_restart"
+            ]
+    assert [o for o, _ in outcomes].count(SEND) == 2
+    assert (SUPPRESSED, "restart_budget") in outcomes
+
+
+def test_dry_run_sends_nothing_but_records() -> None:
+    """In dry run every decision is marked dry_run and still counts for cooldowns."""
+    policy = _policy(dry_run=True)
+    policy.observe(_event(0, tto=100))
+    decisions = policy.decide(0, 0, _jobs)
+    assert decisions
+    assert {d.outcome for d in decisions} == {DRY_RUN}
+    assert all(d.outcome != SEND for d in policy.decide(1, 1, _jobs))
+
+
+def test_one_command_in_flight_per_job() -> None:
+    """While a command is in flight for a job, the next one waits for its result."""
+    policy = _policy()
+    policy.observe(_event(0, tto=100))
+    first = policy.decide(0, 0, _jobs)
+    assert _sent(first) == ["dump_snapshot"]
+    assert [d.reason for d in first if d.outcome == SUPPRESSED] == ["in_flight"]
+    policy.ledger.finished("train")
+    assert _sent(policy.decide(1, 1, _jobs)) == ["checkpoint_and_restart"]
+
+
+def test_cleared_finding_stops_actions() -> None:
+    """Once the detector clears a finding, the policy no longer acts on it."""
+    policy = _policy()
+    policy.observe(_event(0))
+    policy.observe(_event(10, state="cleared"))
+    assert policy.decide(20, 20, _jobs) == []
+
+
+def test_rungs_match_job_user_and_gpu() -> None:
+    """A rung with a job pattern applies only to matching jobs."""
+    ladder = parse_ladder([{"finding": "leak", "action": "dump_stacks", "job": "bert-*"}])
+    policy = Policy(ladder, 0, 3, 3600)
+    policy.observe(_event(0))
+    assert policy.decide(0, 0, _jobs) == []
+    assert _sent(policy.decide(1, 1, lambda g, p: [JobRef("bert-large")])) == ["dump_stacks"]
+
+
+def test_ledger_survives_a_restart_through_the_journal(tmp_path: Path) -> None:
+    """Budgets and cooldowns read back from the journal hold after a daemon restart."""
+    journal = Journal(tmp_path)
+    policy = _policy(cooldown_s=0.0)
+    for minute in range(2):
+        policy.observe(_event(minute * 60, state="cleared"))
+        policy.observe(_event(minute * 60, tto=100))
+        for _ in range(2):
+            for decision in policy.decide(minute * 60, minute * 60, _jobs):
+                journal.append(decision_entry(decision))
+            policy.ledger.finished("train")
+    with journal.path.open("ab") as stream:
+        stream.write(b'{"type": "decision", "wall": 9')  # a torn last line, as after SIGKILL
+    stats = ReadStats()
+    restarted = _policy(cooldown_s=0.0)
+    restarted.ledger = ledger_from(journal.read(stats))
+    assert stats.skipped_lines == 1
+    restarted.observe(_event(200, tto=100))
+    decisions = restarted.decide(200, 200, _jobs)
+    restarted.ledger.finished("train")
+    decisions += restarted.decide(201, 201, _jobs)
+    assert ("checkpoint_and_restart", SUPPRESSED, "restart_budget") in [
+        (d.action, d.outcome, d.reason) for d in decisions
+    ]
+
+
+def test_journal_rotates_by_size(tmp_path: Path) -> None:
+    """Past max_bytes the journal is rotated, keeping at most `keep` old files, all readable."""
+    journal = Journal(tmp_path, max_bytes=4096, keep=2)
+    for index in range(300):
+        assert journal.append({"type": "note", "index": index, "pad": "x" * 40})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["journal.jsonl", "journal.jsonl.1", "journal.jsonl.2"]
+    indices = [entry["index"] for entry in journal.read()]
+    assert indices == sorted(indices)
+    assert indices[-1] == 299
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_journal_write_failure_is_reported_not_raised(tmp_path: Path) -> None:
+    """A journal that cannot be written (disk full) returns False and counts the error."""
+    journal = Journal(tmp_path)
+    journal.path.symlink_to("/dev/full")
+    assert journal.append({"type": "note"}) is False
+    assert journal.write_errors == 1
+
+
+def test_ladder_config_round_trip_and_errors(tmp_path: Path) -> None:
+    """Ladder and schedules load from TOML tables; mistakes name the entry and key."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[policy]\ndry_run = true\n"
+        '[[policy.ladder]]\nfinding = "leak"\naction = "checkpoint"\nunder_time_to_oom_s = 60\n'
+        '[[policy.schedule]]\naction = "empty_cache"\ninterval_s = 1800\njitter_s = 60\n'
+    )
+    policy = load_config(path, env={}).policy
+    assert policy.dry_run is True
+    assert policy.ladder == (LadderStep("leak", "checkpoint", under_time_to_oom_s=60.0),)
+    assert policy.schedule[0].interval_s == 1800.0
+    path.write_text('[[policy.ladder]]\nfinding = "leak"\naction = "reboot"\n')
+    with pytest.raises(ConfigError, match=r"policy.ladder entry 1: action must be one of"):
+        load_config(path, env={})
+    with pytest.raises(ValueError, match="exactly one of interval_s"):
+        parse_schedules([{"action": "empty_cache"}])
+    with pytest.raises(ValueError, match="not a valid crontab"):
+        parse_schedules([{"action": "empty_cache", "cron": "every day"}])
+    with pytest.raises(ConfigError, match="set it in the file"):
+        load_config(None, env={"GPU_WATCHDOG_POLICY_LADDER": "[]"})
+
+
+def test_default_policy_settings_use_the_default_ladder() -> None:
+    """With no configuration the documented default ladder is in force."""
+    assert PolicySettings().ladder == DEFAULT_LADDER

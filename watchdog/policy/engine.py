@@ -1,0 +1,297 @@
+"""The policy's decisions: a pure function of findings, jobs, what was done before, and time.
+
+Findings come in as detector events; the policy keeps the active ones and,
+at each ``decide``, walks the ladder for each of them. The guards (dry run,
+cooldown per job and action, a restart budget per job, one command in flight
+per job) are applied here, so replaying a trace yields exactly the decisions
+the live daemon would have taken.
+
+Two clocks: ``t`` is the detectors' clock (monotonic live, trace time in
+replay) and predicts the time to OOM; ``wall`` is seconds since the epoch
+(trace time in replay) and keys the history, which survives daemon restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from watchdog.policy.rules import RESTART, LadderStep
+
+SEND = "send"
+DRY_RUN = "dry_run"
+SUPPRESSED = "suppressed"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """A job the policy may act on."""
+
+    job: str
+    user: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """An active finding, as the last event about it described it."""
+
+    kind: str
+    series: str
+    gpu: int
+    pid: int | None
+    cause: str | None
+    time_to_oom_s: float | None
+    t: float
+
+    def time_to_oom_at(self, t: float) -> float | None:
+        """The predicted time to OOM at ``t``, counted down from the event's prediction."""
+        if self.time_to_oom_s is None:
+            return None
+        return max(0.0, self.time_to_oom_s - (t - self.t))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One action the policy took or chose not to take."""
+
+    t: float
+    wall: float
+    action: str
+    job: str
+    gpu: int
+    pid: int | None
+    finding: str
+    series: str
+    outcome: str
+    """``send``, ``dry_run`` or ``suppressed``."""
+    reason: str
+    """Why: the ladder rung or schedule that chose it; for ``suppressed``, the guard."""
+    time_to_oom_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The replay --json view (``kind`` ``action``)."""
+        return {
+            "t": round(self.t, 3),
+            "kind": "action",
+            "action": self.action,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "job": self.job,
+            "gpu": self.gpu,
+            "pid": self.pid,
+            "finding": self.finding,
+            "series": self.series,
+            "time_to_oom_s": None if self.time_to_oom_s is None else round(self.time_to_oom_s, 1),
+        }
+
+
+class Ledger:
+    """What was done to each job: the memory the guards read, rebuilt from the journal at start."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], float] = {}
+        self._restarts: dict[str, list[float]] = {}
+        self._in_flight: dict[str, str] = {}
+
+    def record(self, decision: Decision) -> None:
+        """Remember a sent (or dry-run) decision."""
+        if decision.outcome == SUPPRESSED:
+            return
+        self._last[(decision.job, decision.action)] = decision.wall
+        if decision.action == RESTART:
+            self._restarts.setdefault(decision.job, []).append(decision.wall)
+        if decision.outcome == SEND:
+            self._in_flight[decision.job] = decision.action
+
+    def finished(self, job: str) -> None:
+        """The job's command in flight answered (or its client went away)."""
+        self._in_flight.pop(job, None)
+
+    def last(self, job: str, action: str) -> float | None:
+        """Wall time ``action`` was last taken on ``job``."""
+        return self._last.get((job, action))
+
+    def restarts_since(self, job: str, since_wall: float) -> int:
+        """Restarts of ``job`` at or after ``since_wall``."""
+        return sum(1 for when in self._restarts.get(job, ()) if when >= since_wall)
+
+    def in_flight(self, job: str) -> str | None:
+        """The command in flight for ``job``, if any."""
+        return self._in_flight.get(job)
+
+
+FindingKey = tuple[str, str, int, "int | None"]
+"""(kind, series, gpu, pid): one finding's identity."""
+
+JobResolver = Callable[[int, "int | None"], list[JobRef]]
+"""Maps a finding's (gpu, pid) to the jobs to act on (empty: none known)."""
+
+
+class Policy:
+    """Decides actions from active findings along the configured ladder, within the guards.
+
+    Args:
+        ladder: The escalation ladder, in order.
+        cooldown_s: Least wall time between two runs of one action on one job.
+        max_restarts: Most restarts of one job within ``restart_window_s``.
+        restart_window_s: The window of the restart budget.
+        dry_run: Decide and record, but mark everything ``dry_run`` instead of ``send``.
+        ledger: History of what was done (from the journal).
+    """
+
+    def __init__(
+        self,
+        ladder: Iterable[LadderStep],
+        cooldown_s: float,
+        max_restarts: int,
+        restart_window_s: float,
+        dry_run: bool = False,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self._ladder = tuple(ladder)
+        self._cooldown_s = cooldown_s
+        self._max_restarts = max_restarts
+        self._restart_window_s = restart_window_s
+        self._dry_run = dry_run
+        self.ledger = ledger or Ledger()
+        self._active: dict[FindingKey, Finding] = {}
+        # Each rung acts at most once per finding episode and job; cooldowns span episodes.
+        self._fired: set[tuple[FindingKey, int, str]] = set()
+        self._suppressed_seen: set[tuple[str, str, str]] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Any, ledger: Ledger | None = None) -> Policy:
+        """A policy from a ``PolicySettings``."""
+        return cls(
+            settings.ladder,
+            settings.cooldown_s,
+            settings.max_restarts,
+            settings.restart_window_s,
+            settings.dry_run,
+            ledger,
+        )
+
+    @property
+    def active(self) -> list[Finding]:
+        """The findings currently raised."""
+        return list(self._active.values())
+
+    def observe(self, event: Any) -> None:
+        """Take a detector event (raised, updated or cleared) into the active findings."""
+        key = (event.kind, event.series, event.gpu, event.pid)
+        if event.state == "cleared":
+            self._end_episode(key)
+            return
+        self._active[key] = Finding(
+            event.kind,
+            event.series,
+            event.gpu,
+            event.pid,
+            event.cause,
+            event.time_to_oom_s,
+            event.t,
+        )
+
+    def forget_pid(self, pid: int) -> None:
+        """Drop the findings of a process that went away."""
+        for key in [key for key in self._active if key[3] == pid]:
+            self._end_episode(key)
+
+    def _end_episode(self, key: FindingKey) -> None:
+        self._active.pop(key, None)
+        self._fired = {fired for fired in self._fired if fired[0] != key}
+
+    def decide(self, t: float, wall: float, jobs: JobResolver) -> list[Decision]:
+        """Walk the ladder for every active finding; return (and record) the decisions.
+
+        Suppressions are reported once per job, action and guard until the guard lifts,
+        so a long-lived finding does not repeat the same "suppressed" line every poll.
+        """
+        decisions: list[Decision] = []
+        for key, finding in sorted(self._active.items(), key=lambda item: (item[1].t, item[0])):
+            time_to_oom = finding.time_to_oom_at(t)
+            for ref in jobs(finding.gpu, finding.pid):
+                for index, step in enumerate(self._ladder):
+                    if (key, index, ref.job) in self._fired:
+                        continue
+                    if not step.match.matches(ref.job, ref.user, finding.gpu):
+                        continue
+                    if not step.applies(finding.kind, finding.cause, time_to_oom):
+                        continue
+                    decision = self._guarded(step, finding, ref, t, wall, time_to_oom)
+                    if decision is None:
+                        continue
+                    decisions.append(decision)
+                    if decision.outcome != SUPPRESSED:
+                        self._fired.add((key, index, ref.job))
+        return decisions
+
+    def scheduled(
+        self, action: str, ref: JobRef, gpu: int, t: float, wall: float, reason: str
+    ) -> Decision | None:
+        """The decision for a scheduled ``action`` on ``ref`` (guards apply as to the ladder)."""
+        finding = Finding("schedule", "", gpu, None, None, None, t)
+        step = LadderStep(finding="*", action=action)
+        return self._guarded(step, finding, ref, t, wall, None, reason=reason)
+
+    def _guarded(
+        self,
+        step: LadderStep,
+        finding: Finding,
+        ref: JobRef,
+        t: float,
+        wall: float,
+        time_to_oom: float | None,
+        reason: str = "",
+    ) -> Decision | None:
+        reason = reason or _describe(step)
+        guard = self._guard(step.action, ref.job, wall)
+        if guard:
+            seen = (ref.job, step.action, guard)
+            if seen in self._suppressed_seen:
+                return None
+            self._suppressed_seen.add(seen)
+            outcome, reason = SUPPRESSED, guard
+        else:
+            self._suppressed_seen = {
+                s for s in self._suppressed_seen if s[:2] != (ref.job, step.action)
+            }
+            outcome = DRY_RUN if self._dry_run else SEND
+        decision = Decision(
+            t=t,
+            wall=wall,
+            action=step.action,
+            job=ref.job,
+            gpu=finding.gpu,
+            pid=finding.pid,
+            finding=finding.kind,
+            series=finding.series,
+            outcome=outcome,
+            reason=reason,
+            time_to_oom_s=time_to_oom,
+        )
+        self.ledger.record(decision)
+        return decision
+
+    def _guard(self, action: str, job: str, wall: float) -> str:
+        """Which guard stops ``action`` on ``job`` now, or "" if none."""
+        last = self.ledger.last(job, action)
+        if last is not None and wall - last < self._cooldown_s:
+            return "cooldown"
+        if action == RESTART:
+            since = wall - self._restart_window_s
+            if self.ledger.restarts_since(job, since) >= self._max_restarts:
+                return "restart_budget"
+        if self.ledger.in_flight(job):
+            return "in_flight"
+        return ""
+
+
+def _describe(step: LadderStep) -> str:
+    text = f"ladder: {step.finding}"
+    if step.cause != "*":
+        text += f" ({step.cause})"
+    if step.under_time_to_oom_s > 0:
+        text += f", time to OOM under {step.under_time_to_oom_s:g}s"
+    return f"{text} -> {step.action}"

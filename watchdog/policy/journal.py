@@ -1,0 +1,160 @@
+"""The audit journal: findings, decisions and command results as JSON lines, rotated by size.
+
+Every entry is appended with one ``write`` and fsynced, so a crash loses at
+most the line being written; a torn last line is skipped when the journal is
+read back. A journal that cannot be written (disk full, read-only) is
+reported and counted, and the daemon carries on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from watchdog.policy.engine import SUPPRESSED, Decision, Ledger
+
+log = structlog.get_logger("watchdog.journal")
+
+FILE_NAME = "journal.jsonl"
+
+
+@dataclass
+class ReadStats:
+    """What reading the journal back found."""
+
+    entries: int = 0
+    skipped_lines: int = 0
+
+
+class Journal:
+    """Appends entries to ``directory/journal.jsonl``, rotating at ``max_bytes``.
+
+    Args:
+        directory: The state directory (created if missing).
+        max_bytes: Size at which the file is rotated.
+        keep: Rotated files kept (``journal.jsonl.1`` is the newest).
+    """
+
+    def __init__(self, directory: Path, max_bytes: int = 16 << 20, keep: int = 3) -> None:
+        self.path = directory / FILE_NAME
+        self._directory = directory
+        self._max_bytes = max_bytes
+        self._keep = keep
+        self._lock = threading.Lock()
+        self.write_errors = 0
+
+    def append(self, entry: dict[str, Any]) -> bool:
+        """Append one entry; False (logged and counted) if it could not be written."""
+        line = (json.dumps(entry, separators=(",", ":"), sort_keys=True) + "\n").encode()
+        with self._lock:
+            try:
+                self._directory.mkdir(parents=True, exist_ok=True)
+                self._rotate_if_needed(len(line))
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                try:
+                    written = os.write(fd, line)
+                    if written != len(line):
+                        raise OSError(f"short write ({written} of {len(line)} bytes)")
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                self.write_errors += 1
+                log.error("journal_write_failed", path=str(self.path), error=str(exc))
+                return False
+        return True
+
+    def _rotate_if_needed(self, incoming: int) -> None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size + incoming <= self._max_bytes:
+            return
+        for index in range(self._keep - 1, 0, -1):
+            older = self.path.with_name(f"{FILE_NAME}.{index}")
+            if older.exists():
+                older.rename(self.path.with_name(f"{FILE_NAME}.{index + 1}"))
+        self.path.rename(self.path.with_name(f"{FILE_NAME}.1"))
+        _fsync_directory(self._directory)
+
+    def files(self) -> list[Path]:
+        """The journal's files, oldest first."""
+        rotated = [self.path.with_name(f"{FILE_NAME}.{i}") for i in range(self._keep, 0, -1)]
+        return [path for path in [*rotated, self.path] if path.exists()]
+
+    def read(self, stats: ReadStats | None = None) -> Iterator[dict[str, Any]]:
+        """Every readable entry, oldest first; torn or corrupt lines are skipped and counted."""
+        stats = stats if stats is not None else ReadStats()
+        for path in self.files():
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                log.error("journal_read_failed", path=str(path), error=str(exc))
+                continue
+            for raw in data.split(b"\n"):
+                if not raw.strip():
+                    continue
+                try:
+                    entry = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    stats.skipped_lines += 1
+                    continue
+                if isinstance(entry, dict):
+                    stats.entries += 1
+                    yield entry
+                else:
+                    stats.skipped_lines += 1
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def decision_entry(decision: Decision) -> dict[str, Any]:
+    """A decision as a journal entry."""
+    return {"type": "decision", "wall": decision.wall, **decision.to_json()}
+
+
+def ledger_from(entries: Iterator[dict[str, Any]]) -> Ledger:
+    """Rebuild the guards' memory from journal entries.
+
+    A command still in flight when the daemon stopped is not carried over: its
+    client re-registers with the new daemon, and the command is never resent
+    on its own (no command runs twice).
+    """
+    ledger = Ledger()
+    for entry in entries:
+        if entry.get("type") != "decision" or entry.get("outcome") == SUPPRESSED:
+            continue
+        try:
+            decision = Decision(
+                t=float(entry["t"]),
+                wall=float(entry["wall"]),
+                action=str(entry["action"]),
+                job=str(entry["job"]),
+                gpu=int(entry["gpu"]),
+                pid=None if entry.get("pid") is None else int(entry["pid"]),
+                finding=str(entry.get("finding", "")),
+                series=str(entry.get("series", "")),
+                outcome=str(entry["outcome"]),
+                reason=str(entry.get("reason", "")),
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+        ledger.record(decision)
+        ledger.finished(decision.job)
+    return ledger

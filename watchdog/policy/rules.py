@@ -1,0 +1,219 @@
+"""The escalation ladder and the schedules, as configured in ``[[policy.ladder]]`` and
+``[[policy.schedule]]`` tables (docs/policy.md)."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, fields
+from typing import Any
+
+ACTIONS = ("empty_cache", "dump_snapshot", "dump_stacks", "checkpoint", "checkpoint_and_restart")
+FINDINGS = ("leak", "near_oom", "*")
+CAUSES = ("tensors_kept_alive", "allocator_cache", "outside_pytorch", "unknown", "*")
+RESTART = "checkpoint_and_restart"
+
+
+@dataclass(frozen=True)
+class JobMatch:
+    """Which jobs a rule applies to: glob patterns on job and user, and a GPU (-1: any)."""
+
+    job: str = "*"
+    user: str = "*"
+    gpu: int = -1
+
+    def matches(self, job: str, user: str, gpu: int | None) -> bool:
+        """True when the job, its user and its GPU fit this match."""
+        return (
+            fnmatch.fnmatchcase(job, self.job)
+            and fnmatch.fnmatchcase(user, self.user)
+            and (self.gpu < 0 or gpu == self.gpu)
+        )
+
+
+@dataclass(frozen=True)
+class LadderStep:
+    """One rung: a finding (and its cause) that leads to an action.
+
+    ``under_time_to_oom_s`` > 0 makes the rung act only once the predicted
+    time to OOM is under it (0: as soon as the finding is raised).
+    """
+
+    finding: str
+    action: str
+    cause: str = "*"
+    under_time_to_oom_s: float = 0.0
+    match: JobMatch = JobMatch()
+
+    def applies(self, finding: str, cause: str | None, time_to_oom_s: float | None) -> bool:
+        """True when this rung fits the finding, its cause and its predicted time to OOM."""
+        if self.finding not in ("*", finding):
+            return False
+        if self.cause not in ("*", cause or "unknown"):
+            return False
+        if self.under_time_to_oom_s > 0:
+            return time_to_oom_s is not None and time_to_oom_s < self.under_time_to_oom_s
+        return True
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An action run on a timer for matching jobs: every ``interval_s`` or on a ``cron`` line."""
+
+    action: str
+    interval_s: float = 0.0
+    cron: str = ""
+    jitter_s: float = 0.0
+    match: JobMatch = JobMatch()
+
+
+DEFAULT_CHECKPOINT_BUDGET_S = 1800.0
+
+DEFAULT_LADDER = (
+    # empty_cache returns cached blocks to the driver: it helps fragmentation and
+    # cache growth, and does nothing for tensors that are still referenced.
+    LadderStep(finding="leak", cause="allocator_cache", action="empty_cache"),
+    # A leak is worth a snapshot so someone can find it, whatever its cause.
+    LadderStep(finding="leak", action="dump_snapshot"),
+    # When it will run out before a human can act, save the work and restart.
+    LadderStep(finding="leak", action=RESTART, under_time_to_oom_s=DEFAULT_CHECKPOINT_BUDGET_S),
+    # Near OOM without a leak: free the cache and let the alert tell a human.
+    LadderStep(finding="near_oom", action="empty_cache"),
+)
+
+
+def _table(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"each {what} entry must be a table ([[policy.{what}]])")
+    return value
+
+
+def _choice(table: dict[str, Any], key: str, choices: tuple[str, ...], default: str | None) -> str:
+    value = table.get(key, default)
+    if value is None:
+        raise ValueError(f"needs {key} (one of {', '.join(choices)})")
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    return str(value)
+
+
+def _number(table: dict[str, Any], key: str, minimum: float = 0.0) -> float:
+    value = table.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ValueError(f"{key} must be a number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _match(table: dict[str, Any]) -> JobMatch:
+    job, user, gpu = table.get("job", "*"), table.get("user", "*"), table.get("gpu", -1)
+    if not isinstance(job, str) or not isinstance(user, str):
+        raise ValueError("job and user must be strings (glob patterns)")
+    if isinstance(gpu, bool) or not isinstance(gpu, int):
+        raise ValueError(f"gpu must be an integer (-1 for any), got {gpu!r}")
+    return JobMatch(job=job, user=user, gpu=gpu)
+
+
+def _known_keys(table: dict[str, Any], allowed: set[str], what: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in a [[policy.{what}]] entry")
+
+
+def parse_ladder(value: Any) -> tuple[LadderStep, ...]:
+    """``[[policy.ladder]]`` tables as LadderSteps; raises ValueError naming the entry."""
+    if not isinstance(value, list):
+        raise ValueError("must be a list of tables ([[policy.ladder]])")
+    steps = []
+    for number, entry in enumerate(value, 1):
+        try:
+            table = _table(entry, "ladder")
+            _known_keys(
+                table,
+                {"finding", "cause", "action", "under_time_to_oom_s", "job", "user", "gpu"},
+                "ladder",
+            )
+            steps.append(
+                LadderStep(
+                    finding=_choice(table, "finding", FINDINGS, None),
+                    action=_choice(table, "action", ACTIONS, None),
+                    cause=_choice(table, "cause", CAUSES, "*"),
+                    under_time_to_oom_s=_number(table, "under_time_to_oom_s"),
+                    match=_match(table),
+                )
+            )
+        except ValueError as exc:
+            raise ValueError(f"entry {number}: {exc}") from None
+    return tuple(steps)
+
+
+def parse_schedules(value: Any) -> tuple[Schedule, ...]:
+    """``[[policy.schedule]]`` tables as Schedules; raises ValueError naming the entry."""
+    if not isinstance(value, list):
+        raise ValueError("must be a list of tables ([[policy.schedule]])")
+    schedules = []
+    for number, entry in enumerate(value, 1):
+        try:
+            table = _table(entry, "schedule")
+            _known_keys(
+                table,
+                {"action", "interval_s", "cron", "jitter_s", "job", "user", "gpu"},
+                "schedule",
+            )
+            cron = table.get("cron", "")
+            if not isinstance(cron, str):
+                raise ValueError(f"cron must be a string, got {cron!r}")
+            interval = _number(table, "interval_s")
+            if bool(cron) == bool(interval):
+                raise ValueError("give exactly one of interval_s (> 0) and cron")
+            if interval and interval < 1:
+                raise ValueError(f"interval_s must be >= 1, got {interval:g}")
+            if cron:
+                _check_cron(cron)
+            schedules.append(
+                Schedule(
+                    action=_choice(table, "action", ACTIONS, None),
+                    interval_s=interval,
+                    cron=cron,
+                    jitter_s=_number(table, "jitter_s"),
+                    match=_match(table),
+                )
+            )
+        except ValueError as exc:
+            raise ValueError(f"entry {number}: {exc}") from None
+    return tuple(schedules)
+
+
+def _check_cron(line: str) -> None:
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(line)
+    except ValueError as exc:
+        raise ValueError(f"cron {line!r} is not a valid crontab line: {exc}") from None
+
+
+def _render_tables(name: str, items: tuple[Any, ...]) -> list[str]:
+    from watchdog.config_docs import toml_value
+
+    lines: list[str] = []
+    for item in items:
+        lines.append(f"[[{name}]]")
+        for spec in fields(item):
+            value = getattr(item, spec.name)
+            if isinstance(value, JobMatch):
+                for match_spec in fields(value):
+                    match_value = getattr(value, match_spec.name)
+                    if match_value != match_spec.default:
+                        lines.append(f"{match_spec.name} = {toml_value(match_value)}")
+            elif value != spec.default or spec.name in ("finding", "action"):
+                lines.append(f"{spec.name} = {toml_value(value)}")
+    return lines
+
+
+def render_ladder(section: str, ladder: tuple[LadderStep, ...]) -> list[str]:
+    """The ladder as ``[[policy.ladder]]`` TOML tables."""
+    return _render_tables(f"{section}.ladder", ladder)
+
+
+def render_schedules(section: str, schedules: tuple[Schedule, ...]) -> list[str]:
+    """The schedules as ``[[policy.schedule]]`` TOML tables."""
+    return _render_tables(f"{section}.schedule", schedules)
