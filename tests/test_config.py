@@ -112,7 +112,8 @@ def test_every_key_is_documented_and_in_the_example() -> None:
         section, name = key.split(".")
         assert f"`{key}`" in docs, f"{key} missing from docs/configuration.md"
         assert f"[{section}]" in example, f"[{section}] missing from the example"
-        assert f"\n{name} = " in example, f"{key} missing from the example"
+        in_example = f"\n{name} = " in example or f"[[{key}]]" in example or f"({key})" in example
+        assert in_example, f"{key} missing from the example"
 
 
 def test_generated_docs_are_current() -> None:
