@@ -1,0 +1,117 @@
+"""``gpu-watchdog history``: reading the journal back for a person, filtered by job and time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYTHON
+from watchdog.commands.history import parse_since
+from watchdog.errors import UsageError
+from watchdog.policy.journal import Journal
+
+
+def _history(tmp_path: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "watchdog", "history", "--state-dir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+
+def _fill(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    now = time.time()
+    journal.append(
+        {
+            "type": "finding",
+            "wall": now - 7200,
+            "kind": "leak",
+            "state": "raised",
+            "gpu": 0,
+            "pid": 7,
+            "message": "old leak",
+        }
+    )
+    journal.append(
+        {
+            "type": "decision",
+            "wall": now - 60,
+            "action": "dump_snapshot",
+            "outcome": "send",
+            "job": "a",
+            "gpu": 0,
+            "pid": 7,
+            "reason": "ladder",
+        }
+    )
+    journal.append(
+        {
+            "type": "decision",
+            "wall": now - 30,
+            "action": "empty_cache",
+            "outcome": "dry_run",
+            "job": "b",
+            "gpu": 1,
+            "pid": 8,
+            "reason": "ladder",
+        }
+    )
+    journal.append(
+        {
+            "type": "result",
+            "wall": now - 20,
+            "action": "dump_snapshot",
+            "job": "a",
+            "pid": 7,
+            "ok": True,
+        }
+    )
+
+
+def test_history_filters_by_job_and_time(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """--job keeps one job's entries and --since drops the older ones."""
+    _fill(tmp_path)
+    everything = _history(tmp_path, env=cli_env)
+    assert everything.returncode == 0, everything.stderr
+    assert len(everything.stdout.splitlines()) == 4
+    job_a = _history(tmp_path, "--job", "a", env=cli_env).stdout.splitlines()
+    assert len(job_a) == 2
+    assert all("job a" in line for line in job_a)
+    recent = _history(tmp_path, "--since", "1h", "--json", env=cli_env).stdout.splitlines()
+    assert [json.loads(line)["type"] for line in recent] == ["decision", "decision", "result"]
+
+
+def test_history_of_a_torn_journal_says_what_it_skipped(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """A torn line is skipped and reported, the rest is printed."""
+    _fill(tmp_path)
+    with (tmp_path / "journal.jsonl").open("a") as stream:
+        stream.write('{"type": "decis')
+    result = _history(tmp_path, env=cli_env)
+    assert result.returncode == 0
+    assert "(1 unreadable line(s) skipped)" in result.stdout
+
+
+def test_history_errors_are_one_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """A missing state directory and a bad --since are one-line errors with exit 2."""
+    missing = _history(tmp_path / "nope", env=cli_env)
+    assert missing.returncode == 2
+    assert "does not exist" in missing.stderr
+    bad = _history(tmp_path, "--since", "yesterday-ish", env=cli_env)
+    assert bad.returncode == 2
+    assert "--since: expected a duration" in bad.stderr
+
+
+def test_parse_since() -> None:
+    """Durations count back from now; ISO times without a zone are UTC."""
+    assert parse_since("90m", 10_000.0) == 10_000.0 - 5400
+    assert parse_since("2026-01-01T00:00:00", 0) == 1767225600.0
+    with pytest.raises(UsageError):
+        parse_since("soon", 0)

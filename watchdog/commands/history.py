@@ -1,0 +1,99 @@
+"""``gpu-watchdog history``: what the watchdog found, decided and did, from the audit journal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from watchdog.commands._common import add_config_option, load
+from watchdog.errors import UsageError
+from watchdog.policy.journal import Journal, ReadStats
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``history`` subcommand."""
+    parser = subparsers.add_parser(
+        "history",
+        help="print the audit journal",
+        description="Print findings, decisions and command results from the audit journal.",
+    )
+    add_config_option(parser)
+    parser.add_argument("--job", help="only entries about this job")
+    parser.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only entries newer than this: a duration (30m, 12h, 7d) or an ISO date/time",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--state-dir", type=Path, metavar="DIR", help="override daemon.state_dir")
+    parser.set_defaults(func=run)
+
+
+def parse_since(text: str, now: float) -> float:
+    """Epoch seconds for ``--since``: a duration back from ``now`` or an ISO 8601 time."""
+    match = _DURATION.match(text.strip())
+    if match:
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"--since: expected a duration like 30m, 12h, 7d or an ISO time, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the matching entries, oldest first."""
+    config = load(args)
+    since = parse_since(args.since, time.time()) if args.since else None
+    directory = args.state_dir or Path(config.daemon.state_dir)
+    journal = Journal(directory, config.policy.journal_max_bytes, config.policy.journal_keep)
+    if not journal.files():
+        if not directory.exists():
+            raise UsageError(f"no journal: {directory} does not exist")
+        print(f"no journal entries in {directory}")
+        return 0
+    stats = ReadStats()
+    for entry in journal.read(stats):
+        if args.job and entry.get("job") != args.job:
+            continue
+        if since is not None and float(entry.get("wall", 0)) < since:
+            continue
+        print(json.dumps(entry, sort_keys=True) if args.json else render(entry))
+    if stats.skipped_lines:
+        print(f"({stats.skipped_lines} unreadable line(s) skipped)")
+    return 0
+
+
+def render(entry: dict[str, Any]) -> str:
+    """One journal entry as a line for a person."""
+    when = datetime.fromtimestamp(float(entry.get("wall", 0)), tz=timezone.utc)
+    stamp = when.strftime("%Y-%m-%d %H:%M:%S")
+    kind = entry.get("type", "?")
+    where = f"gpu {entry.get('gpu')}" + (f" pid {entry['pid']}" if entry.get("pid") else "")
+    if kind == "decision":
+        return (
+            f"{stamp}  {entry.get('outcome', '?'):<10} {entry.get('action', '?'):<22} "
+            f"job {entry.get('job', '?')}  {where}  ({entry.get('reason', '')})"
+        )
+    if kind == "result":
+        verdict = "ok" if entry.get("ok") else f"error: {entry.get('error', '')}"
+        return (
+            f"{stamp}  result     {entry.get('action', '?'):<22} "
+            f"job {entry.get('job', '?')} pid {entry.get('pid')}  {verdict}"
+        )
+    if kind == "finding":
+        state, finding = entry.get("state", "?"), entry.get("kind", "?")
+        return f"{stamp}  {state:<10} {finding:<22} {where}  {entry.get('message', '')}"
+    return f"{stamp}  {kind}  {json.dumps(entry, sort_keys=True)}"
