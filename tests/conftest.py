@@ -34,8 +34,9 @@ def free_port() -> int:
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """Environment for running the CLI in a subprocess: no stray GPU_WATCHDOG_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
-    env["GPU_WATCHDOG_CONFIG"] = str(tmp_path / "absent-is-an-error.toml")
-    env.pop("GPU_WATCHDOG_CONFIG")
+    # Each daemon a test starts gets its own socket and state, never the system's.
+    env["GPU_WATCHDOG_SOCKET"] = str(tmp_path / "run" / "watchdog.sock")
+    env["GPU_WATCHDOG_DAEMON_STATE_DIR"] = str(tmp_path / "state")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -186,3 +186,29 @@ def test_watchdog_pings_only_on_progress() -> None:
         stop.set()
         source.block.set()
         thread.join(10)
+
+
+def test_wall_clock_jump_backwards_does_not_pause_polling() -> None:
+    """After the wall clock is set back an hour, polls resume at once instead of an hour later."""
+    source = StubSource(interval_s=0.2)
+    state = DaemonState()
+    wall_offset = [0.0]
+    poller = Poller([source], state, wall=lambda: time.time() + wall_offset[0])
+    poller.start()
+    try:
+        _wait_for(lambda: source.polls >= 2)
+        assert poller.check_clock() is False
+        # Move both the scheduler's view and ours back: freeze_time is not needed, a job far
+        # in the future stands for the wall-clock distance APScheduler would wait out.
+        from datetime import datetime, timedelta, timezone
+
+        for job in poller.scheduler.get_jobs():
+            job.modify(next_run_time=datetime.now(timezone.utc) + timedelta(hours=1))
+        wall_offset[0] = -3600.0
+        before = source.polls
+        time.sleep(0.5)
+        assert source.polls == before  # stuck, as after a real jump
+        assert poller.check_clock() is True
+        _wait_for(lambda: source.polls > before, timeout=5)
+    finally:
+        poller.stop()

@@ -42,11 +42,16 @@ class Poller:
         state: DaemonState,
         observers: Sequence[ReadingObserver] = (),
         clock: Callable[[], float] = time.perf_counter,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sources = list(sources)
         self._state = state
         self._observers = list(observers)
         self._clock = clock
+        self._wall = wall
+        self._monotonic = monotonic
+        self._clock_reference = (wall(), monotonic())
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=max(4, 2 * len(self._sources)))},
             timezone=timezone.utc,
@@ -76,6 +81,32 @@ class Poller:
                 next_run_time=now,
             )
         self._scheduler.start()
+
+    @property
+    def scheduler(self) -> BackgroundScheduler:
+        """The scheduler the polls run on (other timed jobs may share it)."""
+        return self._scheduler
+
+    def check_clock(self, tolerance_s: float = 2.0) -> bool:
+        """Re-schedule every poll now if the wall clock jumped; True if it did.
+
+        APScheduler schedules by wall-clock time, so after the clock is set back
+        (NTP, a VM resumed) it would wait out the difference before the next
+        poll. Comparing the wall clock with the monotonic one finds the jump.
+        """
+        wall, monotonic = self._wall(), self._monotonic()
+        then_wall, then_monotonic = self._clock_reference
+        self._clock_reference = (wall, monotonic)
+        jump = (wall - then_wall) - (monotonic - then_monotonic)
+        if abs(jump) <= tolerance_s:
+            return False
+        log.warning("wall_clock_jump", seconds=round(jump, 3))
+        if self._scheduler.running:
+            now = datetime.now(timezone.utc)
+            for job in self._scheduler.get_jobs():
+                job.modify(next_run_time=now)
+            self._scheduler.wakeup()
+        return True
 
     def stop(self) -> None:
         """Stop scheduling; a poll in progress is not waited for (it may be a hung driver call)."""

@@ -131,6 +131,7 @@ class Daemon:
         tick = min(1.0, interval) if interval else 1.0
         try:
             while not stop.wait(tick):
+                self._poller.check_clock()
                 self._ping_if_progressing()
         finally:
             self._notifier.stopping()
