@@ -1,0 +1,209 @@
+"""The supervisor: events reach the policy, decisions reach clients, results the journal."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from watchdog.control.registry import AllocatorReport, CommandResult, Registration
+from watchdog.daemon.state import DaemonState
+from watchdog.daemon.supervisor import Supervisor
+from watchdog.detectors.events import Event
+from watchdog.policy.engine import Policy
+from watchdog.policy.journal import Journal
+from watchdog.policy.rules import DEFAULT_LADDER
+from watchdog.samples import DeviceSample, Reading
+
+
+def _leak(t: float, pid: int | None = 42, tto: float = 600.0) -> Event:
+    return Event(
+        t=t,
+        kind="leak",
+        state="raised",
+        gpu=0,
+        pid=pid,
+        series="process",
+        rate_bytes_per_s=1e6,
+        time_to_oom_s=tto,
+        confidence=0.9,
+        pattern="steady",
+        cause="tensors_kept_alive",
+        message="leaking",
+    )
+
+
+class FakeEngine:
+    """Returns the events the test queues, once each."""
+
+    def __init__(self) -> None:
+        self.queued: list[Event] = []
+        self.allocator: list[tuple[float, int, int, int, int]] = []
+
+    def observe(self, reading: Reading) -> list[Event]:
+        events, self.queued = self.queued, []
+        return events
+
+    def observe_allocator(
+        self, t: float, gpu: int, pid: int, allocated: int, reserved: int
+    ) -> list[Event]:
+        self.allocator.append((t, gpu, pid, allocated, reserved))
+        return []
+
+    def status(self) -> list[Any]:
+        return []
+
+
+@dataclass
+class FakeClient:
+    pid: int
+    uid: int
+    registration: Registration
+
+    @property
+    def job(self) -> str:
+        return self.registration.job
+
+
+@dataclass
+class FakeServer:
+    """Answers every command with the result the test chooses."""
+
+    clients_: list[FakeClient]
+    ok: bool = True
+    sent: list[tuple[str, str]] = field(default_factory=list)
+
+    def clients(self) -> list[FakeClient]:
+        return self.clients_
+
+    def send_command_async(
+        self, target: str, command: str, uid: int
+    ) -> Future[list[CommandResult]]:
+        self.sent.append((target, command))
+        future: Future[list[CommandResult]] = Future()
+        future.set_result(
+            [
+                CommandResult(
+                    pid=42,
+                    job=target,
+                    rank=0,
+                    command=command,
+                    ok=self.ok,
+                    error="" if self.ok else "disk full",
+                )
+            ]
+        )
+        return future
+
+
+def _supervisor(
+    tmp_path: Path, server: FakeServer | None, dry_run: bool = False
+) -> tuple[Supervisor, FakeEngine, Journal]:
+    engine = FakeEngine()
+    journal = Journal(tmp_path)
+    policy = Policy(
+        DEFAULT_LADDER, cooldown_s=600, max_restarts=1, restart_window_s=86400, dry_run=dry_run
+    )
+    state = DaemonState()
+    state.apply(Reading(t=0, devices=[DeviceSample(0, "GPU-x", "A100", 100, 10)]))
+    wall = iter(range(1000, 100000, 10))
+    sup = Supervisor(
+        engine,
+        policy,
+        journal,
+        state,
+        server,
+        wall=lambda: float(next(wall)),
+        restart_budget=(1, 86400.0),
+    )
+    return sup, engine, journal
+
+
+def _client(device: str = "cuda:0") -> FakeClient:
+    return FakeClient(pid=42, uid=0, registration=Registration(job="train", rank=0, device=device))
+
+
+def test_leak_on_a_registered_process_is_acted_on_and_journalled(tmp_path: Path) -> None:
+    """A leak on a client's pid sends the ladder's commands, one at a time, results journalled."""
+    server = FakeServer([_client()])
+    sup, engine, journal = _supervisor(tmp_path, server)
+    engine.queued = [_leak(0)]
+    sup.on_reading(Reading(t=0))
+    sup.on_reading(Reading(t=1))
+    assert server.sent == [("train", "dump_snapshot"), ("train", "checkpoint_and_restart")]
+    types = [entry["type"] for entry in journal.read()]
+    assert types.count("finding") == 1
+    assert types.count("result") == 2
+    text = generate_latest(_registry(sup)).decode()
+    assert 'gpu_watchdog_actions_total{action="checkpoint_and_restart",outcome="send"} 1.0' in text
+    assert 'gpu_watchdog_restart_budget_remaining{job="train"} 0.0' in text
+    assert 'gpu_watchdog_findings_total{kind="leak",state="raised"} 1.0' in text
+
+
+def test_dry_run_sends_nothing(tmp_path: Path) -> None:
+    """In dry run the decisions are journalled and counted, and no command is sent."""
+    server = FakeServer([_client()])
+    sup, engine, journal = _supervisor(tmp_path, server, dry_run=True)
+    engine.queued = [_leak(0)]
+    sup.on_reading(Reading(t=0))
+    assert server.sent == []
+    outcomes = {e["outcome"] for e in journal.read() if e["type"] == "decision"}
+    assert outcomes == {"dry_run"}
+
+
+def test_unregistered_process_gets_no_command(tmp_path: Path) -> None:
+    """A leak on a pid with no client is journalled, but nothing can be sent to it."""
+    server = FakeServer([])
+    sup, engine, journal = _supervisor(tmp_path, server)
+    engine.queued = [_leak(0, pid=777)]
+    sup.on_reading(Reading(t=0))
+    assert server.sent == []
+    assert [e["type"] for e in journal.read()] == ["finding"]
+
+
+def test_device_level_leak_targets_clients_on_that_gpu(tmp_path: Path) -> None:
+    """A GPU-level finding reaches the jobs whose device is that GPU, by CUDA index."""
+    server = FakeServer([_client("cuda:0")])
+    sup, engine, _ = _supervisor(tmp_path, server)
+    engine.queued = [_leak(0, pid=None)]
+    sup.on_reading(Reading(t=0))
+    assert server.sent[0] == ("train", "dump_snapshot")
+
+
+def test_allocator_reports_feed_detection_with_the_poll_clock(tmp_path: Path) -> None:
+    """Allocator figures go to the engine at the latest poll time; CPU-only reports are ignored."""
+    server = FakeServer([_client()])
+    sup, engine, _ = _supervisor(tmp_path, server)
+    sup.on_reading(Reading(t=12.5))
+    sup.on_report(_client(), AllocatorReport(step=3, allocated_bytes=10, reserved_bytes=20))
+    sup.on_report(_client(), AllocatorReport(step=3))
+    sup.on_report(_client("cpu"), AllocatorReport(step=3, allocated_bytes=1, reserved_bytes=2))
+    assert engine.allocator == [(12.5, 0, 42, 10, 20)]
+
+
+def test_failed_command_is_journalled_and_frees_the_job(tmp_path: Path) -> None:
+    """An error result is recorded and the job may receive its next command."""
+    server = FakeServer([_client()], ok=False)
+    sup, engine, journal = _supervisor(tmp_path, server)
+    engine.queued = [_leak(0)]
+    sup.on_reading(Reading(t=0))
+    sup.on_reading(Reading(t=1))
+    results = [e for e in journal.read() if e["type"] == "result"]
+    assert results[0]["ok"] is False
+    assert results[0]["error"] == "disk full"
+    assert len(server.sent) == 2
+
+
+def test_monitored_pids_include_clients(tmp_path: Path) -> None:
+    """Host memory is read for registered clients too, not only for NVML's GPU processes."""
+    sup, _, _ = _supervisor(tmp_path, FakeServer([_client()]))
+    assert sup.monitored_pids() == [42]
+
+
+def _registry(sup: Supervisor) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(sup)  # type: ignore[arg-type]
+    return registry

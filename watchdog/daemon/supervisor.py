@@ -1,0 +1,282 @@
+"""Joins detection, policy and the control channel in the live daemon.
+
+Readings go to the detection engine; its events go to the log, the journal
+and the policy; the policy's decisions go to the log, the journal and, unless
+suppressed or in dry run, to the training processes through the control
+server. All of it under one lock, since polls and client reports arrive on
+different threads. The decision logic itself lives in the pure engines.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from watchdog.daemon.state import DaemonState
+from watchdog.policy.engine import SEND, SUPPRESSED, Decision, JobRef, Policy
+from watchdog.policy.journal import Journal, decision_entry
+from watchdog.samples import Reading
+
+log = structlog.get_logger("watchdog.supervisor")
+
+_CUDA_INDEX = re.compile(r"^cuda:(\d+)$")
+
+
+class Supervisor:
+    """Feeds readings and client reports through detection and policy, and carries out decisions.
+
+    Args:
+        engine: The detection engine (``observe``, ``observe_allocator``, ``status``).
+        policy: The policy, its ledger already rebuilt from the journal.
+        journal: The audit journal.
+        state: The daemon state (to map CUDA devices to GPUs).
+        server: The control server, or None when no client can be reached.
+        wall: Wall clock for the journal and the guards.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        policy: Policy,
+        journal: Journal,
+        state: DaemonState,
+        server: Any = None,
+        wall: Callable[[], float] = time.time,
+        restart_budget: tuple[int, float] = (3, 86400.0),
+    ) -> None:
+        self._engine = engine
+        self._policy = policy
+        self._journal = journal
+        self._state = state
+        self._server = server
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._last_t = 0.0
+        self._findings: Counter[tuple[str, str]] = Counter()
+        self._actions: Counter[tuple[str, str]] = Counter()
+        self._suppressed: Counter[tuple[str, str]] = Counter()
+        self._results: Counter[tuple[str, str]] = Counter()
+        self._restart_budget = restart_budget
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def on_reading(self, reading: Reading) -> None:
+        """A poll's reading: detect, then decide."""
+        with self._lock:
+            self._last_t = max(self._last_t, reading.t)
+            events = self._engine.observe(reading)
+            self._take_events(events)
+            decisions = self._policy.decide(reading.t, self._wall(), self._jobs)
+        self._carry_out(decisions)
+
+    def on_report(self, client: Any, report: Any) -> None:
+        """A client's heartbeat: feed its allocator figures to detection."""
+        if report.allocated_bytes is None or report.reserved_bytes is None:
+            return
+        gpu = self._gpu_of(client)
+        if gpu is None:
+            return
+        with self._lock:
+            events = self._engine.observe_allocator(
+                self._last_t, gpu, client.pid, report.allocated_bytes, report.reserved_bytes
+            )
+            self._take_events(events)
+
+    def detection_status(self) -> list[Any]:
+        """The detection engine's per-series status, read under the lock."""
+        with self._lock:
+            return list(self._engine.status())
+
+    def monitored_pids(self) -> list[int]:
+        """GPU processes and registered clients: whose host memory to read."""
+        pids = set(self._state.gpu_pids())
+        if self._server is not None:
+            pids.update(client.pid for client in self._server.clients())
+        return sorted(pids)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _take_events(self, events: list[Any]) -> None:
+        for event in events:
+            self._findings[(event.kind, event.state)] += 1
+            self._policy.observe(event)
+            entry = {"type": "finding", "wall": self._wall(), **event.to_json()}
+            self._journal.append(entry)
+            log.warning(
+                f"{event.kind}_{event.state}",
+                gpu=event.gpu,
+                pid=event.pid,
+                series=event.series,
+                rate_bytes_per_s=round(event.rate_bytes_per_s),
+                time_to_oom_s=event.time_to_oom_s,
+                cause=event.cause,
+                message=event.message,
+            )
+
+    def _jobs(self, gpu: int, pid: int | None) -> list[JobRef]:
+        """The registered jobs a finding on (gpu, pid) concerns."""
+        if self._server is None:
+            return []
+        clients = self._server.clients()
+        if pid is not None:
+            chosen = [c for c in clients if c.pid == pid]
+        else:
+            chosen = [c for c in clients if self._gpu_of(c) == gpu]
+        refs = {c.job: JobRef(c.job, _user(c.uid)) for c in chosen}
+        return list(refs.values())
+
+    def _gpu_of(self, client: Any) -> int | None:
+        registration = client.registration
+        if registration.device_uuid:
+            for device in self._state.snapshot().devices:
+                if device.uuid == registration.device_uuid:
+                    return device.gpu
+        match = _CUDA_INDEX.match(registration.device or "")
+        return int(match.group(1)) if match else None
+
+    def _carry_out(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            self._journal.append(decision_entry(decision))
+            if decision.outcome == SUPPRESSED:
+                self._suppressed[(decision.action, decision.reason)] += 1
+            self._actions[(decision.action, decision.outcome)] += 1
+            log.warning(
+                "action",
+                action=decision.action,
+                outcome=decision.outcome,
+                reason=decision.reason,
+                job=decision.job,
+                gpu=decision.gpu,
+                pid=decision.pid,
+                time_to_oom_s=decision.time_to_oom_s,
+            )
+            if decision.outcome == SEND:
+                self._send(decision)
+
+    def _send(self, decision: Decision) -> None:
+        if self._server is None:
+            self._finished(decision, [], "no control server")
+            return
+        future: Future[Any] = self._server.send_command_async(decision.job, decision.action, 0)
+        future.add_done_callback(lambda done: self._on_done(decision, done))
+
+    def _on_done(self, decision: Decision, future: Future[Any]) -> None:
+        try:
+            results = future.result()
+        except Exception as exc:  # unknown target, server stopping: the job is gone
+            self._finished(decision, [], str(exc))
+            return
+        self._finished(decision, results, "")
+
+    def _finished(self, decision: Decision, results: list[Any], error: str) -> None:
+        with self._lock:
+            self._policy.ledger.finished(decision.job)
+        if error:
+            self._results[(decision.action, "error")] += 1
+            self._journal.append(
+                {
+                    "type": "result",
+                    "wall": self._wall(),
+                    "action": decision.action,
+                    "job": decision.job,
+                    "pid": None,
+                    "ok": False,
+                    "error": error,
+                }
+            )
+            log.error("action_failed", action=decision.action, job=decision.job, error=error)
+            return
+        for result in results:
+            self._results[(decision.action, "ok" if result.ok else "error")] += 1
+            self._journal.append(
+                {
+                    "type": "result",
+                    "wall": self._wall(),
+                    "action": decision.action,
+                    "job": decision.job,
+                    "pid": result.pid,
+                    "ok": result.ok,
+                    "error": result.error,
+                    "duration_s": result.duration_s,
+                }
+            )
+            log.info(
+                "action_result",
+                action=decision.action,
+                job=decision.job,
+                pid=result.pid,
+                ok=result.ok,
+                error=result.error,
+            )
+
+    # --- metrics --------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        """Findings, actions, suppressions, command results, restart budgets, journal errors."""
+        with self._lock:
+            findings, actions = dict(self._findings), dict(self._actions)
+            suppressed, results = dict(self._suppressed), dict(self._results)
+        yield _counter(
+            "findings", "Detector events, by finding and state.", ("kind", "state"), findings
+        )
+        yield _counter(
+            "actions",
+            "Policy decisions, by action and outcome (send, dry_run, suppressed).",
+            ("action", "outcome"),
+            actions,
+        )
+        yield _counter(
+            "actions_suppressed",
+            "Decisions a guard stopped, by action and guard.",
+            ("action", "reason"),
+            suppressed,
+        )
+        yield _counter(
+            "action_results",
+            "Answers of training processes to commands the policy sent.",
+            ("action", "result"),
+            results,
+        )
+        budget = GaugeMetricFamily(
+            "gpu_watchdog_restart_budget_remaining",
+            "Checkpoint-and-restarts the policy may still do for a registered job in its window.",
+            labels=["job"],
+        )
+        limit, window = self._restart_budget
+        jobs = {c.job for c in self._server.clients()} if self._server is not None else set()
+        since = self._wall() - window
+        for job in sorted(jobs):
+            used = self._policy.ledger.restarts_since(job, since)
+            budget.add_metric([job], max(0, limit - used))
+        yield budget
+        errors = CounterMetricFamily(
+            "gpu_watchdog_journal_write_errors", "Audit journal entries that could not be written."
+        )
+        errors.add_metric([], self._journal.write_errors)
+        yield errors
+
+
+def _counter(
+    name: str, documentation: str, labels: tuple[str, ...], values: dict[tuple[str, str], int]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"gpu_watchdog_{name}", documentation, labels=list(labels))
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key), value)
+    return family
+
+
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        return str(uid)
