@@ -207,3 +207,44 @@ def _registry(sup: Supervisor) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(sup)  # type: ignore[arg-type]
     return registry
+
+
+def test_schedule_runs_its_action_on_matching_jobs_within_guards(tmp_path: Path) -> None:
+    """A fired schedule sends its action to each matching job once; cooldown stops a repeat."""
+    from watchdog.policy.rules import parse_schedules
+
+    other = FakeClient(pid=43, uid=0, registration=Registration(job="eval", rank=0))
+    rank1 = FakeClient(pid=44, uid=0, registration=Registration(job="train", rank=1))
+    server = FakeServer([_client(), rank1, other])
+    sup, _, journal = _supervisor(tmp_path, server)
+    [schedule] = parse_schedules([{"action": "empty_cache", "interval_s": 1800, "job": "tr*"}])
+    sup.on_schedule(schedule)
+    assert server.sent == [("train", "empty_cache")]
+    sup.on_schedule(schedule)
+    assert server.sent == [("train", "empty_cache")]
+    reasons = [e["reason"] for e in journal.read() if e["type"] == "decision"]
+    assert reasons == ["schedule: every 1800s -> empty_cache", "cooldown"]
+
+
+def test_install_schedules_adds_jittered_coalescing_jobs(tmp_path: Path) -> None:
+    """Each schedule becomes one APScheduler job with its trigger, jitter and misfire grace."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from watchdog.policy.rules import parse_schedules
+
+    sup, _, _ = _supervisor(tmp_path, FakeServer([]))
+    schedules = parse_schedules(
+        [
+            {"action": "checkpoint_and_restart", "interval_s": 14400, "jitter_s": 300},
+            {"action": "empty_cache", "cron": "*/30 * * * *", "jitter_s": 30},
+        ]
+    )
+    scheduler = BackgroundScheduler(timezone="UTC")
+    sup.install_schedules(scheduler, schedules)
+    jobs = {job.id: job for job in scheduler.get_jobs()}
+    assert set(jobs) == {"schedule-0", "schedule-1"}
+    assert jobs["schedule-0"].trigger.interval.total_seconds() == 14400
+    assert jobs["schedule-0"].trigger.jitter == 300
+    assert jobs["schedule-1"].trigger.jitter == 30
+    assert all(job.coalesce and job.max_instances == 1 for job in jobs.values())
+    assert all(job.misfire_grace_time == 60 for job in jobs.values())

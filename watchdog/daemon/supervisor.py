@@ -18,11 +18,14 @@ from concurrent.futures import Future
 from typing import Any
 
 import structlog
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from watchdog.daemon.state import DaemonState
 from watchdog.policy.engine import SEND, SUPPRESSED, Decision, JobRef, Policy
 from watchdog.policy.journal import Journal, decision_entry
+from watchdog.policy.rules import Schedule
 from watchdog.samples import Reading
 
 log = structlog.get_logger("watchdog.supervisor")
@@ -94,6 +97,57 @@ class Supervisor:
         """The detection engine's per-series status, read under the lock."""
         with self._lock:
             return list(self._engine.status())
+
+    def on_schedule(self, schedule: Schedule) -> None:
+        """A schedule fired: its action for every registered job it matches, through the guards."""
+        if self._server is None:
+            return
+        label = (
+            f"every {schedule.interval_s:g}s" if schedule.interval_s else f"cron {schedule.cron}"
+        )
+        decisions = []
+        with self._lock:
+            wall = self._wall()
+            seen: set[str] = set()
+            for client in self._server.clients():
+                gpu = self._gpu_of(client)
+                user = _user(client.uid)
+                if client.job in seen or not schedule.match.matches(client.job, user, gpu):
+                    continue
+                seen.add(client.job)
+                decision = self._policy.scheduled(
+                    schedule.action,
+                    JobRef(client.job, user),
+                    -1 if gpu is None else gpu,
+                    self._last_t,
+                    wall,
+                    reason=f"schedule: {label} -> {schedule.action}",
+                )
+                if decision is not None:
+                    decisions.append(decision)
+        self._carry_out(decisions)
+
+    def install_schedules(self, scheduler: Any, schedules: tuple[Schedule, ...]) -> None:
+        """Add an APScheduler job per schedule (coalescing, jittered, one at a time)."""
+        for index, schedule in enumerate(schedules):
+            trigger = (
+                IntervalTrigger(seconds=schedule.interval_s, jitter=schedule.jitter_s or None)
+                if schedule.interval_s
+                else CronTrigger.from_crontab(schedule.cron, timezone="UTC")
+            )
+            if schedule.cron and schedule.jitter_s:
+                trigger.jitter = schedule.jitter_s
+            scheduler.add_job(
+                self.on_schedule,
+                trigger,
+                args=[schedule],
+                id=f"schedule-{index}",
+                name=f"{schedule.action} ({schedule.match.job})",
+                coalesce=True,
+                max_instances=1,
+                # A run missed by less than a minute (a busy host) still happens.
+                misfire_grace_time=60,
+            )
 
     def monitored_pids(self) -> list[int]:
         """GPU processes and registered clients: whose host memory to read."""
