@@ -88,6 +88,9 @@ class _Forbidden:
     def name(self) -> str:
         return "secret"
 
+    def create_time(self) -> float:
+        return 1.0
+
     def username(self) -> str:
         raise psutil.AccessDenied(self.pid)
 
@@ -172,3 +175,30 @@ def test_unreadable_procfs_entries_give_an_empty_owner(tmp_path: Path) -> None:
 def test_parse_environ_tolerates_junk() -> None:
     """Entries without '=' and undecodable bytes do not break parsing."""
     assert parse_environ(b"A=1\0junk\0B=\xff\0") == {"A": "1", "B": "\ufffd"}
+
+
+def test_owner_is_read_once_per_process_and_not_inherited_by_a_reused_pid(tmp_path: Path) -> None:
+    """The owner is cached by pid and start time: a new process with the same pid is read anew."""
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "cgroup").write_text("0::/system.slice/a.service\n")
+    started = [1.0]
+
+    class Stub(_Forbidden):
+        def username(self) -> str:
+            return "bob"
+
+        def memory_info(self) -> SimpleNamespace:
+            return SimpleNamespace(rss=1)
+
+        def children(self, recursive: bool = False) -> list[object]:
+            return []
+
+        def create_time(self) -> float:
+            return started[0]
+
+    source = HostSource(lambda: [7], proc_root=tmp_path, process_factory=Stub, parent_map=dict)
+    assert source.poll().host_processes[0].owner.systemd_unit == "a.service"  # type: ignore[index]
+    (tmp_path / "7" / "cgroup").write_text("0::/system.slice/b.service\n")
+    assert source.poll().host_processes[0].owner.systemd_unit == "a.service"  # type: ignore[index]
+    started[0] = 2.0  # the pid was reused by a new process
+    assert source.poll().host_processes[0].owner.systemd_unit == "b.service"  # type: ignore[index]

@@ -16,13 +16,19 @@ LEVELS = {
 }
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    always: dict[str, str] | None = None,
+) -> None:
     """Configure structlog for the daemon.
 
     Args:
         level: Lowest level logged (``debug``, ``info``, ``warning``, ``error``).
         fmt: ``json``, ``console`` or ``auto`` (console on a terminal, else JSON).
         stream: Where log lines go; standard output (journald) when ``None``.
+        always: Fields added to every line, from every thread (e.g. ``source``).
     """
     stream = sys.stdout if stream is None else stream
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
@@ -34,6 +40,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_fields(always or {}),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -47,3 +54,14 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     logging.getLogger("apscheduler").setLevel(
         logging.WARNING if level != "debug" else logging.DEBUG
     )
+
+
+def _add_fields(fields: dict[str, str]) -> structlog.typing.Processor:
+    def add(
+        logger: object, method: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        for key, value in fields.items():
+            event.setdefault(key, value)
+        return event
+
+    return add

@@ -10,7 +10,7 @@ from typing import Any
 import psutil
 import structlog
 
-from watchdog.samples import NVML, HostMemory, HostProcessSample, Reading
+from watchdog.samples import NVML, HostMemory, HostProcessSample, Owner, Reading
 from watchdog.sources.attribution import owner_of
 
 log = structlog.get_logger("watchdog.sources.host")
@@ -36,6 +36,7 @@ class HostSource:
         process_factory: Callable[[int], Any] = psutil.Process,
         virtual_memory: Callable[[], Any] = psutil.virtual_memory,
         origin: str = NVML,
+        parent_map: Callable[[], dict[int, int]] | None = None,
     ) -> None:
         self._pids = pids
         self.interval_s = interval_s
@@ -44,12 +45,21 @@ class HostSource:
         self._process_factory = process_factory
         self._virtual_memory = virtual_memory
         self._origin = origin
+        self._parent_map = parent_map or _parent_map
+        # Owners only change when a process does: keyed by pid and start time against reuse.
+        self._owners: dict[tuple[int, float], Owner] = {}
+        self._owners_used: set[tuple[int, float]] = set()
 
     def poll(self) -> Reading:
         """Read host memory and each GPU process's RSS."""
         t = self._clock()
         memory = self._virtual_memory()
-        samples = [s for pid in sorted(set(self._pids())) if (s := self._read(pid)) is not None]
+        pids = sorted(set(self._pids()))
+        # One pass over the process table per poll, rather than one per GPU process.
+        children = _children_index(self._parent_map()) if pids else {}
+        self._owners_used: set[tuple[int, float]] = set()
+        samples = [s for pid in pids if (s := self._read(pid, children)) is not None]
+        self._owners = {k: v for k, v in self._owners.items() if k in self._owners_used}
         return Reading(
             t=t,
             origin=self._origin,
@@ -60,17 +70,17 @@ class HostSource:
     def close(self) -> None:
         """Nothing to release."""
 
-    def _read(self, pid: int) -> HostProcessSample | None:
+    def _read(self, pid: int, children: dict[int, list[int]]) -> HostProcessSample | None:
         try:
             process = self._process_factory(pid)
             with process.oneshot():
                 command = _or_empty(process.name)
                 username = _or_empty(process.username)
+                started = _started(process)
                 try:
                     rss: int | None = int(process.memory_info().rss)
                 except psutil.AccessDenied:
                     rss = None
-            children = self._children_rss(process)
         except _GONE:
             return None
         except psutil.AccessDenied:
@@ -80,24 +90,58 @@ class HostSource:
             command=command,
             username=username,
             rss_bytes=rss,
-            children_rss_bytes=children,
-            owner=owner_of(pid, self._proc_root),
+            children_rss_bytes=self._descendants_rss(pid, children),
+            owner=self._owner(pid, started),
         )
 
-    @staticmethod
-    def _children_rss(process: Any) -> int | None:
-        """Summed RSS of all descendants; children that vanish or hide are left out."""
-        try:
-            children = process.children(recursive=True)
-        except psutil.AccessDenied:
-            return None
+    def _owner(self, pid: int, started: float) -> Owner:
+        key = (pid, started)
+        self._owners_used.add(key)
+        owner = self._owners.get(key)
+        if owner is None:
+            owner = self._owners[key] = owner_of(pid, self._proc_root)
+        return owner
+
+    def _descendants_rss(self, pid: int, children: dict[int, list[int]]) -> int:
+        """Summed RSS of all descendants; those that vanish or hide are left out."""
         total = 0
-        for child in children:
+        pending = list(children.get(pid, ()))
+        seen = {pid}
+        while pending:
+            child = pending.pop()
+            if child in seen:  # a reused pid can make the snapshot cyclic
+                continue
+            seen.add(child)
+            pending.extend(children.get(child, ()))
             try:
-                total += int(child.memory_info().rss)
+                total += int(self._process_factory(child).memory_info().rss)
             except (*_GONE, psutil.AccessDenied):
                 continue
         return total
+
+
+def _parent_map() -> dict[int, int]:
+    """pid -> parent pid for every process on the host."""
+    parents = {}
+    for process in psutil.process_iter(["ppid"]):
+        ppid = process.info.get("ppid")
+        if ppid is not None:
+            parents[process.pid] = ppid
+    return parents
+
+
+def _children_index(parents: dict[int, int]) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    return children
+
+
+def _started(process: Any) -> float:
+    try:
+        return float(process.create_time())
+    except (psutil.Error, OSError):
+        return 0.0
 
 
 def _or_empty(read: Callable[[], str]) -> str:

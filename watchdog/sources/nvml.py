@@ -25,8 +25,8 @@ log = structlog.get_logger("watchdog.nvml")
 
 # A figure this driver or device cannot give: leave it out, never report 0.
 UNSUPPORTED_ERRORS = frozenset({"NotSupported", "FunctionNotFound", "NoPermission"})
-# The driver's memory struct is newer or older than the binding's: fall back a version.
-VERSION_ERRORS = frozenset({"FunctionNotFound", "NotSupported", "ArgumentVersionMismatch"})
+# The driver lacks this version of a call, or its struct: fall back a version.
+VERSION_ERRORS = frozenset({"FunctionNotFound", "ArgumentVersionMismatch", "LibraryMismatch"})
 
 _INIT_HINTS = {
     "LibraryNotFound": "libnvidia-ml.so.1 not found: is the NVIDIA driver installed?",
@@ -114,8 +114,16 @@ class Nvml:
         except OSError as exc:  # a broken library file fails in the loader, not in NVML
             raise NvmlUnavailable(f"NVML unavailable: cannot load libnvidia-ml: {exc}") from None
         self._initialized = True
-        self.driver_version = _text(self.optional("nvmlSystemGetDriverVersion") or "")
-        self.nvml_version = _text(self.optional("nvmlSystemGetNVMLVersion") or "")
+        self.driver_version = self._version("nvmlSystemGetDriverVersion")
+        self.nvml_version = self._version("nvmlSystemGetNVMLVersion")
+
+    def _version(self, call: str) -> str:
+        """A version string, or "" if the driver cannot say: never a reason not to start."""
+        try:
+            return _text(self.optional(call) or "")
+        except NvmlCallError as exc:
+            log.warning("nvml_version_unreadable", call=call, error=exc.error)
+            return ""
 
     def shutdown(self) -> None:
         """Shut NVML down if it was initialised; errors are ignored at exit."""
@@ -153,10 +161,14 @@ class Nvml:
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], tolerated: frozenset[str]
     ) -> Any:
         module = self.module
+        # pynvml's unversioned wrappers call the newest C function and raise
+        # NVMLLibraryMismatchError (not an NVMLError) on a driver without it.
+        mismatch = getattr(module, "NVMLLibraryMismatchError", None)
+        caught = (module.NVMLError, mismatch) if mismatch else (module.NVMLError,)
         try:
             return getattr(module, name)(*args, **kwargs)
-        except module.NVMLError as exc:
-            error = error_name(exc)
+        except caught as exc:
+            error = "LibraryMismatch" if mismatch and isinstance(exc, mismatch) else error_name(exc)
             if error in tolerated:
                 raise _Unsupported(name, error, str(exc)) from None
             with self._lock:

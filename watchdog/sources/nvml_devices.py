@@ -106,21 +106,30 @@ class NvmlDeviceSource:
             identity = self._identity[index] = (uuid, name)
         return identity
 
-    def _memory(self, index: int, handle: Any) -> tuple[int, int, int, int | None]:
-        """(total, used, free, reserved); v2 excludes driver-reserved memory from ``used``."""
+    def _memory(
+        self, index: int, handle: Any
+    ) -> tuple[int | None, int | None, int | None, int | None]:
+        """(total, used, free, reserved); v2 excludes driver-reserved memory from ``used``.
+
+        A GPU that cannot report memory at all (NotSupported on some integrated
+        and embedded GPUs) has no memory figures, and is not lost for that.
+        """
         if index not in self._memory_v1_only:
             version = getattr(self._nvml.module, "nvmlMemory_v2", None)
             try:
                 if version is None:
                     raise NvmlCallError("nvmlDeviceGetMemoryInfo_v2", "FunctionNotFound", "")
-                info = self._nvml.call("nvmlDeviceGetMemoryInfo", handle, version=version)
-                return int(info.total), int(info.used), int(info.free), int(info.reserved)
+                info = self._nvml.optional("nvmlDeviceGetMemoryInfo", handle, version=version)
+                if info is not None:
+                    return int(info.total), int(info.used), int(info.free), int(info.reserved)
             except NvmlCallError as exc:
                 if exc.error not in VERSION_ERRORS:
                     raise
-                self._memory_v1_only.add(index)
-                log.info("nvml_memory_v1_fallback", gpu=index, error=exc.error)
-        info = self._nvml.call("nvmlDeviceGetMemoryInfo", handle)
+            self._memory_v1_only.add(index)
+            log.info("nvml_memory_v1_fallback", gpu=index)
+        info = self._nvml.optional("nvmlDeviceGetMemoryInfo", handle)
+        if info is None:
+            return None, None, None, None
         return int(info.total), int(info.used), int(info.free), None
 
     def _figure(self, index: int, read: Callable[[Any], float | None], handle: Any) -> float | None:

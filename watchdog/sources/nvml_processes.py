@@ -102,11 +102,11 @@ class NvmlProcessSource:
             try:
                 result = self._nvml.call(call, handle)
             except NvmlCallError as exc:
-                if exc.error in VERSION_ERRORS and call != candidates[-1]:
-                    continue
                 if exc.error == "NotSupported":  # e.g. graphics processes on a compute card
                     self._calls[(index, kind)] = call
                     return []
+                if exc.error in VERSION_ERRORS and call != candidates[-1]:
+                    continue
                 raise
             self._calls[(index, kind)] = call
             return list(result)
