@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -55,8 +56,7 @@ class HostSource:
         t = self._clock()
         memory = self._virtual_memory()
         pids = sorted(set(self._pids()))
-        # One pass over the process table per poll, rather than one per GPU process.
-        children = _children_index(self._parent_map()) if pids else {}
+        children = self._children(pids)
         self._owners_used: set[tuple[int, float]] = set()
         samples = [s for pid in pids if (s := self._read(pid, children)) is not None]
         self._owners = {k: v for k, v in self._owners.items() if k in self._owners_used}
@@ -94,6 +94,27 @@ class HostSource:
             owner=self._owner(pid, started),
         )
 
+    def _children(self, pids: list[int]) -> dict[int, list[int]]:
+        """Children of each process under ``pids``, from the kernel's per-thread lists.
+
+        ``/proc/PID/task/TID/children`` costs a read per thread of the processes we
+        watch; without it (CONFIG_PROC_CHILDREN off) one pass over the process table.
+        """
+        if not pids:
+            return {}
+        children: dict[int, list[int]] = {}
+        pending = list(pids)
+        while pending:
+            pid = pending.pop()
+            if pid in children:
+                continue
+            found = _kernel_children(self._proc_root, pid)
+            if found is None:
+                return _children_index(self._parent_map())
+            children[pid] = found
+            pending.extend(found)
+        return children
+
     def _owner(self, pid: int, started: float) -> Owner:
         key = (pid, started)
         self._owners_used.add(key)
@@ -113,11 +134,42 @@ class HostSource:
                 continue
             seen.add(child)
             pending.extend(children.get(child, ()))
-            try:
-                total += int(self._process_factory(child).memory_info().rss)
-            except (*_GONE, psutil.AccessDenied):
-                continue
+            rss = _statm_rss(self._proc_root, child)
+            if rss is not None:
+                total += rss
         return total
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _kernel_children(proc_root: Path, pid: int) -> list[int] | None:
+    """Children of ``pid`` from ``task/*/children``; [] if it is gone, None if unsupported."""
+    try:
+        tasks = os.listdir(proc_root / str(pid) / "task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for tid in tasks:
+        try:
+            with open(proc_root / str(pid) / "task" / tid / "children", "rb") as stream:
+                found.extend(int(child) for child in stream.read().split())
+        except FileNotFoundError:
+            if tid == tasks[0] and not (proc_root / str(pid) / "task" / tid).exists():
+                continue  # the thread exited meanwhile
+            return None if tid == tasks[0] else found
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _statm_rss(proc_root: Path, pid: int) -> int | None:
+    """Resident set size of ``pid`` from ``statm`` (one small read), or None if unreadable."""
+    try:
+        with open(proc_root / str(pid) / "statm", "rb") as stream:
+            return int(stream.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _parent_map() -> dict[int, int]:
