@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "status",
     "record",
     "history",
+    "clients",
+    "send",
 )
 
 

@@ -1,0 +1,359 @@
+"""The in-process library, attached to an in-process server: commands, failures, checkpoints."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+import threading
+import time
+
+import pytest
+from control_helpers import wait_for
+
+from watchdog.client import RESTART_EXIT_CODE, CheckpointStore, RestartRequested, attach
+
+try:
+    import torch
+except ImportError:  # the core test environment has no torch
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed")
+
+pytest_plugins = ["control_fixtures"]
+
+
+@pytest.fixture
+def model_and_optimizer():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+@pytest.fixture
+def handles():
+    made = []
+    yield made
+    for handle in made:
+        handle.close()
+
+
+def train_in_thread(wd, stop: threading.Event, pause: float = 0.001) -> threading.Thread:
+    """A training loop calling wd.step() in its own thread until ``stop``."""
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                wd.step()
+            except SystemExit:
+                return
+            time.sleep(pause)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_import_is_cheap():
+    """Importing watchdog and attaching pulls in neither torch nor any framework."""
+    import subprocess
+
+    code = ("import sys, watchdog; wd = watchdog.attach(socket_path='/nonexistent/s'); wd.step(); "
+            "wd.close(); print(sorted(m for m in ('torch', 'lightning', 'transformers') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_step_fast_path_calls_nothing(handles):
+    """step() with nothing pending calls no C function at all (so no system call)."""
+    wd = attach(socket_path="/nonexistent/s", connect=False)
+    handles.append(wd)
+    calls = []
+
+    def profile(frame, event, arg):
+        if event.startswith("c_"):
+            calls.append(arg)
+
+    wd.step()
+    sys.setprofile(profile)
+    try:
+        wd.step()
+        wd.step(41)
+    finally:
+        sys.setprofile(None)
+    calls = [c for c in calls if getattr(c, "__name__", "") != "setprofile"]
+    assert calls == []
+    assert wd.step_count == 41
+
+
+def test_no_daemon_warns_once_and_trains_on(short_dir, caplog, handles):
+    """Without a daemon: one warning, steps keep working, retries stay quiet."""
+    caplog.set_level(logging.DEBUG, logger="watchdog.client")
+    wd = attach(socket_path=str(short_dir / "none.sock"))
+    handles.append(wd)
+    for _ in range(1000):
+        wd.step()
+    wait_for(lambda: sum(1 for r in caplog.records if "retrying" in r.message), what="warning")
+    time.sleep(1.0)  # several retries with backoff
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "no daemon" in warnings[0].message
+    assert sum(1 for r in caplog.records if "still no daemon" in r.message) >= 2
+    assert wd.step_count == 1000
+
+
+def test_daemon_appears_later(server_factory, short_dir, handles):
+    """A client started before the daemon registers once the daemon comes up."""
+    path = short_dir / "run" / "wd.sock"
+    wd = attach(socket_path=str(path))
+    handles.append(wd)
+    time.sleep(0.3)
+    server = server_factory()
+    wait_for(server.clients, what="late registration")
+
+
+@needs_torch
+def test_commands_run_on_the_training_thread(server_factory, model_and_optimizer, short_dir,
+                                             handles):
+    """checkpoint runs inside step() on the training thread and its result comes back."""
+    server = server_factory()
+    model, optimizer = model_and_optimizer
+    seen_threads = []
+
+    def checkpoint(step):
+        seen_threads.append(threading.current_thread().name)
+        return {"saved_at": step}
+
+    wd = attach(model, optimizer, socket_path=server.socket_path, checkpoint=checkpoint)
+    handles.append(wd)
+    wait_for(server.clients)
+    stop = threading.Event()
+    trainer = train_in_thread(wd, stop)
+    try:
+        (result,) = server.send_command(os.getpid(), "checkpoint", requester_uid=0, timeout_s=10)
+    finally:
+        stop.set()
+        trainer.join()
+    assert result.ok, result.error
+    assert result.details["saved_at"] == result.details["step"]
+    assert seen_threads == [trainer.name]
+    assert result.duration_s is not None
+
+
+def test_failing_command_is_reported_and_training_continues(server_factory, handles):
+    """An exception inside a command becomes an error result; the loop keeps stepping."""
+    server = server_factory()
+
+    def broken(step):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    wd = attach(socket_path=server.socket_path, checkpoint=broken)
+    handles.append(wd)
+    wait_for(server.clients)
+    stop = threading.Event()
+    trainer = train_in_thread(wd, stop)
+    try:
+        (result,) = server.send_command(os.getpid(), "checkpoint", requester_uid=0, timeout_s=10)
+        before = wd.step_count
+        wait_for(lambda: wd.step_count > before + 10, what="training continues")
+    finally:
+        stop.set()
+        trainer.join()
+    assert not result.ok
+    assert "No space left" in result.error
+
+
+def test_cpu_only_figures_are_null_and_snapshot_is_a_clear_error(server_factory, handles):
+    """On CPU the allocator figures are None (not 0) and dump_snapshot says why it cannot."""
+    server = server_factory()
+    wd = attach(socket_path=server.socket_path)
+    handles.append(wd)
+    wait_for(lambda: server.clients() and server.clients()[0].report.step is not None)
+    report = server.clients()[0].report
+    assert report.allocated_bytes is None
+    assert report.reserved_bytes is None
+    assert report.rss_bytes is not None
+    assert report.rss_bytes > 0
+    stop = threading.Event()
+    trainer = train_in_thread(wd, stop)
+    try:
+        (snap,) = server.send_command(os.getpid(), "dump_snapshot", requester_uid=0, timeout_s=10)
+        (empty,) = server.send_command(os.getpid(), "empty_cache", requester_uid=0, timeout_s=10)
+    finally:
+        stop.set()
+        trainer.join()
+    assert not snap.ok
+    assert "CUDA is not initialised" in snap.error
+    assert empty.ok
+    assert empty.details["freed_bytes"] is None
+
+
+def test_dump_stacks_answers_while_training_is_stuck(server_factory, handles):
+    """dump_stacks is answered by the background thread while the training thread hangs."""
+    server = server_factory()
+    wd = attach(socket_path=server.socket_path)
+    handles.append(wd)
+    wait_for(server.clients)
+    stuck = threading.Event()
+
+    def hang_in_training():
+        wd.step()
+        stuck.wait(30)
+
+    trainer = threading.Thread(target=hang_in_training, name="stuck-trainer", daemon=True)
+    trainer.start()
+    try:
+        (result,) = server.send_command(os.getpid(), "dump_stacks", requester_uid=0, timeout_s=5)
+    finally:
+        stuck.set()
+        trainer.join()
+    assert result.ok
+    assert "hang_in_training" in result.details["stacks"]
+    assert "stuck-trainer" in result.details["threads"].values()
+
+
+def test_at_step_defers_the_command(server_factory, handles):
+    """A command with at_step runs at the first step() reaching that step, not before."""
+    server = server_factory()
+    ran_at = []
+    wd = attach(socket_path=server.socket_path, checkpoint=ran_at.append)
+    handles.append(wd)
+    wait_for(server.clients)
+    future = server.send_command_async(os.getpid(), "checkpoint", requester_uid=0,
+                                       args={"at_step": 50}, timeout_s=10)
+    wait_for(lambda: wd._pending, what="command queued")
+    for _ in range(49):
+        wd.step()
+    assert ran_at == []
+    wd.step()
+    assert ran_at == [50]
+    assert future.result(5)[0].ok
+
+
+@needs_torch
+def test_checkpoint_and_restart_exits_with_the_code(server_factory, model_and_optimizer,
+                                                    short_dir, handles):
+    """checkpoint_and_restart commits a checkpoint, reports, then raises SystemExit(75)."""
+    server = server_factory()
+    model, optimizer = model_and_optimizer
+    wd = attach(model, optimizer, socket_path=server.socket_path, checkpoint_dir=short_dir / "ck")
+    handles.append(wd)
+    wait_for(server.clients)
+    future = server.send_command_async(os.getpid(), "checkpoint_and_restart", requester_uid=0)
+    wait_for(lambda: wd._pending, what="command queued")
+    wd.step_count = 9
+    with pytest.raises(RestartRequested) as raised:
+        wd.step()
+    assert raised.value.code == RESTART_EXIT_CODE
+    (result,) = future.result(5)
+    assert result.ok
+    assert result.details["exit_code"] == RESTART_EXIT_CODE
+    assert CheckpointStore(short_dir / "ck").complete()[0].name == "ckpt-000000000010.pt"
+
+
+@needs_torch
+def test_default_checkpoint_and_resume(model_and_optimizer, short_dir, handles):
+    """The default checkpoint saves model, optimizer and step; resume restores all three."""
+    model, optimizer = model_and_optimizer
+    wd = attach(model, optimizer, socket_path="/nonexistent/s", connect=False,
+                checkpoint_dir=short_dir)
+    handles.append(wd)
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    wd.step(7)
+    details = wd.save_checkpoint()
+    assert details["path"].endswith("ckpt-000000000007.pt")
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    fresh = attach(model, optimizer, socket_path="/nonexistent/s", connect=False,
+                   checkpoint_dir=short_dir)
+    handles.append(fresh)
+    assert fresh.resume() == 7
+    assert fresh.step_count == 7
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key])
+
+
+@needs_torch
+def test_resume_ignores_temporaries_and_corrupt_files(short_dir, caplog):
+    """Resume loads the newest complete checkpoint: temporaries never, corrupt ones skipped."""
+    store = CheckpointStore(short_dir, keep=5)
+    store.save({"step": 1}, 1)
+    store.save({"step": 2}, 2)
+    (short_dir / ".ckpt-000000000009.pt.tmp.1").write_bytes(b"half written")
+    store.path_for(3).write_bytes(b"not a torch file")
+    path, state = store.load_latest()
+    assert path == store.path_for(2)
+    assert state["step"] == 2
+    assert "unreadable" in caplog.text
+
+
+@needs_torch
+def test_failed_save_keeps_the_previous_checkpoint(short_dir, monkeypatch):
+    """A save failing mid-write (ENOSPC) leaves no file behind; the previous one still loads."""
+    store = CheckpointStore(short_dir)
+    store.save({"step": 1}, 1)
+
+    def full_disk(obj, stream):
+        stream.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        store.save({"step": 2}, 2)
+    assert sorted(p.name for p in short_dir.iterdir()) == ["ckpt-000000000001.pt"]
+    monkeypatch.undo()
+    assert store.load_latest()[1]["step"] == 1
+
+
+@needs_torch
+def test_prune_keeps_newest(short_dir):
+    """Only the newest ``keep`` checkpoints stay."""
+    store = CheckpointStore(short_dir, keep=2)
+    for step in (1, 2, 3):
+        store.save({"step": step}, step)
+    assert [p.name for p in store.complete()] == ["ckpt-000000000003.pt", "ckpt-000000000002.pt"]
+
+
+def test_second_attach_replaces_the_first(server_factory, handles):
+    """One registration per process: a second attach() closes the first handle."""
+    server = server_factory()
+    first = attach(socket_path=server.socket_path)
+    second = attach(socket_path=server.socket_path)
+    handles.extend([first, second])
+    assert first.closed
+    wait_for(lambda: len(server.clients()) == 1)
+    first.step()  # still safe
+
+
+def test_job_and_rank_from_environment(monkeypatch):
+    """Job id: given name, else torchrun's run id, else Slurm's, else user-pid."""
+    from watchdog.client import runtime
+
+    assert runtime.job_id("mine", env={"TORCHELASTIC_RUN_ID": "r"}) == "mine"
+    assert runtime.job_id(env={"TORCHELASTIC_RUN_ID": "r", "SLURM_JOB_ID": "5"}) == "r"
+    assert runtime.job_id(env={"TORCHELASTIC_RUN_ID": "none", "SLURM_JOB_ID": "5"}) == "5"
+    assert runtime.job_id(env={}).endswith(f"-{os.getpid()}")
+    env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "TORCHELASTIC_RESTART_COUNT": "2"}
+    assert runtime.ranks(env) == {"rank": 3, "local_rank": 1, "world_size": 8,
+                                  "restart_count": 2}
+    assert runtime.ranks({"SLURM_PROCID": "4", "SLURM_LOCALID": "0", "SLURM_NTASKS": "8"})[
+        "rank"] == 4
+
+
+def test_benchmark_step_under_one_microsecond():
+    """benchmarks/bench_step.py --check passes: step() costs under 1 µs over an empty loop."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_step.py"
+    spec = importlib.util.spec_from_file_location("bench_step", path)
+    assert spec is not None
+    assert spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--batch", "2000", "--repeats", "50", "--check"]) == 0

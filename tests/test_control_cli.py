@@ -1,0 +1,146 @@
+"""``gpu-watchdog clients`` and ``send`` against a live control server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+from control_helpers import REPO, wait_for
+
+from watchdog.commands import clients as clients_command
+from watchdog.commands import send as send_command
+from watchdog.testing import FakeDaemon
+
+pytest_plugins = ["control_fixtures"]
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
+    return subprocess.run([sys.executable, "-m", "watchdog", *argv], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=60)
+
+
+@pytest.fixture
+def attached():
+    """A FakeDaemon with this process attached and a thread calling step()."""
+    import watchdog
+
+    with FakeDaemon() as daemon:
+        wd = watchdog.attach(socket_path=daemon.socket_path, job="cli-job",
+                             checkpoint=lambda step: {"saved": step})
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                wd.step()
+                stop.wait(0.002)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        daemon.wait_for_client()
+        wait_for(lambda: daemon.clients()[0].report.step is not None)
+        yield daemon
+        stop.set()
+        thread.join()
+        wd.close()
+
+
+def test_clients_lists_this_process(attached):
+    """`clients` prints one row per registered process, '-' for unknown figures."""
+    result = run_cli("clients", "--socket", attached.socket_path)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()
+    assert header.split()[:5] == ["PID", "JOB", "RANK", "DEVICE", "STEP"]
+    assert row.split()[:2] == [str(os.getpid()), "cli-job"]
+    assert " - " in row  # CPU: allocator figures unknown, not 0
+    as_json = json.loads(run_cli("clients", "--json", "--socket", attached.socket_path).stdout)
+    assert as_json[0]["allocated_bytes"] is None
+
+
+def test_send_prints_result_and_exit_code(attached):
+    """`send` prints each result; exit 0 when all ok, 1 when one failed."""
+    ok = run_cli("send", "cli-job", "checkpoint", "--socket", attached.socket_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "checkpoint ok" in ok.stdout
+    assert "saved:" in ok.stdout
+    failed = run_cli("send", str(os.getpid()), "dump_snapshot", "--socket", attached.socket_path)
+    assert failed.returncode == 1
+    assert "CUDA is not initialised" in failed.stdout
+    stacks = run_cli("send", str(os.getpid()), "dump_stacks", "--socket", attached.socket_path)
+    assert "most recent call first" in stacks.stdout
+
+
+def test_send_errors_are_one_line(attached, short_dir):
+    """Unknown targets and an absent daemon give one error line and a non-zero exit."""
+    unknown = run_cli("send", "nobody", "checkpoint", "--socket", attached.socket_path)
+    assert unknown.returncode == 1
+    assert "no registered client" in unknown.stderr
+    absent = run_cli("clients", "--socket", str(short_dir / "absent.sock"))
+    assert absent.returncode == 1
+    assert "cannot reach the daemon" in absent.stderr
+    assert len(absent.stderr.strip().splitlines()) == 1
+
+
+def test_socket_from_environment(attached):
+    """GPU_WATCHDOG_SOCKET points `clients` at the daemon when --socket is not given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
+    env["GPU_WATCHDOG_SOCKET"] = attached.socket_path
+    result = subprocess.run([sys.executable, "-m", "watchdog", "clients"], capture_output=True,
+                            text=True, cwd=REPO, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "cli-job" in result.stdout
+
+
+def test_table_and_describe_formatting():
+    """Byte figures are human-readable; stacks print after the result line."""
+    table = clients_command.format_table([{
+        "pid": 1, "job": "j", "rank": 0, "device": "cuda:0", "step": 3,
+        "allocated_bytes": 3 << 30, "reserved_bytes": None, "peak_allocated_bytes": 1536,
+        "alloc_retries": 0, "ooms": 0, "rss_bytes": 10, "heartbeat_age_s": 1.25,
+    }])
+    assert "3.0G" in table
+    assert "1.5K" in table
+    text = send_command.describe({"pid": 1, "job": "j", "rank": 0, "command": "dump_stacks",
+                                  "ok": True, "duration_s": 0.001,
+                                  "details": {"stacks": "Thread 0x1", "threads": {}}})
+    assert text.splitlines() == ["pid 1 (job j, rank 0): dump_stacks ok in 0.001 s", "Thread 0x1"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as another user")
+def test_send_refused_to_another_user():
+    """Over the socket, uid comes from SO_PEERCRED: nobody may not command root's process."""
+    import shutil
+
+    import watchdog
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv not installed")
+    with FakeDaemon(socket_mode="0666") as daemon:
+        os.chmod(os.path.dirname(daemon.socket_path), 0o755)
+        wd = watchdog.attach(socket_path=daemon.socket_path, job="root-job")
+        try:
+            daemon.wait_for_client()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
+            as_nobody = subprocess.run(
+                [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                 "-m", "watchdog", "send", "root-job", "dump_stacks", "--socket",
+                 daemon.socket_path],
+                capture_output=True, text=True, cwd="/", env={**env, "PYTHONPATH": str(REPO)},
+                timeout=60,
+            )
+            listed = subprocess.run(
+                [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                 "-m", "watchdog", "clients", "--socket", daemon.socket_path],
+                capture_output=True, text=True, cwd="/", env={**env, "PYTHONPATH": str(REPO)},
+                timeout=60,
+            )
+        finally:
+            wd.close()
+    assert as_nobody.returncode == 1, as_nobody.stderr
+    assert "uid 65534 may not command" in as_nobody.stderr
+    assert listed.returncode == 0, listed.stderr

@@ -1,0 +1,114 @@
+"""The wire format: framing, limits, and a fuzzer on the decoder."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from watchdog.control.protocol import (
+    VERSION,
+    FrameDecoder,
+    ProtocolError,
+    decode_body,
+    encode,
+    opt_int,
+)
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def test_round_trip_adds_version():
+    """A message encodes to one frame that decodes back to it, with the version added."""
+    decoder = FrameDecoder()
+    (message,) = decoder.feed(encode({"type": "ping", "id": 7, "text": "é"}))
+    assert message == {"v": VERSION, "type": "ping", "id": 7, "text": "é"}
+    assert not decoder.partial
+
+
+def test_byte_by_byte_and_several_per_chunk():
+    """Frames split at every byte, or packed several to a chunk, decode the same."""
+    data = encode({"type": "a"}) + encode({"type": "b"}) + encode({"type": "c"})
+    decoder = FrameDecoder()
+    got = [m["type"] for i in range(len(data)) for m in decoder.feed(data[i : i + 1])]
+    assert got == ["a", "b", "c"]
+    assert [m["type"] for m in FrameDecoder().feed(data)] == ["a", "b", "c"]
+
+
+def test_huge_length_rejected_before_buffering():
+    """A frame announcing 0xFFFFFFFF bytes is refused from its header, holding no body buffer."""
+    decoder = FrameDecoder(max_bytes=1 << 20)
+    with pytest.raises(ProtocolError, match="4294967295"):
+        list(decoder.feed(b"\xff\xff\xff\xff" + b"x" * 10))
+    assert len(decoder._buffer) < 64
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"\xff\xfe", "UTF-8"),
+        (b"[1, 2]", "expected an object"),
+        (b'{"type": "x"}', "version"),
+        (b'{"v": 2, "type": "x"}', "version 2"),
+        (b'{"v": 1}', "type"),
+        (b'{"v": 1, "type": "x", "n": NaN}', "NaN"),
+        (b"{" * 100_000, "JSON"),
+    ],
+)
+def test_bad_bodies_rejected(body, problem):
+    """Bodies that are not UTF-8 JSON objects of this version are protocol errors."""
+    with pytest.raises(ProtocolError, match=problem):
+        decode_body(body)
+
+
+def test_zero_length_rejected():
+    """A zero-length frame is a protocol error, not an empty message."""
+    with pytest.raises(ProtocolError):
+        list(FrameDecoder().feed(b"\0\0\0\0"))
+
+
+def test_encode_refuses_oversized():
+    """The sender checks the maximum too."""
+    with pytest.raises(ProtocolError, match="exceeds"):
+        encode({"type": "x", "pad": "y" * 5000}, max_bytes=4096)
+
+
+def test_opt_int_rejects_bools_and_negatives():
+    """Integer fields take non-negative integers or null, never booleans."""
+    assert opt_int({"n": None}, "n") is None
+    assert opt_int({"n": 5}, "n") == 5
+    for bad in (True, -1, 1.5, "3", 1 << 63):
+        with pytest.raises(ProtocolError):
+            opt_int({"n": bad}, "n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_fuzz_decoder_raises_only_protocol_errors(chunks):
+    """Arbitrary bytes produce messages or a ProtocolError, never another exception."""
+    decoder = FrameDecoder(max_bytes=4096)
+    try:
+        for chunk in chunks:
+            for message in decoder.feed(chunk):
+                assert isinstance(message, dict)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=20,
+))
+def test_fuzz_valid_frames_with_any_json(value):
+    """Any JSON value inside a well-formed frame decodes or is refused as a ProtocolError."""
+    body = json.dumps({"v": 1, "type": "t", "x": value}).encode()
+    (message,) = FrameDecoder().feed(frame(body))
+    assert message["x"] == value

@@ -1,0 +1,367 @@
+"""The daemon side of the control channel, driven by raw peers over a real socket."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+import threading
+
+import pytest
+from control_helpers import RawPeer, wait_for
+from prometheus_client import CollectorRegistry, generate_latest
+
+from watchdog.config import ControlSettings
+from watchdog.control import (
+    CommandPermissionError,
+    ControlError,
+    ControlServer,
+    UnknownTargetError,
+)
+from watchdog.control.registry import AllocatorReport, PeerCred, Registration
+from watchdog.control.server import _Client, sync_step
+
+pytest_plugins = ["control_fixtures"]
+
+
+def answer_commands(peer: RawPeer, stop: threading.Event, ok: bool = True) -> threading.Thread:
+    """Answer every command on ``peer`` in a thread, as a training process would."""
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                message = peer.recv(0.2)
+            except (TimeoutError, OSError):
+                continue
+            if message["type"] == "command":
+                peer.send({"type": "result", "id": message["id"], "ok": ok, "duration_s": 0.01,
+                           "details": {"args": message["args"]}, "error": "" if ok else "boom"})
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_socket_directory_and_mode(server_factory, short_dir):
+    """The directory is created 0750 and the socket is 0660 (or as configured)."""
+    server = server_factory(socket_mode="0600")
+    st = os.stat(server.socket_path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(short_dir / "run").st_mode) == 0o750
+    server.stop()
+    assert not os.path.exists(server.socket_path)
+
+
+def test_stale_socket_replaced_live_one_refused_file_kept(short_dir):
+    """A dead daemon's socket is replaced; a live one or a regular file is never touched."""
+    path = short_dir / "s.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens
+    with ControlServer(ControlSettings(socket_path=str(path))), pytest.raises(
+        ControlError, match="already listening"
+    ):
+        ControlServer(ControlSettings(socket_path=str(path))).start()
+    regular = short_dir / "file"
+    regular.write_text("keep me")
+    with pytest.raises(ControlError, match="not a socket"):
+        ControlServer(ControlSettings(socket_path=str(regular))).start()
+    assert regular.read_text() == "keep me"
+
+
+def test_register_uses_kernel_identity(server_factory):
+    """The registered pid and uid are the kernel's (SO_PEERCRED), and are listed."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    reply = peer.register(rank=1, local_rank=1, world_size=2, device="cuda:1")
+    assert reply["type"] == "registered"
+    assert reply["max_message_bytes"] == server.settings.max_message_bytes
+    (client,) = wait_for(server.clients)
+    assert (client.pid, client.uid) == (os.getpid(), os.getuid())
+    assert client.registration.rank == 1
+    assert client.registration.device == "cuda:1"
+
+
+def test_register_as_another_pid_is_dropped(server_factory):
+    """A process may register only itself: a foreign pid drops the connection."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.send({"type": "register", "job": "x", "pid": os.getpid() + 1})
+    assert peer.closed_by_server()
+    assert server.clients() == []
+    assert server.stats()[1] == {"malformed": 1}
+
+
+def test_reports_keep_unknown_as_none_and_feed_callback(server_factory):
+    """Null allocator figures stay None, and on_report sees each heartbeat."""
+    server = server_factory()
+    seen: list[AllocatorReport] = []
+    server.on_report = lambda client, report: seen.append(report)
+    peer = RawPeer(server.socket_path)
+    peer.register()
+    peer.send({"type": "report", "step": 12, "allocated_bytes": None, "reserved_bytes": 4096,
+               "rss_bytes": 1000})
+    wait_for(lambda: seen)
+    assert seen[0] == AllocatorReport(step=12, reserved_bytes=4096, rss_bytes=1000)
+    assert server.clients()[0].report.allocated_bytes is None
+
+
+def test_raising_on_report_is_contained(server_factory):
+    """A callback that raises is logged; the client stays registered and reports keep flowing."""
+    server = server_factory()
+    calls = []
+
+    def broken(client, report):
+        calls.append(report.step)
+        raise RuntimeError("detector bug")
+
+    server.on_report = broken
+    peer = RawPeer(server.socket_path)
+    peer.register()
+    for step in range(3):
+        peer.send({"type": "report", "step": step})
+    wait_for(lambda: len(calls) == 3)
+    assert server.clients()[0].report.step == 2
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xff\xff\xff\xff", "malformed"),
+        (b"\x00\x00\x00\x05hello", "malformed"),
+        (struct.pack(">I", 3) + b"[1]", "malformed"),
+        (b"GET / HTTP/1.1\r\n\r\n", "malformed"),
+    ],
+)
+def test_garbage_drops_only_that_connection(server_factory, payload, reason):
+    """Garbage and oversized frames drop their sender; a registered client keeps working."""
+    server = server_factory()
+    good = RawPeer(server.socket_path)
+    good.register()
+    bad = RawPeer(server.socket_path)
+    bad.sock.sendall(payload)
+    assert bad.closed_by_server()
+    assert server.stats()[1].get(reason) == 1
+    (dropped,) = [c for c in server.log_calls if c.kwargs.get("event") == "control_client_dropped"]
+    assert dropped.method_name == "warning"
+    assert dropped.kwargs["reason"] == reason
+    good.send({"type": "ping", "id": 1})
+    assert good.recv()["type"] == "pong"
+    assert len(server.clients()) == 1
+
+
+def test_stalled_frame_and_silent_connection_dropped(server_factory):
+    """Half a frame, or a connection that never speaks, is dropped after the read timeout."""
+    server = server_factory(read_timeout_s=0.3)
+    good = RawPeer(server.socket_path)
+    good.register()
+    half = RawPeer(server.socket_path)
+    half.sock.sendall(encode_prefix := struct.pack(">I", 100) + b'{"v":1')
+    assert encode_prefix
+    silent = RawPeer(server.socket_path)
+    assert half.closed_by_server(3)
+    assert silent.closed_by_server(3)
+    assert {"stalled", "idle"} <= set(server.stats()[1])
+    good.send({"type": "report", "step": 5})
+    wait_for(lambda: server.clients()[0].report.step == 5)
+
+
+def test_half_closed_client_is_removed(server_factory):
+    """A client that shuts its side down is unregistered at once."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.register()
+    wait_for(server.clients)
+    peer.sock.shutdown(socket.SHUT_WR)
+    wait_for(lambda: server.clients() == [], what="client removed")
+
+
+def test_connection_cap(server_factory):
+    """Connections beyond max_clients are closed at once; earlier ones keep working."""
+    server = server_factory(max_clients=3)
+    peers = [RawPeer(server.socket_path) for _ in range(3)]
+    for peer in peers:
+        peer.send({"type": "ping", "id": 1})
+        assert peer.recv()["type"] == "pong"
+    extra = RawPeer(server.socket_path)
+    assert extra.closed_by_server()
+    assert server.stats()[1]["connection_cap"] == 1, server.stats()
+
+
+def test_per_uid_cap(server_factory):
+    """One user cannot hold more than max_clients_per_uid connections."""
+    server = server_factory(max_clients_per_uid=2)
+    kept = [RawPeer(server.socket_path) for _ in range(2)]
+    for peer in kept:
+        peer.send({"type": "ping", "id": 1})
+        assert peer.recv()["type"] == "pong"
+    assert RawPeer(server.socket_path).closed_by_server()
+    assert server.stats()[1] == {"per_uid_cap": 1}
+
+
+def _forked_client(path: str, rank: int) -> None:
+    """Child body: register, report, answer commands until the server goes away."""
+    try:
+        peer = RawPeer(path)
+        peer.register(job="big", rank=rank)
+        peer.send({"type": "report", "step": rank})
+        while True:
+            message = peer.recv(30)
+            if message["type"] == "command":
+                peer.send({"type": "result", "id": message["id"], "ok": True,
+                           "details": {"rank": rank}})
+    finally:
+        os._exit(0)
+
+
+@pytest.mark.slow
+def test_hundreds_of_clients(server_factory):
+    """Two hundred processes register at once; all are listed and answer one job-wide command."""
+    count = 200
+    server = server_factory(max_clients=400, max_clients_per_uid=400, client_timeout_s=60)
+    children = []
+    for rank in range(count):
+        pid = os.fork()
+        if pid == 0:
+            _forked_client(server.socket_path, rank)
+        children.append(pid)
+    try:
+        wait_for(lambda: len(server.clients()) == count, timeout_s=30, what="all registered")
+        wait_for(lambda: all(c.report.step is not None for c in server.clients()), timeout_s=30)
+        results = server.send_command("big", "empty_cache", requester_uid=0, timeout_s=30)
+        assert len(results) == count
+        assert all(r.ok for r in results)
+        assert sorted(r.details["rank"] for r in results) == list(range(count))
+        assert server.stats()[1] == {}
+    finally:
+        server.stop()
+        for pid in children:
+            os.waitpid(pid, 0)
+
+
+def test_send_command_round_trip_and_counters(server_factory):
+    """A command reaches the client and its result comes back, counted by kind and result."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.register()
+    stop = threading.Event()
+    answer_commands(peer, stop)
+    try:
+        (result,) = server.send_command(os.getpid(), "empty_cache", requester_uid=0)
+        assert result.ok
+        assert result.duration_s == 0.01
+        (by_job,) = server.send_command("raw", "checkpoint", requester_uid=os.getuid())
+        assert by_job.ok
+    finally:
+        stop.set()
+    assert server.stats()[0] == {("empty_cache", "ok"): 1, ("checkpoint", "ok"): 1}
+    assert server.clients()[0].commands == {"empty_cache:ok": 1, "checkpoint:ok": 1}
+
+
+def test_send_permissions_and_errors(server_factory):
+    """Only root or the owner may command; unknown targets and commands are refused."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.register()
+    wait_for(server.clients)
+    with pytest.raises(CommandPermissionError, match="may not command"):
+        server.send_command(os.getpid(), "checkpoint", requester_uid=os.getuid() + 4242)
+    with pytest.raises(UnknownTargetError):
+        server.send_command(999_999_999, "checkpoint", requester_uid=0)
+    with pytest.raises(UnknownTargetError):
+        server.send_command("no-such-job", "checkpoint", requester_uid=0)
+    with pytest.raises(ControlError, match="unknown command"):
+        server.send_command(os.getpid(), "rm -rf", requester_uid=0)
+
+
+def test_command_timeout_and_disconnect_give_error_results(server_factory):
+    """A client that never answers times out; one that leaves mid-command reports disconnect."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.register()
+    wait_for(server.clients)
+    (late,) = server.send_command(os.getpid(), "checkpoint", requester_uid=0, timeout_s=0.3)
+    assert not late.ok
+    assert "timed out" in late.error
+    future = server.send_command_async(os.getpid(), "checkpoint", requester_uid=0)
+    assert peer.recv()["type"] == "command"  # the timed-out one
+    assert peer.recv()["type"] == "command"
+    peer.close()
+    (gone,) = future.result(5)
+    assert not gone.ok
+    assert "disconnected" in gone.error
+
+
+def test_socket_requests_list_and_send(server_factory):
+    """The list and send requests the command line uses work over the socket."""
+    from watchdog.control.requests import ControlRequester, RequestError
+
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.register(rank=0)
+    stop = threading.Event()
+    answer_commands(peer, stop)
+    try:
+        with ControlRequester(server.socket_path) as requester:
+            (listed,) = requester.list_clients()
+            assert listed["pid"] == os.getpid()
+            assert listed["allocated_bytes"] is None
+            (result,) = requester.send("raw", "dump_snapshot", {"dir": "/x"}, timeout_s=5)
+            assert result["ok"]
+            assert result["details"]["args"] == {"dir": "/x"}
+            with pytest.raises(RequestError, match="no registered client"):
+                requester.send(1, "checkpoint")
+    finally:
+        stop.set()
+
+
+def test_unknown_message_type_answered_not_dropped(server_factory):
+    """A message type from a newer client gets an error reply; the connection stays."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.send({"type": "from_the_future", "id": 3})
+    reply = peer.recv()
+    assert (reply["type"], reply["code"], reply["id"]) == ("error", "unknown_type", 3)
+    peer.send({"type": "ping", "id": 4})
+    assert peer.recv()["id"] == 4
+
+
+def test_collector_exports_known_figures_and_forgets_departed(server_factory):
+    """Unknown figures have no series; a client's series vanish when it leaves."""
+    server = server_factory()
+    registry = CollectorRegistry()
+    registry.register(server.collector())
+    peer = RawPeer(server.socket_path)
+    peer.register(rank=0, device="cpu")
+    peer.send({"type": "report", "step": 7, "reserved_bytes": 1024})
+    wait_for(lambda: server.clients() and server.clients()[0].report.step == 7)
+    text = generate_latest(registry).decode()
+    labels = f'device="cpu",job="raw",pid="{os.getpid()}",rank="0"'
+    assert f"gpu_watchdog_client_step{{{labels}}} 7.0" in text
+    assert "gpu_watchdog_client_reserved_bytes{" in text
+    assert "gpu_watchdog_client_allocated_bytes{" not in text
+    peer.close()
+    wait_for(lambda: not server.clients())
+    assert "gpu_watchdog_client_step{" not in generate_latest(registry).decode()
+
+
+def test_sync_step_looks_ahead_of_every_rank():
+    """All ranks get one future step: past the fastest rank's expected position."""
+    peer = PeerCred(1, 0, 0)
+    slow = _Client(peer, Registration("j"), 0.0, 10.0, AllocatorReport(step=100), 10.0, 1.0)
+    fast = _Client(peer, Registration("j"), 0.0, 10.0, AllocatorReport(step=104), 10.0, 10.0)
+    assert sync_step([slow, fast], now=11.0, lead_s=1.0) == 104 + 20 + 1
+    unknown = _Client(peer, Registration("j"), 0.0, 10.0)
+    assert sync_step([slow, unknown], now=11.0, lead_s=1.0) is None
+
+
+def test_report_updates_the_device(server_factory):
+    """A model moved to the GPU after registration shows its new device from the next report."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.register(device="cpu")
+    peer.send({"type": "report", "step": 1, "device": "cuda:2", "device_uuid": "GPU-abc"})
+    wait_for(lambda: server.clients()[0].registration.device == "cuda:2")
+    assert server.clients()[0].registration.device_uuid == "GPU-abc"

@@ -1,0 +1,118 @@
+"""The commands a training process carries out for the daemon.
+
+Each returns a dict of details (JSON-ready) or raises; the handle turns that
+into an ok/error result with its duration. ``dump_stacks`` runs on the
+background thread; the others run on the training thread inside ``step()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from watchdog.client.checkpoint import fsync_directory
+from watchdog.client.runtime import cuda_ready, device_index
+
+MAX_STACKS_CHARS = 256 * 1024
+
+
+class CommandError(RuntimeError):
+    """A command that cannot be carried out here; its message becomes the error result."""
+
+
+def dump_stacks() -> dict[str, Any]:
+    """Every thread's Python stack, as faulthandler prints it, with thread names."""
+    with tempfile.TemporaryFile(mode="w+b") as stream:
+        faulthandler.dump_traceback(stream, all_threads=True)
+        stream.seek(0)
+        text = stream.read().decode("utf-8", "replace")
+    truncated = len(text) > MAX_STACKS_CHARS
+    threads = {f"0x{t.ident:016x}": t.name for t in threading.enumerate() if t.ident}
+    return {
+        "stacks": text[:MAX_STACKS_CHARS],
+        "truncated": truncated,
+        "threads": threads,
+        "training_thread": threading.main_thread().name,
+    }
+
+
+def empty_cache(device: str) -> dict[str, Any]:
+    """Return cached, unused blocks to the driver; report how much was freed."""
+    torch = cuda_ready()
+    index = device_index(device)
+    if torch is None or index is None:
+        return {"cuda": False, "freed_bytes": None, "note": "no CUDA in this process"}
+    before = int(torch.cuda.memory_reserved(index))
+    torch.cuda.empty_cache()
+    after = int(torch.cuda.memory_reserved(index))
+    return {"cuda": True, "reserved_before": before, "reserved_after": after,
+            "freed_bytes": before - after}
+
+
+class SnapshotTaker:
+    """Dumps CUDA memory snapshots, starting memory-history recording on first use."""
+
+    def __init__(self, directory: Path, max_entries: int, min_free_bytes: int) -> None:
+        self.directory = directory
+        self.max_entries = max_entries
+        self.min_free_bytes = min_free_bytes
+        self.recording = False
+
+    def __call__(self, device: str, name: str, directory: str | None = None) -> dict[str, Any]:
+        torch = cuda_ready()
+        if torch is None or device_index(device) is None:
+            raise CommandError(
+                "CUDA is not initialised in this process (CPU-only run): "
+                "there is no CUDA memory to snapshot"
+            )
+        target_dir = Path(directory) if directory else self.directory
+        target_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(target_dir).free
+        if free < self.min_free_bytes:
+            raise CommandError(
+                f"only {free} bytes free in {target_dir}, need {self.min_free_bytes}: not dumping"
+            )
+        started = False
+        if not self.recording:
+            torch.cuda.memory._record_memory_history(max_entries=self.max_entries)
+            self.recording = started = True
+        path = target_dir / f"{name}.pickle"
+        size = _dump_atomically(torch, path)
+        return {
+            "path": str(path),
+            "bytes": size,
+            "recording_started": started,
+            "note": "view at https://pytorch.org/memory_viz"
+            + ("; history was off until now, ask again later for allocation traces"
+               if started else ""),
+        }
+
+
+def _dump_atomically(torch: Any, path: Path) -> int:
+    """Dump the snapshot beside ``path``, fsync, rename: never a half-written file at ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        torch.cuda.memory._dump_snapshot(str(tmp))
+        with open(tmp, "rb") as stream:
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_directory(path.parent)
+    return path.stat().st_size
+
+
+def snapshot_name(job: str, rank: int | None, step: int) -> str:
+    """A file name that sorts by time and says whose snapshot it is."""
+    safe_job = "".join(c if c.isalnum() or c in "-_." else "_" for c in job)[:64]
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    return f"memory-{safe_job}-r{rank if rank is not None else 0}-p{os.getpid()}-s{step}-{stamp}"

@@ -1,0 +1,416 @@
+"""The handle a training loop holds: ``step()`` is the safe point where commands run.
+
+``step()`` with nothing pending is one counter update and one attribute test:
+no lock, no system call, no clock read. The background thread (``Link``)
+sets ``_pending`` after queueing a command; the training thread drains the
+queue at its next ``step()``. A command that raises is reported as an error
+and training goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from watchdog.client import commands, runtime
+from watchdog.client.checkpoint import FORMAT, CheckpointStore
+from watchdog.client.link import Link
+from watchdog.control.protocol import COMMANDS
+
+log = logging.getLogger("watchdog.client")
+
+DEFAULT_SOCKET = "/run/gpu-watchdog/watchdog.sock"
+RESTART_EXIT_CODE = 75
+"""Exit code of ``checkpoint_and_restart`` (EX_TEMPFAIL): non-zero, so torchrun restarts."""
+
+CheckpointFn = Callable[[int], Any]
+ResumeFn = Callable[[], "int | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command from the daemon, waiting for the training thread."""
+
+    id: int
+    command: str
+    args: dict[str, Any]
+    generation: int
+    received: float
+
+    @property
+    def at_step(self) -> int | None:
+        """Run no earlier than this step (all ranks of a job checkpoint at the same step)."""
+        value = self.args.get("at_step")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class Deferred:
+    """A checkpoint that completes after the callback returns (Hugging Face saves later).
+
+    A checkpoint function returns one; whoever finishes the save calls
+    ``resolve(details)`` or ``fail(error)`` on the training thread, and the
+    result (with the whole duration) goes to the daemon then.
+    """
+
+    def __init__(self) -> None:
+        self._finish: Callable[[dict[str, Any], str], None] | None = None
+        self.done = False
+
+    def resolve(self, details: dict[str, Any] | None = None) -> None:
+        """The save finished; ``details`` (JSON-ready) go into the result."""
+        self._complete(details or {}, "")
+
+    def fail(self, error: str) -> None:
+        """The save failed; training goes on."""
+        self._complete({}, error or "failed")
+
+    def _complete(self, details: dict[str, Any], error: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self._finish is not None:
+            self._finish(details, error)
+
+
+class RestartRequested(SystemExit):
+    """Raised from ``step()`` by ``checkpoint_and_restart`` after the checkpoint is committed."""
+
+
+class Watchdog:
+    """A training process's connection to the gpu-watchdog daemon. Create with ``attach()``."""
+
+    def __init__(
+        self,
+        *,
+        model: Any = None,
+        optimizer: Any = None,
+        job: str | None = None,
+        socket_path: str | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        checkpoint: CheckpointFn | None = None,
+        resume: ResumeFn | None = None,
+        keep_checkpoints: int = 2,
+        device: str | None = None,
+        snapshot_dir: str | os.PathLike[str] | None = None,
+        snapshot_max_entries: int = 100_000,
+        snapshot_min_free_bytes: int = 1 << 30,
+        restart_exit_code: int = RESTART_EXIT_CODE,
+        restart_exit: str = "raise",
+        restart_wait_s: float = 120.0,
+        heartbeat_s: float | None = None,
+        rank: int | None = None,
+        local_rank: int | None = None,
+        world_size: int | None = None,
+        connect: bool = True,
+    ) -> None:
+        if restart_exit not in ("raise", "os_exit"):
+            raise ValueError("restart_exit must be 'raise' or 'os_exit'")
+        self.step_count = 0
+        self._pending = False
+        self.model = model
+        self.optimizer = optimizer
+        self.job = runtime.job_id(job)
+        self.ranks = runtime.ranks()
+        given = {"rank": rank, "local_rank": local_rank, "world_size": world_size}
+        self.ranks.update({key: value for key, value in given.items() if value is not None})
+        self.socket_path = socket_path or os.environ.get("GPU_WATCHDOG_SOCKET") or DEFAULT_SOCKET
+        self.store = CheckpointStore(
+            checkpoint_dir or os.environ.get("GPU_WATCHDOG_CHECKPOINT_DIR") or "checkpoints",
+            keep=keep_checkpoints,
+        )
+        self._checkpoint_fn = checkpoint
+        self._resume_fn = resume
+        self._device = device
+        self._main_device = _current_cuda_device()
+        self.snapshots = commands.SnapshotTaker(
+            Path(snapshot_dir or os.environ.get("GPU_WATCHDOG_SNAPSHOT_DIR")
+                 or tempfile.gettempdir()),
+            snapshot_max_entries,
+            snapshot_min_free_bytes,
+        )
+        self.restart_exit_code = restart_exit_code
+        self.restart_exit = restart_exit
+        self.restart_wait_s = restart_wait_s
+        self._inbox: collections.deque[Command] = collections.deque()
+        self._deferred: list[Command] = []
+        self.closed = False
+        self.link = Link(
+            self.socket_path, self._registration, self._report, self._deliver,
+            heartbeat_s=heartbeat_s,
+        )
+        if connect:
+            self.link.start()
+
+    # --- the hot path -----------------------------------------------------------------------
+
+    def step(self, step: int | None = None) -> None:
+        """The safe point: count a step and run any command the daemon queued."""
+        if step is None:
+            self.step_count += 1
+        else:
+            self.step_count = step
+        if self._pending:
+            self._run_pending()
+
+    # --- public helpers ---------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        """``cuda:N`` or ``cpu``: the given device, else the model's, else CUDA's current one."""
+        if self._device:
+            return self._device
+        if self.model is not None:
+            try:
+                return str(next(iter(self.model.parameters())).device)
+            except (StopIteration, AttributeError, TypeError):
+                pass
+        if self._main_device is None:
+            self._main_device = _current_cuda_device()
+        return self._main_device or "cpu"
+
+    @property
+    def rank(self) -> int | None:
+        """Global rank from the launcher's environment, None when not distributed."""
+        return self.ranks["rank"]
+
+    def save_checkpoint(self) -> dict[str, Any] | Deferred:
+        """Checkpoint now (the user's function, else the default one); return the details.
+
+        A user function may return a ``Deferred`` that it resolves later.
+        """
+        if self._checkpoint_fn is not None:
+            outcome = self._checkpoint_fn(self.step_count)
+            if isinstance(outcome, Deferred):
+                return outcome
+            if isinstance(outcome, dict):
+                return {"step": self.step_count, **_jsonable(outcome)}
+            return {"step": self.step_count, "result": _jsonable(outcome)}
+        if self.model is None and self.optimizer is None:
+            raise commands.CommandError(
+                "no checkpoint function: pass checkpoint= or model=/optimizer= to attach()"
+            )
+        if (self.ranks["world_size"] or 1) > 1 and self.rank not in (None, 0):
+            return {"step": self.step_count, "skipped": "rank 0 writes the checkpoint"}
+        state: dict[str, Any] = {"format": FORMAT, "step": self.step_count}
+        if self.model is not None:
+            state["model"] = self.model.state_dict()
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        path, size = self.store.save(state, self.step_count)
+        return {"step": self.step_count, "path": str(path), "bytes": size}
+
+    def resume(self) -> int | None:
+        """Load the newest complete checkpoint into the model and optimizer; return its step.
+
+        Returns None (and changes nothing) when there is no checkpoint yet.
+        """
+        if self._resume_fn is not None:
+            step = self._resume_fn()
+        else:
+            found = self.store.load_latest()
+            if found is None:
+                return None
+            path, state = found
+            if self.model is not None and "model" in state:
+                self.model.load_state_dict(state["model"])
+            if self.optimizer is not None and "optimizer" in state:
+                self.optimizer.load_state_dict(state["optimizer"])
+            step = int(state.get("step", 0))
+            log.info("gpu-watchdog: resumed from %s (step %d)", path, step)
+        if step is not None:
+            self.step_count = int(step)
+        return step
+
+    def close(self) -> None:
+        """Disconnect; ``step()`` stays safe to call and does nothing more."""
+        self.closed = True
+        self._pending = False
+        self.link.stop()
+
+    def __enter__(self) -> Watchdog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- background-thread side -------------------------------------------------------------
+
+    def _registration(self) -> dict[str, Any]:
+        device = self.device
+        return {
+            "pid": os.getpid(),
+            "job": self.job,
+            **self.ranks,
+            "device": device,
+            "device_uuid": runtime.device_uuid(device),
+            "hostname": runtime.hostname(),
+            "commands": list(COMMANDS),
+        }
+
+    def _report(self) -> dict[str, Any]:
+        device = self.device  # may change after registration (model moved to the GPU)
+        return {
+            "step": self.step_count,
+            **runtime.allocator_figures(device),
+            "rss_bytes": runtime.rss_bytes(),
+            "device": device,
+            "device_uuid": runtime.device_uuid(device),
+        }
+
+    def _deliver(self, message: dict[str, Any], generation: int) -> None:
+        """Called on the background thread for every message the daemon sends."""
+        if message.get("type") != "command" or self.closed:
+            return
+        raw_args = message.get("args")
+        args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
+        raw_id = message.get("id")
+        command = Command(raw_id if isinstance(raw_id, int) else -1, str(message.get("command")),
+                          args, generation, time.monotonic())
+        if command.command == "dump_stacks":  # answered here: works while training is stuck
+            self._execute(command)
+            return
+        self._inbox.append(command)
+        self._pending = True
+
+    # --- training-thread side ---------------------------------------------------------------
+
+    def _run_pending(self) -> None:
+        self._pending = False
+        while self._inbox:
+            self._deferred.append(self._inbox.popleft())
+        due = [c for c in self._deferred if c.at_step is None or self.step_count >= c.at_step]
+        if due:
+            self._deferred = [c for c in self._deferred if c not in due]
+        if self._deferred:
+            self._pending = True
+        for command in due:
+            self._execute(command)
+
+    def _execute(self, command: Command) -> None:
+        start = time.perf_counter()
+        try:
+            outcome = self._perform(command)
+        except Exception as exc:
+            log.warning("gpu-watchdog: command %s failed: %s: %s", command.command,
+                        type(exc).__name__, exc,
+                        exc_info=not isinstance(exc, commands.CommandError))
+            self._complete(command, start, {}, f"{type(exc).__name__}: {exc}")
+            return
+        if isinstance(outcome, Deferred):
+            outcome._finish = lambda details, error: self._complete(command, start, details, error)
+            return
+        self._complete(command, start, outcome, "")
+
+    def _complete(self, command: Command, start: float, details: dict[str, Any],
+                  error: str) -> None:
+        if command.command == "checkpoint_and_restart" and not error:
+            details = {**details, "exit_code": self.restart_exit_code}
+        self.link.post({
+            "type": "result", "id": command.id, "ok": not error, "error": error,
+            "duration_s": round(time.perf_counter() - start, 6), "details": details,
+        }, command.generation)
+        if not error and command.command == "checkpoint_and_restart":
+            self._exit_for_restart(details)
+
+    def _perform(self, command: Command) -> dict[str, Any] | Deferred:
+        name = command.command
+        if name == "dump_stacks":
+            return commands.dump_stacks()
+        if name == "empty_cache":
+            return commands.empty_cache(self.device)
+        if name == "dump_snapshot":
+            directory = command.args.get("dir")
+            return self.snapshots(
+                self.device,
+                commands.snapshot_name(self.job, self.rank, self.step_count),
+                directory if isinstance(directory, str) else None,
+            )
+        if name in ("checkpoint", "checkpoint_and_restart"):
+            return self.save_checkpoint()
+        raise commands.CommandError(f"unknown command {name!r}")
+
+    def _exit_for_restart(self, details: dict[str, Any]) -> None:
+        self.link.wait_flushed(5.0)
+        if "skipped" in details:  # rank > 0: let rank 0 commit before the group is torn down
+            self._wait_for_rank0(self.step_count)
+        log.warning("gpu-watchdog: checkpoint committed at step %d; exiting with code %d "
+                    "so the launcher restarts the job", self.step_count, self.restart_exit_code)
+        self.close()
+        if self.restart_exit == "os_exit":
+            logging.shutdown()
+            os._exit(self.restart_exit_code)
+        raise RestartRequested(self.restart_exit_code)
+
+    def _wait_for_rank0(self, step: int) -> None:
+        path = self.store.path_for(step)
+        deadline = time.monotonic() + self.restart_wait_s
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _current_cuda_device() -> str | None:
+    torch = runtime.cuda_ready()
+    if torch is None:
+        return None
+    try:
+        return f"cuda:{torch.cuda.current_device()}"
+    except Exception:
+        return None
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+_active: weakref.WeakSet[Watchdog] = weakref.WeakSet()
+_active_lock = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    # A forked child (DataLoader worker) has no background thread: its copies go quiet.
+    for handle in list(_active):
+        handle.closed = True
+        handle._pending = False
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def attach(model: Any = None, optimizer: Any = None, **options: Any) -> Watchdog:
+    """Register this process with the local gpu-watchdog daemon and return the handle.
+
+    Call ``wd.step()`` once per training step. Never raises because the
+    daemon is absent: it warns once and keeps trying in the background. A
+    second ``attach()`` in the same process closes the first handle (one
+    registration per process).
+
+    Args:
+        model: Saved and restored by the default checkpoint/resume.
+        optimizer: Saved and restored by the default checkpoint/resume.
+        **options: See ``Watchdog``: job, socket_path, checkpoint_dir, checkpoint,
+            resume, keep_checkpoints, device, snapshot_dir, restart_exit_code,
+            restart_exit ("raise" or "os_exit"), heartbeat_s.
+    """
+    with _active_lock:
+        for old in list(_active):
+            if not old.closed:
+                log.info("gpu-watchdog: a new attach() replaces the previous handle")
+                old.close()
+        handle = Watchdog(model=model, optimizer=optimizer, **options)
+        _active.add(handle)
+    return handle

@@ -1,0 +1,224 @@
+"""The client's background thread: connect, register, heartbeat, receive commands, send results.
+
+It never runs on the training thread and never raises into it. Without a
+daemon it warns once and keeps retrying with backoff; when the daemon
+restarts it reconnects and registers again. Results of commands received on
+an earlier connection are dropped (the new daemon never asked for them).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import random
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from watchdog import __version__
+from watchdog.control.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    HARD_MAX_MESSAGE_BYTES,
+    FrameDecoder,
+    ProtocolError,
+    encode,
+    recv_message,
+)
+
+log = logging.getLogger("watchdog.client")
+
+MIN_BACKOFF_S = 0.2
+MAX_BACKOFF_S = 30.0
+REGISTER_TIMEOUT_S = 5.0
+SEND_TIMEOUT_S = 5.0
+
+
+class Link:
+    """Owns the socket. ``deliver(message, generation)`` hands each command to the handle."""
+
+    def __init__(
+        self,
+        socket_path: str,
+        registration: Callable[[], dict[str, Any]],
+        report: Callable[[], dict[str, Any]],
+        deliver: Callable[[dict[str, Any], int], None],
+        heartbeat_s: float | None = None,
+        max_backoff_s: float = MAX_BACKOFF_S,
+    ) -> None:
+        self.socket_path = socket_path
+        self._registration = registration
+        self._report = report
+        self._deliver = deliver
+        self._heartbeat_override = heartbeat_s
+        self.heartbeat_s = heartbeat_s or 5.0
+        self.max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
+        self._max_backoff_s = max_backoff_s
+        self._outbox: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stop = threading.Event()
+        self._flushed = threading.Condition()
+        self.generation = 0
+        self.connected = threading.Event()
+        self._warned = False
+        self._thread = threading.Thread(target=self._run, name="watchdog-client", daemon=True)
+
+    # --- called from any thread -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background thread."""
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop the thread and close the socket (pending results are sent first if possible)."""
+        self._stop.set()
+        self._wake()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+        for sock in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def post(self, message: dict[str, Any], generation: int) -> None:
+        """Queue ``message`` for the connection of ``generation`` and wake the thread."""
+        self._outbox.append((generation, message))
+        self._wake()
+
+    def wait_flushed(self, timeout_s: float) -> bool:
+        """Wait until the outbox is empty (sent or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._flushed:
+            while self._outbox:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._thread.is_alive() or not self.connected.is_set():
+                    return False
+                self._flushed.wait(min(remaining, 0.1))
+        return True
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    # --- the thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = MIN_BACKOFF_S
+        while not self._stop.is_set():
+            registered = False
+            try:
+                registered = self._session()
+            except (OSError, ProtocolError, TimeoutError, ConnectionError) as exc:
+                self._lost(exc)
+            except Exception:  # a bug here must never reach the training loop
+                log.exception("watchdog client: unexpected error; reconnecting")
+            finally:
+                self.connected.clear()
+            if registered:
+                backoff = MIN_BACKOFF_S
+            self._stop.wait(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self._max_backoff_s)
+
+    def _lost(self, exc: BaseException) -> None:
+        if self.generation == 0 and not self._warned:
+            self._warned = True
+            log.warning(
+                "gpu-watchdog: no daemon at %s (%s); training continues, "
+                "retrying in the background",
+                self.socket_path, exc,
+            )
+        elif self.connected.is_set():
+            log.warning("gpu-watchdog: lost the daemon (%s); reconnecting", exc)
+        else:
+            log.debug("gpu-watchdog: still no daemon at %s: %s", self.socket_path, exc)
+
+    def _session(self) -> bool:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(REGISTER_TIMEOUT_S)
+            sock.connect(self.socket_path)
+            decoder = FrameDecoder(HARD_MAX_MESSAGE_BYTES)
+            pending: list[dict[str, Any]] = []
+            sock.sendall(encode({"type": "register", "client_version": __version__,
+                                 **self._registration()}))
+            reply = recv_message(sock, decoder, pending, REGISTER_TIMEOUT_S)
+            if reply["type"] != "registered":
+                raise ProtocolError(f"registration refused: {reply.get('message', reply)}")
+            self._accept_settings(reply)
+            self.generation += 1
+            if self.generation > 1 or self._warned:
+                log.warning("gpu-watchdog: connected to the daemon at %s", self.socket_path)
+            else:
+                log.info("gpu-watchdog: registered with the daemon at %s", self.socket_path)
+            self.connected.set()
+            self._drop_stale_results()
+            self._serve(sock, decoder, pending)
+            return True
+        finally:
+            sock.close()
+
+    def _accept_settings(self, reply: dict[str, Any]) -> None:
+        heartbeat = reply.get("heartbeat_s")
+        if self._heartbeat_override is None and isinstance(heartbeat, (int, float)):
+            self.heartbeat_s = max(0.05, float(heartbeat))
+        limit = reply.get("max_message_bytes")
+        if isinstance(limit, int) and 0 < limit <= HARD_MAX_MESSAGE_BYTES:
+            self.max_message_bytes = limit
+
+    def _serve(
+        self, sock: socket.socket, decoder: FrameDecoder, pending: list[dict[str, Any]]
+    ) -> None:
+        sock.settimeout(SEND_TIMEOUT_S)
+        for message in pending:
+            self._deliver(message, self.generation)
+        pending.clear()
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ, "sock")
+            selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+            next_beat = 0.0
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._send(sock, {"type": "report", **self._report()})
+                    next_beat = now + self.heartbeat_s
+                for key, _ in selector.select(max(0.0, next_beat - time.monotonic())):
+                    if key.data == "wake":
+                        with contextlib.suppress(BlockingIOError, OSError):
+                            self._wake_r.recv(4096)
+                    else:
+                        data = sock.recv(65536)
+                        if not data:
+                            raise ConnectionError("daemon closed the connection")
+                        for message in decoder.feed(data):
+                            self._deliver(message, self.generation)
+                self._send_outbox(sock)
+            self._send_outbox(sock)
+
+    def _send(self, sock: socket.socket, message: dict[str, Any]) -> None:
+        sock.sendall(encode(message, self.max_message_bytes))
+
+    def _send_outbox(self, sock: socket.socket) -> None:
+        while self._outbox:
+            generation, message = self._outbox[0]
+            if generation == self.generation:
+                try:
+                    frame = encode(message, self.max_message_bytes)
+                except ProtocolError as exc:
+                    frame = encode({**message, "details": {}, "error": str(exc)[:4000],
+                                    "ok": False}, self.max_message_bytes)
+                sock.sendall(frame)
+            self._outbox.popleft()
+            with self._flushed:
+                self._flushed.notify_all()
+
+    def _drop_stale_results(self) -> None:
+        while self._outbox and self._outbox[0][0] != self.generation:
+            _, message = self._outbox.popleft()
+            log.info("gpu-watchdog: dropped the result of command %s: the daemon restarted",
+                     message.get("id"))
+        with self._flushed:
+            self._flushed.notify_all()

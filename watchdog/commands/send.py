@@ -1,0 +1,61 @@
+"""``gpu-watchdog send PID|JOB COMMAND``: run a command in a training process, print the result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from watchdog.commands.clients import add_socket_options, socket_path
+from watchdog.control.protocol import COMMANDS
+from watchdog.control.requests import ControlRequester
+from watchdog.errors import EXIT_FAILURE, EXIT_OK
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``send`` subcommand."""
+    parser = subparsers.add_parser(
+        "send", help="send a command to a training process and print the result",
+        description="Send a command to one process (PID) or every rank of a job (JOB). "
+                    "Allowed to root and to the process's own user.",
+    )
+    parser.add_argument("target", metavar="PID|JOB", help="process id or job id")
+    parser.add_argument("command", choices=COMMANDS, metavar="COMMAND",
+                        help=f"one of: {', '.join(COMMANDS)}")
+    parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                        help="seconds to wait for the result (default 600)")
+    parser.add_argument("--dir", metavar="DIR", help="dump_snapshot: directory for the snapshot")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_socket_options(parser)
+    parser.set_defaults(func=run)
+
+
+def describe(result: dict[str, Any]) -> str:
+    """A few readable lines for one result."""
+    who = f"pid {result['pid']} (job {result['job']}, rank {result.get('rank', '-')})"
+    duration = result.get("duration_s")
+    took = f" in {duration:.3f} s" if isinstance(duration, (int, float)) else ""
+    head = f"{who}: {result['command']} {'ok' if result['ok'] else 'FAILED'}{took}"
+    lines = [head]
+    if result.get("error"):
+        lines.append(f"  error: {result['error']}")
+    details = dict(result.get("details") or {})
+    stacks = details.pop("stacks", None)
+    details.pop("threads", None)
+    lines.extend(f"  {key}: {value}" for key, value in details.items())
+    if stacks:
+        lines.append(str(stacks).rstrip())
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Send; exit 0 when every targeted process answered ok, else 1."""
+    target: int | str = int(args.target) if args.target.isdigit() else args.target
+    command_args = {"dir": args.dir} if args.dir else {}
+    with ControlRequester(socket_path(args)) as requester:
+        results = requester.send(target, args.command, command_args, timeout_s=args.timeout)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print("\n".join(describe(result) for result in results))
+    return EXIT_OK if all(result["ok"] for result in results) else EXIT_FAILURE

@@ -1,0 +1,180 @@
+"""The control channel's wire format: versioned, length-prefixed JSON frames.
+
+A frame is a 4-byte big-endian unsigned length ``N`` followed by ``N`` bytes
+of UTF-8 JSON holding one object. Every object carries ``"v": 1`` (the
+protocol version) and ``"type"``. The length is checked against the maximum
+before any buffer for the body is grown, so a frame announcing 0xFFFFFFFF
+bytes costs four bytes of memory. docs/protocol.md is the specification.
+
+Nothing here touches a socket except the two small blocking helpers at the
+end, used by the client library and the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any
+
+VERSION = 1
+HEADER = struct.Struct(">I")
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+HARD_MAX_MESSAGE_BYTES = 16 << 20
+"""No peer ever accepts more than this, whatever it is configured to."""
+
+COMMANDS = ("empty_cache", "dump_snapshot", "dump_stacks", "checkpoint", "checkpoint_and_restart")
+"""Commands the daemon may send to a training process."""
+
+MAX_TEXT = 256
+"""Longest identity string (job, device, host) a client may register."""
+
+
+class ProtocolError(ValueError):
+    """A frame or message that breaks the protocol; the connection that sent it is dropped."""
+
+
+def encode(message: dict[str, Any], max_bytes: int = HARD_MAX_MESSAGE_BYTES) -> bytes:
+    """Return one frame holding ``message`` (``"v"`` is added).
+
+    Raises:
+        ProtocolError: if the encoded body is longer than ``max_bytes``.
+    """
+    body = json.dumps(
+        {"v": VERSION, **message}, separators=(",", ":"), allow_nan=False, ensure_ascii=False
+    ).encode()
+    if len(body) > max_bytes:
+        raise ProtocolError(f"message of {len(body)} bytes exceeds the maximum of {max_bytes}")
+    return HEADER.pack(len(body)) + body
+
+
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError(f"non-standard JSON constant {name}")
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """Parse one frame body into a message; raise ProtocolError if it is not one."""
+    try:
+        message = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"body is not UTF-8 JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"body is a JSON {type(message).__name__}, expected an object")
+    version = message.get("v")
+    if version != VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {version!r} (this side speaks {VERSION})"
+        )
+    if not isinstance(message.get("type"), str):
+        raise ProtocolError("message has no string 'type'")
+    return message
+
+
+class FrameDecoder:
+    """Turns a byte stream into messages, checking every frame's length before buffering it."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._buffer = bytearray()
+        self._need: int | None = None  # body length of the frame in progress
+
+    @property
+    def partial(self) -> bool:
+        """True while part of a frame has arrived but not all of it."""
+        return bool(self._buffer)
+
+    def feed(self, data: bytes) -> Iterator[dict[str, Any]]:
+        """Add ``data`` and yield every message it completes.
+
+        Raises:
+            ProtocolError: on a zero or oversized length, or a body that is not a message.
+        """
+        self._buffer += data
+        while True:
+            if self._need is None:
+                if len(self._buffer) < HEADER.size:
+                    return
+                (length,) = HEADER.unpack_from(self._buffer)
+                if length == 0 or length > self.max_bytes:
+                    raise ProtocolError(f"frame length {length} outside 1..{self.max_bytes} bytes")
+                del self._buffer[: HEADER.size]
+                self._need = length
+            if len(self._buffer) < self._need:
+                return
+            body = bytes(self._buffer[: self._need])
+            del self._buffer[: self._need]
+            self._need = None
+            yield decode_body(body)
+
+
+# --- field checks shared by both sides ------------------------------------------------------
+
+
+def opt_int(message: dict[str, Any], key: str) -> int | None:
+    """The non-negative integer at ``key``, or None when absent or null; else ProtocolError."""
+    value = message.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise ProtocolError(f"{key} must be a non-negative integer or null, got {value!r}")
+    return value
+
+
+def opt_float(message: dict[str, Any], key: str) -> float | None:
+    """The finite number at ``key``, or None when absent or null; else ProtocolError."""
+    value = message.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProtocolError(f"{key} must be a finite number or null, got {value!r}")
+    return float(value)
+
+
+def opt_text(message: dict[str, Any], key: str, limit: int = MAX_TEXT) -> str:
+    """The string at ``key`` (empty when absent), at most ``limit`` characters; else error."""
+    value = message.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > limit:
+        raise ProtocolError(f"{key} must be a string of at most {limit} characters")
+    return value
+
+
+# --- blocking helpers (client library, command line) ----------------------------------------
+
+
+def send_message(sock: socket.socket, message: dict[str, Any], max_bytes: int) -> None:
+    """Write one message to a blocking socket."""
+    sock.sendall(encode(message, max_bytes))
+
+
+def recv_message(
+    sock: socket.socket, decoder: FrameDecoder, pending: list[dict[str, Any]], timeout_s: float
+) -> dict[str, Any]:
+    """Read the next message from a blocking socket within ``timeout_s`` seconds.
+
+    ``pending`` holds messages already decoded but not yet returned (one read
+    may complete several); pass the same list on every call.
+
+    Raises:
+        TimeoutError: nothing complete arrived in time.
+        ConnectionError: the peer closed the connection.
+        ProtocolError: the peer sent something that is not a message.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not pending:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no complete message within {timeout_s:g} s")
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            raise TimeoutError(f"no complete message within {timeout_s:g} s") from None
+        if not data:
+            raise ConnectionError("connection closed by the peer")
+        pending.extend(decoder.feed(data))
+    return pending.pop(0)
