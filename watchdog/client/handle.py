@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -81,6 +82,12 @@ class Deferred:
             self._finish(details, error)
 
 
+RESTART_MODES = ("raise", "os_exit", "exec")
+"""How ``checkpoint_and_restart`` ends the process once its checkpoint is committed:
+``raise`` RestartRequested (a SystemExit with the restart exit code) from ``step()``;
+``os_exit`` at once with that code; ``exec`` the same command line again in place."""
+
+
 class RestartRequested(SystemExit):
     """Raised from ``step()`` by ``checkpoint_and_restart`` after the checkpoint is committed."""
 
@@ -104,7 +111,7 @@ class Watchdog:
         snapshot_max_entries: int = 100_000,
         snapshot_min_free_bytes: int = 1 << 30,
         restart_exit_code: int = RESTART_EXIT_CODE,
-        restart_exit: str = "raise",
+        restart_exit: str | None = None,
         restart_wait_s: float = 120.0,
         heartbeat_s: float | None = None,
         rank: int | None = None,
@@ -112,8 +119,9 @@ class Watchdog:
         world_size: int | None = None,
         connect: bool = True,
     ) -> None:
-        if restart_exit not in ("raise", "os_exit"):
-            raise ValueError("restart_exit must be 'raise' or 'os_exit'")
+        restart_exit = restart_exit or os.environ.get("GPU_WATCHDOG_RESTART_MODE") or "raise"
+        if restart_exit not in RESTART_MODES:
+            raise ValueError(f"restart_exit must be one of {', '.join(RESTART_MODES)}")
         self.step_count = 0
         self._pending = False
         self.model = model
@@ -132,8 +140,9 @@ class Watchdog:
         self._device = device
         self._main_device = _current_cuda_device()
         self.snapshots = commands.SnapshotTaker(
-            Path(snapshot_dir or os.environ.get("GPU_WATCHDOG_SNAPSHOT_DIR")
-                 or tempfile.gettempdir()),
+            Path(
+                snapshot_dir or os.environ.get("GPU_WATCHDOG_SNAPSHOT_DIR") or tempfile.gettempdir()
+            ),
             snapshot_max_entries,
             snapshot_min_free_bytes,
         )
@@ -144,7 +153,10 @@ class Watchdog:
         self._deferred: list[Command] = []
         self.closed = False
         self.link = Link(
-            self.socket_path, self._registration, self._report, self._deliver,
+            self.socket_path,
+            self._registration,
+            self._report,
+            self._deliver,
             heartbeat_s=heartbeat_s,
         )
         if connect:
@@ -273,8 +285,13 @@ class Watchdog:
         raw_args = message.get("args")
         args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
         raw_id = message.get("id")
-        command = Command(raw_id if isinstance(raw_id, int) else -1, str(message.get("command")),
-                          args, generation, time.monotonic())
+        command = Command(
+            raw_id if isinstance(raw_id, int) else -1,
+            str(message.get("command")),
+            args,
+            generation,
+            time.monotonic(),
+        )
         if command.command == "dump_stacks":  # answered here: works while training is stuck
             self._execute(command)
             return
@@ -300,9 +317,13 @@ class Watchdog:
         try:
             outcome = self._perform(command)
         except Exception as exc:
-            log.warning("gpu-watchdog: command %s failed: %s: %s", command.command,
-                        type(exc).__name__, exc,
-                        exc_info=not isinstance(exc, commands.CommandError))
+            log.warning(
+                "gpu-watchdog: command %s failed: %s: %s",
+                command.command,
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, commands.CommandError),
+            )
             self._complete(command, start, {}, f"{type(exc).__name__}: {exc}")
             return
         if isinstance(outcome, Deferred):
@@ -310,14 +331,22 @@ class Watchdog:
             return
         self._complete(command, start, outcome, "")
 
-    def _complete(self, command: Command, start: float, details: dict[str, Any],
-                  error: str) -> None:
+    def _complete(
+        self, command: Command, start: float, details: dict[str, Any], error: str
+    ) -> None:
         if command.command == "checkpoint_and_restart" and not error:
             details = {**details, "exit_code": self.restart_exit_code}
-        self.link.post({
-            "type": "result", "id": command.id, "ok": not error, "error": error,
-            "duration_s": round(time.perf_counter() - start, 6), "details": details,
-        }, command.generation)
+        self.link.post(
+            {
+                "type": "result",
+                "id": command.id,
+                "ok": not error,
+                "error": error,
+                "duration_s": round(time.perf_counter() - start, 6),
+                "details": details,
+            },
+            command.generation,
+        )
         if not error and command.command == "checkpoint_and_restart":
             self._exit_for_restart(details)
 
@@ -342,9 +371,15 @@ class Watchdog:
         self.link.wait_flushed(5.0)
         if "skipped" in details:  # rank > 0: let rank 0 commit before the group is torn down
             self._wait_for_rank0(self.step_count)
-        log.warning("gpu-watchdog: checkpoint committed at step %d; exiting with code %d "
-                    "so the launcher restarts the job", self.step_count, self.restart_exit_code)
+        log.warning(
+            "gpu-watchdog: checkpoint committed at step %d; exiting with code %d "
+            "so the launcher restarts the job",
+            self.step_count,
+            self.restart_exit_code,
+        )
         self.close()
+        if self.restart_exit == "exec":
+            _exec_self()
         if self.restart_exit == "os_exit":
             logging.shutdown()
             os._exit(self.restart_exit_code)
@@ -355,6 +390,20 @@ class Watchdog:
         deadline = time.monotonic() + self.restart_wait_s
         while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _exec_self() -> None:
+    """Replace this process with a fresh run of its own command line (same pid).
+
+    The new image starts with no CUDA context, so every byte of GPU memory the
+    old one held is freed; it resumes from the checkpoint just committed.
+    """
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    log.warning("gpu-watchdog: re-executing %s", " ".join(argv))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 def _current_cuda_device() -> str | None:
@@ -404,7 +453,8 @@ def attach(model: Any = None, optimizer: Any = None, **options: Any) -> Watchdog
         optimizer: Saved and restored by the default checkpoint/resume.
         **options: See ``Watchdog``: job, socket_path, checkpoint_dir, checkpoint,
             resume, keep_checkpoints, device, snapshot_dir, restart_exit_code,
-            restart_exit ("raise" or "os_exit"), heartbeat_s.
+            restart_exit ("raise", "os_exit" or "exec"; default from
+            GPU_WATCHDOG_RESTART_MODE, else "raise"), heartbeat_s.
     """
     with _active_lock:
         for old in list(_active):
