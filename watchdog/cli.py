@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "check_config",
     "status",
     "record",
+    "replay",
     "history",
     "clients",
     "send",

@@ -266,8 +266,14 @@ class DetectionSettings:
     leak_extrapolation: float = setting(
         4.0,
         "A leak is raised once its time to OOM is at most this many times the stretch "
-        "of history that shows it (for stretches of 2 h and more; 1x at 30 min or less).",
-        minimum=1,
+        "of history that shows it (for stretches of 2 h and more).",
+        minimum=0.5,
+        maximum=100,
+    )
+    leak_extrapolation_short: float = setting(
+        2.0,
+        "... and this many times for stretches of 30 min or less (in between, linear).",
+        minimum=0.5,
         maximum=100,
     )
     leak_max_time_to_oom_s: float = setting(
@@ -289,6 +295,9 @@ class DetectionSettings:
     )
     near_oom_clear_ratio: float = setting(
         0.9, "... and cleared when it falls below this.", minimum=0.1, maximum=1
+    )
+    near_oom_clear_after_s: float = setting(
+        300.0, "... once that has held this long (sawtooth peaks do not make it flap).", minimum=0
     )
     near_oom_horizon_s: float = setting(
         900.0, "near_oom is also raised when the predicted time to OOM is under this.", minimum=0

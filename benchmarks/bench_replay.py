@@ -1,0 +1,125 @@
+"""How fast ``gpu-watchdog replay`` is: device samples per second, CSV parsing included.
+
+    python benchmarks/bench_replay.py [--hours 24] [--gpus 8] [--process-every 5]
+
+Writes a trace of ``--gpus`` GPUs sampled every second for ``--hours`` (each
+GPU with one or two training processes, sampled every ``--process-every``
+seconds; some healthy, some leaking, with sawtooth, eval spikes and noise),
+then times, in the same run:
+
+- the baseline: reading the file with ``csv.reader`` and doing nothing else;
+- the replay: ``watchdog.detectors.replay.replay_file``, i.e. parsing,
+  validating and running every sample through the detection engine.
+
+The target is 250,000 device samples per second for the replay. The ratio
+says how many times longer the whole replay takes than the bare parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scenarios import GIB, healthy_job, leak_fn
+
+from watchdog.detectors.replay import replay_file
+
+TARGET = 250_000
+
+
+def _with_leak(
+    memory: Callable[[float], float], leak: Callable[[float], float]
+) -> Callable[[float], float]:
+    return lambda t: memory(t) + leak(t)
+
+
+def write_trace(path: Path, hours: float, gpus: int, process_every: int, seed: int) -> int:
+    """Write the benchmark trace; return the number of device rows."""
+    rng = random.Random(seed)
+    total = 80 * GIB
+    jobs = []
+    for gpu in range(gpus):
+        count = 1 + gpu % 2
+        for k in range(count):
+            memory = healthy_job(rng, 0.0, total * rng.uniform(0.2, 0.35))
+            if gpu % 3 == 0 and k == 0:
+                leak = leak_fn("steady", 3600.0, total * 0.2 / (hours * 3600), rng)
+                memory = _with_leak(memory, leak)
+            jobs.append((gpu, 10_000 + 100 * gpu + k, memory))
+    rows = 0
+    with path.open("w") as out:
+        out.write("t,gpu,pid,used_bytes,total_bytes\n")
+        for second in range(int(hours * 3600)):
+            t = float(second)
+            per_gpu = [0] * gpus
+            lines = []
+            for gpu, pid, memory in jobs:
+                value = int(memory(t) + rng.gauss(0, 16 << 20)) >> 21 << 21
+                per_gpu[gpu] += value
+                if second % process_every == 0:
+                    lines.append(f"{second},{gpu},{pid},{value},\n")
+            for gpu in range(gpus):
+                out.write(f"{second},{gpu},,{per_gpu[gpu] + (300 << 20)},{int(total)}\n")
+                rows += 1
+            out.writelines(lines)
+    return rows
+
+
+def bare_parse(path: Path) -> int:
+    """The baseline: csv.reader over the file, rows counted and dropped."""
+    count = 0
+    with path.open(newline="") as stream:
+        for _ in csv.reader(stream):
+            count += 1
+    return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the trace, time both, print the numbers; exit 1 below the target."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hours", type=float, default=24.0)
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--process-every", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--trace", type=Path, help="benchmark this trace instead of writing one")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        path = args.trace or Path(folder) / "bench.csv"
+        if args.trace is None:
+            started = time.perf_counter()
+            write_trace(path, args.hours, args.gpus, args.process_every, args.seed)
+            print(
+                f"wrote {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - started:.0f} s"
+            )
+        started = time.perf_counter()
+        rows = bare_parse(path)
+        parse_s = time.perf_counter() - started
+        started = time.perf_counter()
+        result = replay_file(path)
+        replay_s = time.perf_counter() - started
+    device_rate = result.device_samples / replay_s
+    print(
+        f"rows: {rows - 1:,} ({result.device_samples:,} device, {result.process_samples:,} process)"
+    )
+    print(f"bare csv.reader parse: {parse_s:.2f} s")
+    print(
+        f"replay (parse + detect): {replay_s:.2f} s = {device_rate:,.0f} device samples/s "
+        f"({(result.device_samples + result.process_samples) / replay_s:,.0f} samples/s in all), "
+        f"{len(result.events)} events"
+    )
+    print(f"replay / bare parse: {replay_s / parse_s:.2f}x")
+    print(f"target {TARGET:,} device samples/s: {'met' if device_rate >= TARGET else 'MISSED'}")
+    return 0 if device_rate >= TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""Labelled GPU memory traces of every case the detector must get right, with random parameters.
+
+Each scenario builds one or more training processes on one GPU out of the
+pieces real jobs are made of -- CUDA context, model load, a caching allocator
+that warms up, a sawtooth from periodic ``empty_cache``, eval spikes, growth
+that saturates, noise and quantisation -- and, for the leak cases, a leak.
+A leaking trace ends when the GPU runs out of memory (the OOM). The label says
+what must (and must not) be found.
+
+    python benchmarks/scenarios.py --out traces/ --count 50 --seed 1
+
+writes ``NAME.csv`` traces in the project's format and ``labels.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+GIB = float(1 << 30)
+MIB = float(1 << 20)
+CARDS_GIB = (16, 24, 32, 40, 48, 80, 94, 141)
+
+HEALTHY = (
+    "warmup_flat",
+    "sawtooth",
+    "eval_spikes",
+    "saturating",
+    "multi_job",
+    "restart",
+    "flat_95",
+)
+LEAKS = (
+    "steady_from_start",
+    "steady_late",
+    "staircase",
+    "sawtooth_leak",
+    "one_of_many",
+    "slow_creep",
+    "fast_leak",
+)
+SCENARIOS = HEALTHY + LEAKS
+
+
+@dataclass
+class Label:
+    """What a trace contains, and so what a detector must say about it."""
+
+    name: str
+    scenario: str
+    seed: int
+    leak: bool
+    gpu: int = 0
+    pid: int | None = None
+    """The leaking process, where a detector must name it (several processes on the GPU)."""
+    leak_start_t: float | None = None
+    oom_t: float | None = None
+    near_oom_expected: bool = False
+    card_gib: int = 0
+    interval_s: float = 1.0
+    duration_s: float = 0.0
+    rate_bytes_per_s: float = 0.0
+    device_only: bool = False
+    params: dict[str, float | str] = field(default_factory=dict)
+
+    def deadline(self) -> float | None:
+        """Latest time a leak may be raised: 5 min before OOM, or a quarter of leak-to-OOM."""
+        if self.oom_t is None or self.leak_start_t is None:
+            return None
+        return self.oom_t - min(300.0, (self.oom_t - self.leak_start_t) / 4.0)
+
+
+Memory = Callable[[float], float]
+
+
+@dataclass
+class Job:
+    """One training process: memory as a function of trace time while it lives."""
+
+    pid: int
+    start: float
+    end: float
+    memory: Memory
+
+
+def _log_uniform(rng: random.Random, low: float, high: float) -> float:
+    return math.exp(rng.uniform(math.log(low), math.log(high)))
+
+
+def healthy_job(
+    rng: random.Random,
+    start: float,
+    working_set: float,
+    *,
+    sawtooth: bool | None = None,
+    evals: bool | None = None,
+    saturating: bool = False,
+) -> Memory:
+    """Memory of a healthy job started at ``start`` whose steady working set is ``working_set``."""
+    context = rng.uniform(300, 900) * MIB
+    load_at = rng.uniform(5, 60)
+    model = working_set * rng.uniform(0.2, 0.5)
+    rest = working_set - model - context
+    shape = rng.choice(("exp", "exp", "steps", "linear"))
+    tau = rng.uniform(15, 150)
+    ramp = rng.uniform(30, 240)
+    step_times = sorted(rng.uniform(0, 300) for _ in range(rng.randint(2, 6)))
+    if sawtooth is None:
+        sawtooth = rng.random() < 0.4
+    period = rng.uniform(60, 1200)
+    amplitude = working_set * rng.uniform(0.03, 0.15) if sawtooth else 0.0
+    if evals is None:
+        evals = rng.random() < 0.4
+    eval_every = rng.uniform(600, 3600)
+    eval_len = rng.uniform(30, 300)
+    eval_size = working_set * rng.uniform(0.03, 0.2) if evals else 0.0
+    growth = working_set * rng.uniform(0.05, 0.2) if saturating else 0.0
+    first_step = rng.uniform(30, 300)
+    ratio = rng.uniform(1.4, 2.2)
+
+    def memory(t: float) -> float:
+        age = t - start
+        value = context
+        if age >= load_at:
+            value += model
+        if shape == "exp":
+            warm = 1.0 - math.exp(-age / tau)
+        elif shape == "linear":
+            warm = min(1.0, age / ramp)
+        else:
+            warm = sum(1 for s in step_times if age >= s) / len(step_times)
+        value += rest * warm
+        if amplitude:
+            value += amplitude * ((age % period) / period) * warm
+        if eval_size and age > eval_every and (age % eval_every) < eval_len:
+            value += eval_size
+        if growth and age > first_step:
+            # New longest sequences: steps at geometrically spaced times, each smaller.
+            k = int(math.log(age / first_step) / math.log(ratio)) + 1
+            value += growth * (1.0 - 0.6**k)
+        return value
+
+    return memory
+
+
+def leak_fn(kind: str, start: float, rate: float, rng: random.Random) -> Memory:
+    """Extra memory held by a leak of ``rate`` bytes/s that begins at ``start``."""
+    if kind == "staircase":
+        epoch = rng.uniform(120, 3600)
+        block = rate * epoch
+        return lambda t: block * math.floor((t - start) / epoch) if t > start else 0.0
+    return lambda t: rate * (t - start) if t > start else 0.0
+
+
+def _noise_model(rng: random.Random) -> tuple[float, float]:
+    sigma = rng.choice((0.0, 2.0, 8.0, 32.0, 64.0)) * MIB
+    quantum = rng.choice((1.0, 2.0 * MIB, MIB, 64 * 1024.0))
+    return sigma, quantum
+
+
+def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one place
+    scenario: str, seed: int, name: str | None = None
+) -> tuple[list[str], Label]:
+    """Build one trace: CSV lines (header first) and its label."""
+    rng = random.Random(f"{scenario}:{seed}")
+    card_gib = rng.choice(CARDS_GIB)
+    total = card_gib * GIB
+    interval = rng.choice((1.0, 1.0, 2.0, 5.0, 10.0))
+    sigma, quantum = _noise_model(rng)
+    label = Label(
+        name=name or f"{scenario}-{seed}",
+        scenario=scenario,
+        seed=seed,
+        leak=scenario in LEAKS,
+        card_gib=card_gib,
+        interval_s=interval,
+    )
+    base_pid = rng.randint(1000, 4_000_000)
+    jobs: list[Job] = []
+    duration = rng.uniform(2, 12) * 3600
+    frac = rng.uniform(0.3, 0.8)
+    healthy_kwargs: dict[str, bool] = {}
+    leak_kind, leak_start, leak_pid = "", 0.0, base_pid
+    oom_after: float | None = None
+
+    if scenario == "warmup_flat":
+        healthy_kwargs = {"sawtooth": False, "evals": False}
+    elif scenario == "sawtooth":
+        healthy_kwargs = {"sawtooth": True}
+    elif scenario == "eval_spikes":
+        healthy_kwargs = {"evals": True}
+    elif scenario == "saturating":
+        healthy_kwargs = {"saturating": True}
+    elif scenario == "flat_95":
+        frac = rng.uniform(0.93, 0.96)
+        healthy_kwargs = {"sawtooth": False, "evals": False}
+        sigma = min(sigma, 8 * MIB)
+        label.near_oom_expected = True
+    elif scenario == "steady_from_start":
+        leak_kind, leak_start, oom_after = "steady", 0.0, _log_uniform(rng, 1200, 8 * 3600)
+    elif scenario == "steady_late":
+        leak_kind, leak_start = "steady", rng.uniform(1, 6) * 3600
+        oom_after = _log_uniform(rng, 1200, 8 * 3600)
+    elif scenario == "staircase":
+        leak_kind, leak_start = "staircase", rng.uniform(0, 2) * 3600
+        oom_after = _log_uniform(rng, 2 * 3600, 12 * 3600)
+        healthy_kwargs = {"sawtooth": False}
+    elif scenario == "sawtooth_leak":
+        leak_kind, leak_start = "steady", rng.uniform(0.2, 3) * 3600
+        oom_after = _log_uniform(rng, 1800, 8 * 3600)
+        healthy_kwargs = {"sawtooth": True}
+    elif scenario == "slow_creep":
+        leak_kind, leak_start = "steady", rng.uniform(0, 1) * 3600
+        oom_after = rng.uniform(10, 30) * 3600
+    elif scenario == "fast_leak":
+        leak_kind, leak_start = "steady", rng.uniform(0.25, 3) * 3600
+        oom_after = rng.uniform(120, 900)
+    label.params["frac"] = round(frac, 3)
+
+    if scenario in ("multi_job", "one_of_many"):
+        count = rng.randint(2, 4)
+        share = rng.uniform(0.4, 0.75) / count
+        for i in range(count):
+            start = 0.0 if i == 0 else rng.uniform(0, duration * 0.6)
+            end = (
+                duration if scenario == "one_of_many" else rng.uniform(start + 1800, duration * 1.3)
+            )
+            memory = healthy_job(rng, start, share * total)
+            jobs.append(Job(base_pid + 7 * i, start, end, memory))
+        if scenario == "one_of_many":
+            index = rng.randrange(count)
+            leak_pid = jobs[index].pid
+            leak_start = max(jobs[index].start + 600, rng.uniform(0, 3) * 3600)
+            leak_kind, oom_after = "steady", _log_uniform(rng, 1800, 8 * 3600)
+            label.pid = leak_pid
+    elif scenario == "restart":
+        start, pid = 0.0, base_pid
+        memory = healthy_job(rng, 0.0, frac * total)
+        restarts = sorted(rng.uniform(0.5, 0.9) * duration * k / 3 for k in range(1, 4))
+        for when in restarts:
+            jobs.append(Job(pid, start, when, memory))
+            start = when + rng.uniform(20, 300)
+            pid = pid if rng.random() < 0.3 else pid + 13
+            memory = healthy_job(rng, start, frac * total)
+        jobs.append(Job(pid, start, duration, memory))
+    else:
+        jobs.append(
+            Job(base_pid, 0.0, duration, healthy_job(rng, 0.0, frac * total, **healthy_kwargs))
+        )
+
+    baseline = rng.uniform(0, 500) * MIB
+    leak: Memory = lambda t: 0.0  # noqa: E731
+    if leak_kind:
+        assert oom_after is not None
+        probe = next(j for j in jobs if j.pid == leak_pid)
+        # Headroom at the leak's start, measured at the peaks, sets the rate that OOMs on time.
+        peak = max(
+            baseline + sum(j.memory(t) for j in jobs if j.start <= t < j.end)
+            for t in (leak_start + k * 5 for k in range(-240, 240))
+            if t >= 0
+        )
+        if total - peak < 0.03 * total:
+            # The healthy job alone would run out before the leak begins: draw another.
+            return build(scenario, seed + 1_000_000, name)
+        rate = (total - peak) / oom_after
+        leak = leak_fn(leak_kind, leak_start, rate, rng)
+        label.leak_start_t = leak_start
+        label.rate_bytes_per_s = rate
+        inner = probe.memory
+        probe.memory = lambda t, inner=inner: inner(t) + leak(t)
+        longer = leak_start + oom_after * 1.5 + 600
+        for job in jobs:
+            if job is probe or job.end >= duration:
+                job.end = max(job.end, longer)
+        duration = longer
+
+    label.device_only = scenario in ("restart", "warmup_flat") and rng.random() < 0.5
+    lines = ["t,gpu,pid,used_bytes,total_bytes"]
+    t = 0.0
+    end = duration
+    total_int = int(total)
+    while t <= end:
+        live = [(j.pid, j.memory(t)) for j in jobs if j.start <= t < j.end]
+        noisy = []
+        for pid, clean in live:
+            value = clean + (rng.gauss(0.0, sigma) if sigma else 0.0)
+            noisy.append((pid, max(0, int(value // quantum * quantum))))
+        used = int(baseline) + sum(v for _, v in noisy)
+        stamp = f"{t:.3f}".rstrip("0").rstrip(".")
+        if used >= total_int:
+            label.oom_t = float(stamp)
+            used = total_int
+        lines.append(f"{stamp},0,,{used},{total_int}")
+        if not label.device_only:
+            lines.extend(f"{stamp},0,{pid},{value}," for pid, value in noisy)
+        if label.oom_t is not None:
+            break
+        t += interval * rng.uniform(0.98, 1.02) if interval > 1 else interval
+    label.duration_s = t
+    if label.leak and label.oom_t is None:
+        label.oom_t = None  # never ran out: counted as a miss only if the leak is never raised
+    return lines, label
+
+
+def generate(
+    count: int, seed: int, scenarios: tuple[str, ...] = SCENARIOS
+) -> Iterator[tuple[list[str], Label]]:
+    """``count`` traces, cycling through ``scenarios``, each with its own derived seed."""
+    for i in range(count):
+        scenario = scenarios[i % len(scenarios)]
+        yield build(scenario, seed * 100_000 + i, f"{i:04d}-{scenario}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write traces and labels.jsonl to a folder."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--count", type=int, default=len(SCENARIOS))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--scenario", action="append", choices=SCENARIOS)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    chosen = tuple(args.scenario) if args.scenario else SCENARIOS
+    with (args.out / "labels.jsonl").open("w") as labels:
+        for lines, label in generate(args.count, args.seed, chosen):
+            (args.out / f"{label.name}.csv").write_text("\n".join(lines) + "\n")
+            labels.write(json.dumps(asdict(label)) + "\n")
+    print(f"wrote {args.count} traces to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Score the detector against two common alerts on the same labelled traces.
+
+    python benchmarks/score.py --count 140 --seed 1
+
+For each trace from ``benchmarks/scenarios.py`` it runs:
+
+- **project**: ``gpu-watchdog replay`` (the same engine as the daemon); a leak
+  counts when a ``leak`` finding is raised on the leaking GPU (on the leaking
+  pid's series where several processes share the GPU) between the leak's start
+  and its deadline.
+- **static 95%**: the alert on ``used / total >= 0.95``.
+- **predict_linear**: ``predict_linear(used[1h], 4h) > total``, evaluated
+  every minute as a Prometheus rule would be. The baselines see only the
+  GPU's memory, so they are given credit for the GPU without naming a pid.
+
+The deadline is 5 minutes before the OOM, or a quarter of the time from the
+leak's start to the OOM if that is less. An alarm counts for a leak only if it
+is raised after the leak began: one already firing before (say, since the
+warm-up) says nothing about the leak; such early alarms are counted apart. A
+false alarm is a healthy trace on which the method alarmed at all. The lead is
+the OOM time minus the time the counted alarm was raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scenarios import LEAKS, SCENARIOS, Label, generate
+
+from watchdog.config import DetectionSettings
+from watchdog.detectors.replay import replay_lines
+
+Interval = tuple[float, float]
+"""When an alarm was active: [start, end)."""
+PREDICT_RANGE_S = 3600.0
+PREDICT_AHEAD_S = 4 * 3600.0
+RULE_EVERY_S = 60.0
+STATIC_RATIO = 0.95
+
+
+@dataclass
+class Outcome:
+    """One method on one trace."""
+
+    caught: bool = False
+    lead_s: float | None = None
+    alarmed: bool = False
+    early: bool = False
+    near_oom: bool = False
+
+
+@dataclass
+class Tally:
+    """One method over all traces."""
+
+    leaks: int = 0
+    caught: int = 0
+    healthy: int = 0
+    false_alarms: int = 0
+    early: int = 0
+    leads: list[float] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)
+    false: list[str] = field(default_factory=list)
+
+    def add(self, label: Label, outcome: Outcome) -> None:
+        """Count one trace."""
+        if label.leak:
+            self.leaks += 1
+            self.early += outcome.early
+            if outcome.caught:
+                self.caught += 1
+                assert outcome.lead_s is not None
+                self.leads.append(outcome.lead_s)
+            else:
+                self.missed.append(label.name)
+        else:
+            self.healthy += 1
+            if outcome.alarmed:
+                self.false_alarms += 1
+                self.false.append(label.name)
+
+
+def device_series(lines: list[str]) -> Iterator[tuple[float, int, int]]:
+    """(t, used, total) of GPU 0's device rows."""
+    for line in lines[1:]:
+        t, gpu, pid, used, total = line.split(",")
+        if not pid and gpu == "0":
+            yield float(t), int(used), int(total)
+
+
+def judge(label: Label, intervals: list[Interval]) -> Outcome:
+    """Turn the intervals during which a method alarmed into an outcome."""
+    outcome = Outcome(alarmed=bool(intervals))
+    if not label.leak:
+        return outcome
+    start = label.leak_start_t or 0.0
+    deadline = label.deadline()
+    outcome.early = any(a < start for a, _ in intervals)
+    for a, _ in intervals:
+        if a < start or (deadline is not None and a > deadline):
+            continue
+        outcome.caught = True
+        outcome.lead_s = (label.oom_t - a) if label.oom_t is not None else None
+        break
+    return outcome
+
+
+def intervals_of(flags: Iterator[tuple[float, bool]], end: float) -> list[Interval]:
+    """Active intervals from a stream of (t, active) decisions."""
+    found: list[Interval] = []
+    since: float | None = None
+    for t, active in flags:
+        if active and since is None:
+            since = t
+        elif not active and since is not None:
+            found.append((since, t))
+            since = None
+    if since is not None:
+        found.append((since, end + 1))
+    return found
+
+
+def static_threshold(samples: list[tuple[float, int, int]]) -> Iterator[tuple[float, bool]]:
+    """``used / total >= 0.95``."""
+    for t, used, total in samples:
+        yield t, used >= STATIC_RATIO * total
+
+
+def predict_linear(samples: list[tuple[float, int, int]]) -> Iterator[tuple[float, bool]]:
+    """``predict_linear(used[1h], 4h) > total`` evaluated every minute (least squares)."""
+    if not samples:
+        return
+    n = sx = sy = sxx = sxy = 0.0
+    lo = 0
+    origin = samples[0][0]
+    next_eval = origin
+    for t, used, total in samples:
+        x, y = t - origin, used / 2**30
+        n, sx, sy, sxx, sxy = n + 1, sx + x, sy + y, sxx + x * x, sxy + x * y
+        while samples[lo][0] < t - PREDICT_RANGE_S:
+            x0, y0 = samples[lo][0] - origin, samples[lo][1] / 2**30
+            n, sx, sy, sxx, sxy = n - 1, sx - x0, sy - y0, sxx - x0 * x0, sxy - x0 * y0
+            lo += 1
+        if t < next_eval:
+            continue
+        next_eval = t + RULE_EVERY_S
+        if n < 2:
+            yield t, False
+            continue
+        mean_x, mean_y = sx / n, sy / n
+        var = sxx / n - mean_x * mean_x
+        slope = (sxy / n - mean_x * mean_y) / var if var > 1e-9 else 0.0
+        predicted = mean_y + slope * (x - mean_x + PREDICT_AHEAD_S)
+        yield t, predicted * 2**30 > total
+
+
+def project_intervals(events: list, label: Label, end: float) -> tuple[list[Interval], bool]:
+    """Leak intervals on the series that must report it (any series for a healthy trace)."""
+    near = any(e.kind == "near_oom" and e.state == "raised" for e in events)
+    by_series: dict[tuple[str, int | None], list[tuple[float, bool]]] = defaultdict(list)
+    for event in events:
+        if event.kind != "leak":
+            continue
+        if label.leak and label.pid is not None and event.pid != label.pid:
+            continue
+        by_series[(event.series, event.pid)].append((event.t, event.state != "cleared"))
+    found: list[Interval] = []
+    for flags in by_series.values():
+        found += intervals_of(iter(flags), end)
+    return sorted(found), near
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.0f}"
+
+
+def score(  # noqa: PLR0915 - the report is one long sequence of prints
+    count: int, seed: int, settings: DetectionSettings, verbose: bool
+) -> int:
+    """Run everything, print the tables; return the exit status (1 if the target is missed)."""
+    tallies = {name: Tally() for name in ("project", "static >= 95%", "predict_linear 1h/4h")}
+    per_scenario: dict[str, Tally] = defaultdict(Tally)
+    near_healthy: list[str] = []
+    flat95_near = flat95_total = 0
+    samples_total = 0
+    started = time.perf_counter()
+    for lines, label in generate(count, seed):
+        result = replay_lines(lines, label.name, settings)
+        samples_total += result.device_samples + result.process_samples
+        end = result.duration_s
+        intervals, near = project_intervals(result.events, label, end)
+        outcome = judge(label, intervals)
+        tallies["project"].add(label, outcome)
+        per_scenario[label.scenario].add(label, outcome)
+        if label.scenario == "flat_95":
+            flat95_total += 1
+            flat95_near += near
+        elif not label.leak and near:
+            near_healthy.append(label.name)
+        device = list(device_series(lines))
+        static = judge(label, intervals_of(static_threshold(device), end))
+        predicted = judge(label, intervals_of(predict_linear(device), end))
+        tallies["static >= 95%"].add(label, static)
+        tallies["predict_linear 1h/4h"].add(label, predicted)
+        if verbose:
+            span = (label.oom_t or 0) - (label.leak_start_t or 0)
+            print(
+                f"{label.name:28s} leak={label.leak!s:5s} caught={outcome.caught!s:5s} "
+                f"alarm={outcome.alarmed!s:5s} leak-to-oom={span / 60:.0f}min lead(min) "
+                f"project={_minutes(outcome.lead_s)} static={_minutes(static.lead_s)} "
+                f"predict_linear={_minutes(predicted.lead_s)}",
+                file=sys.stderr,
+            )
+    elapsed = time.perf_counter() - started
+    print(f"{count} traces (seed {seed}), {samples_total:,} samples, {elapsed:.1f} s\n")
+    print(
+        "| method | leaks caught in time | false alarms (healthy traces) "
+        "| early alarms (leak traces) | median lead before OOM |"
+    )
+    print("|---|---|---|---|---|")
+    for name, tally in tallies.items():
+        lead = statistics.median(tally.leads) / 60 if tally.leads else float("nan")
+        print(
+            f"| {name} | {tally.caught}/{tally.leaks} | {tally.false_alarms}/{tally.healthy} "
+            f"| {tally.early}/{tally.leaks} | {lead:.0f} min |"
+        )
+    print("\nProject by scenario:\n")
+    print("| scenario | traces | caught / false alarms | median lead |")
+    print("|---|---|---|---|")
+    for scenario in SCENARIOS:
+        tally = per_scenario[scenario]
+        if scenario in LEAKS:
+            result_text = f"caught {tally.caught}/{tally.leaks}"
+            lead = f"{statistics.median(tally.leads) / 60:.0f} min" if tally.leads else "-"
+        else:
+            result_text = f"false alarms {tally.false_alarms}/{tally.healthy}"
+            lead = "-"
+        print(f"| {scenario} | {tally.leaks + tally.healthy} | {result_text} | {lead} |")
+    print(
+        f"\nnear_oom raised on the flat 95% job: {flat95_near}/{flat95_total}; "
+        f"on other healthy traces: {len(near_healthy)}"
+    )
+    project = tallies["project"]
+    if project.missed:
+        print("missed:", ", ".join(project.missed))
+    if project.false:
+        print("false alarms:", ", ".join(project.false))
+    if near_healthy:
+        print("near_oom on healthy:", ", ".join(near_healthy))
+    return 0 if not project.missed and not project.false else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=140)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    return score(args.count, args.seed, DetectionSettings(), args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

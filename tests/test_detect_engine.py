@@ -1,0 +1,438 @@
+"""The detection engine on hand-made memory shapes: what it must and must not raise."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+
+from watchdog.config import DetectionSettings
+from watchdog.detectors import DetectionEngine, Event
+from watchdog.detectors.events import CAUSE_CACHE, CAUSE_OUTSIDE, CAUSE_TENSORS
+from watchdog.samples import (
+    DeviceSample,
+    GpuProcessSample,
+    HostMemory,
+    HostProcessSample,
+    Reading,
+)
+
+GIB = 1 << 30
+MIB = 1 << 20
+TOTAL = 40 * GIB
+PID = 4242
+
+
+def warm(t: float, working_set: float = 20 * GIB) -> float:
+    """A healthy job: context, then the allocator warming up to its working set."""
+    return 500 * MIB + working_set * (1 - math.exp(-t / 60))
+
+
+def run(
+    memory: Callable[[float], float],
+    duration: float,
+    interval: float = 1.0,
+    noise: float = 16 * MIB,
+    seed: int = 1,
+    settings: DetectionSettings | None = None,
+    processes: bool = True,
+) -> tuple[list[Event], float | None, DetectionEngine]:
+    """Feed one GPU (and its one process) until ``duration`` or the OOM; return events and OOM t."""
+    rng = random.Random(seed)
+    engine = DetectionEngine(settings or DetectionSettings())
+    events: list[Event] = []
+    t = 0.0
+    while t <= duration:
+        used = int(memory(t) + rng.gauss(0, noise)) // (2 * MIB) * (2 * MIB)
+        if used >= TOTAL:
+            return events, t, engine
+        procs = [(0, PID, used - 300 * MIB)] if processes else None
+        events += engine.observe_step(t, [(0, used, TOTAL)], procs)
+        t += interval
+    return events, None, engine
+
+
+def leaks(events: list[Event], state: str = "raised") -> list[Event]:
+    """Leak events in ``state``."""
+    return [e for e in events if e.kind == "leak" and e.state == state]
+
+
+def deadline(start: float, oom: float) -> float:
+    """Latest acceptable raise: 5 min before the OOM, or a quarter of leak-to-OOM."""
+    return oom - min(300.0, (oom - start) / 4)
+
+
+def test_flat_healthy_job_raises_nothing() -> None:
+    """A job that warms up and stays flat under noise produces no event at all."""
+    events, oom, _ = run(warm, 6 * 3600, noise=64 * MIB)
+    assert oom is None
+    assert events == []
+
+
+def test_steady_leak_hours_in_is_raised_before_the_deadline() -> None:
+    """A leak starting 2 h in is raised in time, naming GPU and pid, with a fair rate."""
+    rate = 2 * MIB  # bytes per second: ~7 GiB/h, OOM about 2.5 h after it starts
+    start = 2 * 3600
+
+    def memory(t: float) -> float:
+        return warm(t) + max(0.0, t - start) * rate
+
+    events, oom, _ = run(memory, 12 * 3600)
+    assert oom is not None
+    raised = leaks(events)
+    assert {(e.series, e.pid) for e in raised} == {("gpu", None), ("process", PID)}
+    first = min(e.t for e in raised)
+    assert start < first <= deadline(start, oom)
+    gpu_event = next(e for e in raised if e.series == "gpu")
+    assert gpu_event.rate_bytes_per_s == pytest.approx(rate, rel=0.3)
+    assert gpu_event.time_to_oom_s == pytest.approx(oom - gpu_event.t, rel=0.35)
+    assert gpu_event.pattern == "steady"
+    assert 0 < gpu_event.confidence <= 1
+
+
+def test_fast_leak_is_raised_within_the_quarter_rule() -> None:
+    """A leak that runs out of memory within 5 minutes is still raised a quarter ahead."""
+    start = 3600.0
+
+    def memory(t: float) -> float:
+        return warm(t) + max(0.0, t - start) * 64 * MIB  # ~3.75 GiB/min, OOM in ~5 min
+
+    events, oom, _ = run(memory, 3 * 3600)
+    assert oom is not None
+    first = min(e.t for e in leaks(events))
+    assert start < first <= deadline(start, oom)
+
+
+def test_slow_creep_over_many_hours_is_raised_early() -> None:
+    """A creep that takes more than 10 hours to OOM is raised hours ahead of it."""
+
+    def memory(t: float) -> float:
+        return warm(t) + t * 450_000  # ~1.5 GiB/h: OOM after ~13 h
+
+    events, oom, _ = run(memory, 30 * 3600, interval=10.0)
+    assert oom is not None
+    assert oom > 10 * 3600
+    first = min(e.t for e in leaks(events))
+    assert oom - first > 3 * 3600
+
+
+def sawtooth(t: float, period: float = 600.0, height: float = 3 * GIB) -> float:
+    """Caches grow linearly, ``empty_cache`` every ``period``."""
+    return warm(t) + height * ((t % period) / period)
+
+
+def test_sawtooth_from_empty_cache_is_not_a_leak() -> None:
+    """A sawtooth whose troughs stay level raises no leak."""
+    events, _, _ = run(sawtooth, 8 * 3600)
+    assert leaks(events) == []
+
+
+def test_leak_under_a_sawtooth_is_raised_as_sawtooth() -> None:
+    """A rising floor under a sawtooth is a leak, labelled with the sawtooth pattern."""
+    start = 3600.0
+
+    def memory(t: float) -> float:
+        return sawtooth(t) + max(0.0, t - start) * 1.5 * MIB
+
+    events, oom, _ = run(memory, 12 * 3600)
+    assert oom is not None
+    raised = leaks(events)
+    assert min(e.t for e in raised) <= deadline(start, oom)
+    assert raised[0].pattern == "sawtooth"
+
+
+def test_staircase_leak_is_raised_as_staircase() -> None:
+    """A block kept alive every epoch is a leak with the staircase pattern."""
+    epoch, block = 900.0, 2 * GIB
+
+    def memory(t: float) -> float:
+        return warm(t, 10 * GIB) + block * max(0, math.floor((t - 1800) / epoch))
+
+    events, oom, _ = run(memory, 12 * 3600, noise=4 * MIB)
+    assert oom is not None
+    raised = leaks(events)
+    assert min(e.t for e in raised) <= deadline(1800, oom)
+    assert "staircase" in {e.pattern for e in raised}
+
+
+def test_eval_spikes_that_come_back_down_are_not_a_leak() -> None:
+    """A 3-minute eval spike every 20 minutes is not a leak."""
+
+    def memory(t: float) -> float:
+        return warm(t) + (6 * GIB if t > 600 and t % 1200 < 180 else 0)
+
+    events, _, _ = run(memory, 8 * 3600)
+    assert leaks(events) == []
+
+
+def test_saturating_growth_is_not_a_leak() -> None:
+    """Growth in ever rarer, ever smaller steps (new longest sequences) is not a leak."""
+
+    def memory(t: float) -> float:
+        steps = int(math.log2(t / 300)) + 1 if t > 300 else 0
+        return warm(t) + 6 * GIB * (1 - 0.6**steps)
+
+    events, _, _ = run(memory, 12 * 3600)
+    assert leaks(events) == []
+
+
+def test_job_at_95_percent_is_near_oom_not_a_leak() -> None:
+    """A job sized to 95% of the card raises near_oom once and never a leak."""
+    events, oom, _ = run(lambda t: warm(t, 0.95 * TOTAL - 600 * MIB), 4 * 3600, noise=4 * MIB)
+    assert oom is None
+    assert leaks(events) == []
+    near = [e for e in events if e.kind == "near_oom" and e.series == "gpu"]
+    assert [e.state for e in near] == ["raised"]
+    assert near[0].to_json()["time_to_oom_s"] is None
+
+
+def test_restart_from_checkpoint_starts_history_afresh() -> None:
+    """A drop to nothing and a new warm-up (same pid) clears a leak and raises no new one."""
+
+    def memory(t: float) -> float:
+        if t < 3 * 3600:
+            return warm(t) + max(0.0, t - 3600) * 0.7 * MIB
+        if t < 3 * 3600 + 120:
+            return 300 * MIB
+        return warm(t - 3 * 3600 - 120)
+
+    events, oom, _ = run(memory, 8 * 3600)
+    assert oom is None
+    raised, cleared = leaks(events), leaks(events, "cleared")
+    assert raised
+    assert all(e.t < 3 * 3600 for e in raised)
+    assert cleared
+    assert all(e.t <= 3 * 3600 + 10 for e in cleared)
+
+
+def test_one_leaking_process_among_several_is_named() -> None:
+    """Three processes on one GPU, one leaking: the leak names that pid."""
+    engine = DetectionEngine()
+    events: list[Event] = []
+    pids = (101, 202, 303)
+    t, oom = 0.0, None
+    rng = random.Random(3)
+    while t < 10 * 3600:
+        values = [warm(t, 8 * GIB) + rng.gauss(0, 8 * MIB) for _ in pids]
+        values[1] += max(0.0, t - 3600) * MIB
+        used = sum(values) + 400 * MIB
+        if used >= TOTAL:
+            oom = t
+            break
+        procs = [(0, pid, int(v)) for pid, v in zip(pids, values, strict=True)]
+        events += engine.observe_step(t, [(0, int(used), TOTAL)], procs)
+        t += 2.0
+    assert oom is not None
+    process_leaks = [e for e in leaks(events) if e.series == "process"]
+    assert {e.pid for e in process_leaks} == {202}
+    assert min(e.t for e in process_leaks) <= deadline(3600, oom)
+
+
+def test_jobs_starting_and_stopping_on_one_gpu_are_not_a_leak() -> None:
+    """Jobs joining and leaving a GPU one after another raise no leak."""
+    engine = DetectionEngine()
+    events: list[Event] = []
+    jobs = [(11, 0, 20000), (12, 3000, 30000), (13, 6000, 14000), (14, 9000, 36000)]
+    rng = random.Random(5)
+    for step in range(0, 36000, 2):
+        t = float(step)
+        live = [(pid, warm(t - a, 7 * GIB)) for pid, a, b in jobs if a <= t < b]
+        procs = [(0, pid, int(v + rng.gauss(0, 8 * MIB))) for pid, v in live]
+        used = sum(v for _, _, v in procs) + 300 * MIB
+        events += engine.observe_step(t, [(0, used, TOTAL)], procs)
+    assert leaks(events) == []
+
+
+def test_vanished_process_clears_its_findings_and_is_forgotten() -> None:
+    """When a leaking pid leaves the process list its leak is cleared and its series dropped."""
+    engine = DetectionEngine()
+    events: list[Event] = []
+    for step in range(0, 4 * 3600, 2):
+        t = float(step)
+        value = int(warm(t) + max(0.0, t - 1200) * MIB)
+        events += engine.observe_step(t, [(0, value + GIB, TOTAL)], [(0, PID, value)])
+    assert any(e.pid == PID for e in leaks(events))
+    assert engine.series_count() == 2
+    gone = engine.observe_step(4 * 3600.0, [(0, GIB, TOTAL)], [])
+    assert any(e.pid == PID and e.kind == "leak" and e.state == "cleared" for e in gone)
+    assert all(s.pid is None for s in engine.status())
+    assert engine.series_count() == 1
+
+
+def test_reused_pid_after_a_gap_does_not_inherit_history() -> None:
+    """A pid seen again after a long silence starts a fresh history (no instant leak)."""
+    settings = DetectionSettings()
+    engine = DetectionEngine(settings)
+    for step in range(0, 3600, 5):
+        engine.observe_step(float(step), [(0, 10 * GIB, TOTAL)], [(0, PID, 5 * GIB)])
+    later = 3600.0 + settings.reset_gap_s + 1
+    events: list[Event] = []
+    for step in range(0, 1200, 5):
+        t = later + step
+        events += engine.observe_step(t, [(0, 30 * GIB, TOTAL)], [(0, PID, 25 * GIB)])
+    assert leaks(events) == []
+
+
+def test_series_not_seen_for_a_while_are_forgotten() -> None:
+    """A GPU that stops reporting is forgotten after forget_after_s (bounded memory)."""
+    engine = DetectionEngine()
+    engine.observe_step(0.0, [(0, GIB, TOTAL), (1, GIB, TOTAL)], None)
+    for step in range(1, 2000):
+        engine.observe_step(float(step), [(0, GIB, TOTAL)], None)
+    assert [s.gpu for s in engine.status()] == [0]
+
+
+def test_same_samples_give_the_same_events() -> None:
+    """Decisions depend only on the samples: two runs are identical."""
+
+    def memory(t: float) -> float:
+        return sawtooth(t) + max(0.0, t - 3600) * 1.5 * MIB
+
+    first, _, _ = run(memory, 8 * 3600, seed=9)
+    second, _, _ = run(memory, 8 * 3600, seed=9)
+    assert first == second
+    assert leaks(first)
+
+
+def test_observe_reading_equals_observe_step() -> None:
+    """Feeding Readings (live) gives exactly the events of the row path (replay)."""
+
+    def memory(t: float) -> float:
+        return warm(t) + max(0.0, t - 1800) * 3 * MIB
+
+    rows = DetectionEngine()
+    live = DetectionEngine()
+    from_rows: list[Event] = []
+    from_live: list[Event] = []
+    for step in range(0, 4 * 3600):
+        t = float(step)
+        used = int(memory(t))
+        if used >= TOTAL:
+            break
+        polled = step % 5 == 0
+        from_rows += rows.observe_step(
+            t, [(0, used, TOTAL)], [(0, PID, used - GIB)] if polled else None
+        )
+        reading = Reading(
+            t=t,
+            devices=[DeviceSample(gpu=0, total_bytes=TOTAL, used_bytes=used)],
+            processes=[GpuProcessSample(gpu=0, pid=PID, used_bytes=used - GIB)] if polled else None,
+        )
+        from_live += live.observe(reading)
+    assert from_rows == from_live
+    assert leaks(from_live)
+
+
+def test_lost_device_and_hidden_process_figures_are_skipped() -> None:
+    """A lost GPU and a process whose memory the driver hides create no series, and no crash."""
+    engine = DetectionEngine()
+    reading = Reading(
+        t=0.0,
+        devices=[DeviceSample(gpu=0, lost=True), DeviceSample(gpu=1, total_bytes=TOTAL)],
+        processes=[GpuProcessSample(gpu=0, pid=PID, used_bytes=None)],
+    )
+    assert engine.observe(reading) == []
+    assert engine.status() == []
+
+
+def allocator_run(allocated: float, reserved: float) -> list[Event]:
+    """A process leaking 2 MiB/s on NVML while its allocator figures grow as given (bytes/s)."""
+    engine = DetectionEngine()
+    events: list[Event] = []
+    for step in range(0, 4 * 3600, 2):
+        t = float(step)
+        grown = max(0.0, t - 1800)
+        used = int(warm(t) + grown * 2 * MIB)
+        events += engine.observe_allocator(
+            t, 0, PID, int(8 * GIB + grown * allocated), int(12 * GIB + grown * reserved)
+        )
+        events += engine.observe_step(t, [(0, used + GIB, TOTAL)], [(0, PID, used)])
+    return [e for e in leaks(events) if e.series == "process"]
+
+
+@pytest.mark.parametrize(
+    ("allocated", "reserved", "cause"),
+    [
+        (2 * MIB, 2 * MIB, CAUSE_TENSORS),
+        (0.0, 2 * MIB, CAUSE_CACHE),
+        (0.0, 0.0, CAUSE_OUTSIDE),
+    ],
+)
+def test_allocator_figures_name_the_kind_of_growth(
+    allocated: float, reserved: float, cause: str
+) -> None:
+    """Allocated rising: tensors; reserved only: cache; neither: memory outside PyTorch."""
+    raised = allocator_run(allocated, reserved)
+    assert raised
+    assert raised[0].cause == cause
+
+
+def test_host_rss_leak_is_raised_against_host_memory() -> None:
+    """A DataLoader leak in host RSS is a leak on the host_rss series of that pid."""
+    engine = DetectionEngine()
+    events: list[Event] = []
+    host_total = 64 * GIB
+    for step in range(0, 6 * 3600, 5):
+        t = float(step)
+        rss = int(4 * GIB + max(0.0, t - 1200) * 1.5 * MIB)
+        if rss >= host_total:
+            break
+        engine.observe_step(t, [(0, 20 * GIB, TOTAL)], [(0, PID, 19 * GIB)])
+        events += engine.observe(
+            Reading(
+                t=t,
+                origin="nvml",
+                host_processes=[HostProcessSample(pid=PID, rss_bytes=rss)],
+                host_memory=HostMemory(total_bytes=host_total, available_bytes=host_total - rss),
+            )
+        )
+    raised = [e for e in leaks(events) if e.series == "host_rss"]
+    assert raised
+    assert raised[0].pid == PID
+    assert raised[0].gpu == 0
+
+
+def test_event_json_has_exactly_the_replay_fields() -> None:
+    """to_json carries the fields replay --json promises, with JSON types."""
+    event = Event(
+        t=12.5,
+        kind="leak",
+        state="raised",
+        gpu=0,
+        pid=None,
+        series="gpu",
+        rate_bytes_per_s=1.0,
+        time_to_oom_s=None,
+        confidence=0.8,
+        pattern="steady",
+        cause=None,
+        message="GPU 0: memory leak",
+    )
+    data = event.to_json()
+    required = {"t", "kind", "state", "gpu", "pid", "rate_bytes_per_s", "time_to_oom_s", "message"}
+    assert required <= set(data)
+    assert data["pid"] is None
+    assert data["time_to_oom_s"] is None
+    assert dataclasses.is_dataclass(event)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.t = 1.0  # type: ignore[misc]
+
+
+def test_status_reports_each_series_state() -> None:
+    """status() gives kind, gpu, pid, state, rate and time to OOM per series."""
+
+    def memory(t: float) -> float:
+        return warm(t) + max(0.0, t - 1200) * 2 * MIB
+
+    _, _, engine = run(memory, 3 * 3600)
+    by_series = {s.series: s for s in engine.status()}
+    gpu = by_series["gpu"]
+    assert gpu.state.startswith("leak")
+    assert gpu.leak
+    assert gpu.rate_bytes_per_s == pytest.approx(2 * MIB, rel=0.3)
+    assert gpu.time_to_oom_s is not None
+    assert gpu.time_to_oom_s > 0
+    assert by_series["process"].pid == PID

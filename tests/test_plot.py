@@ -1,0 +1,75 @@
+"""``replay --plot``: a PNG when matplotlib is there, one clear line when it is not."""
+
+from __future__ import annotations
+
+import builtins
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watchdog.cli import main
+from watchdog.trace import TraceWriter
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def write_trace(path: Path) -> None:
+    """Two processes on one GPU, one leaking until the OOM."""
+    total = 16 * GIB
+    with path.open("w", newline="") as stream:
+        writer = TraceWriter(stream)
+        for step in range(0, 4 * 3600, 5):
+            t = float(step)
+            a = int(3 * GIB * (1 - math.exp(-t / 60)))
+            b = int(3 * GIB * (1 - math.exp(-t / 60)) + max(0.0, t - 1200) * MIB)
+            if a + b >= total:
+                break
+            writer.device(t, 0, a + b + 300 * MIB, total)
+            writer.process(t, 0, 11, a)
+            writer.process(t, 0, 22, b)
+
+
+def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--plot writes a PNG of the trace and its detections."""
+    pytest.importorskip("matplotlib")
+    trace, png = tmp_path / "t.csv", tmp_path / "out.png"
+    write_trace(trace)
+    assert main(["replay", str(trace), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "plot written" in capsys.readouterr().out
+
+
+def test_plot_with_json_keeps_stdout_pure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json --plot prints only JSON lines."""
+    pytest.importorskip("matplotlib")
+    trace, png = tmp_path / "t.csv", tmp_path / "out.png"
+    write_trace(trace)
+    assert main(["replay", str(trace), "--json", "--plot", str(png)]) == 0
+    assert all(line.startswith("{") for line in capsys.readouterr().out.splitlines())
+    assert png.exists()
+
+
+def test_missing_matplotlib_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without matplotlib, --plot fails with one line saying how to install it (exit 2)."""
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    trace = tmp_path / "t.csv"
+    write_trace(trace)
+    assert main(["replay", str(trace), "--plot", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "matplotlib" in err
+    assert "[plot]" in err

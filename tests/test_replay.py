@@ -1,0 +1,173 @@
+"""``gpu-watchdog replay``: output formats, errors, the fast parser, and replay == live."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from watchdog.cli import main
+from watchdog.detectors import DetectionEngine
+from watchdog.detectors.replay import replay_file, replay_lines
+from watchdog.samples import DeviceSample, GpuProcessSample, Reading
+from watchdog.trace import TraceError, TraceWriter, group_steps, read_trace
+
+GIB = 1 << 30
+MIB = 1 << 20
+TOTAL = 24 * GIB
+JSON_FIELDS = {"t", "kind", "state", "gpu", "pid", "rate_bytes_per_s", "time_to_oom_s", "message"}
+
+
+def write_leak_trace(path: Path, leak_from: float = 1800.0) -> None:
+    """A one-GPU, one-process trace that leaks from ``leak_from`` until it runs out."""
+    with path.open("w", newline="") as stream:
+        writer = TraceWriter(stream)
+        for step in range(0, 6 * 3600, 2):
+            t = float(step)
+            used = int(6 * GIB * (1 - math.exp(-t / 60)) + max(0.0, t - leak_from) * 3 * MIB)
+            used += (step * 7919 % 17) * MIB
+            if used >= TOTAL:
+                break
+            writer.device(t, 0, used + 500 * MIB, TOTAL)
+            if step % 10 == 0:
+                writer.process(t, 0, 321, used)
+
+
+@pytest.fixture
+def leak_trace(tmp_path: Path) -> Path:
+    """A trace with a leak."""
+    path = tmp_path / "leak.csv"
+    write_leak_trace(path)
+    return path
+
+
+def test_json_prints_one_object_per_event_and_nothing_else(
+    leak_trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json: every stdout line is a JSON event with the promised fields."""
+    assert main(["replay", str(leak_trace), "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert events
+    assert all(set(e) >= JSON_FIELDS for e in events)
+    assert {(e["kind"], e["state"], e["pid"]) for e in events} >= {
+        ("leak", "raised", None),
+        ("leak", "raised", 321),
+    }
+    assert all(isinstance(e["gpu"], int) for e in events)
+
+
+def test_summary_is_readable(leak_trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --json the output names the trace, each event and what is still active."""
+    assert main(["replay", str(leak_trace)]) == 0
+    out = capsys.readouterr().out
+    assert str(leak_trace) in out
+    assert "memory leak" in out
+    assert "pid 321" in out
+    assert "still active" in out
+
+
+def test_healthy_trace_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A flat trace reports no findings and exits 0."""
+    path = tmp_path / "flat.csv"
+    path.write_text(
+        "t,gpu,pid,used_bytes,total_bytes\n"
+        + "".join(f"{t},0,,{8 * GIB},{TOTAL}\n" for t in range(0, 3600, 5))
+    )
+    assert main(["replay", str(path)]) == 0
+    assert "no findings" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        ("0,0,,100,200\n5,0,,abc,200\n", 3),
+        ("10,0,,100,200\n5,0,,100,200\n", 3),
+        ("0,0,,100,\n", 2),
+        ("0,0,7,100,200\n", 2),
+        ("nan,0,,100,200\n", 2),
+    ],
+)
+def test_malformed_trace_names_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, line: int
+) -> None:
+    """A bad value, time going backwards or a wrong row kind exits 2 naming file:line."""
+    path = tmp_path / "bad.csv"
+    path.write_text("t,gpu,pid,used_bytes,total_bytes\n" + body)
+    assert main(["replay", str(path), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"{path}:{line}:" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_missing_and_headerless_files_are_usage_errors(tmp_path: Path) -> None:
+    """No file, or no header: TraceError (a UsageError) naming the file."""
+    with pytest.raises(TraceError, match=r"missing\.csv"):
+        replay_file(tmp_path / "missing.csv")
+    bad = tmp_path / "nohead.csv"
+    bad.write_text("1,2,3\n")
+    with pytest.raises(TraceError, match=r"nohead.csv:1"):
+        replay_file(bad)
+
+
+def test_fast_parser_agrees_with_the_reference_parser(tmp_path: Path) -> None:
+    """Odd but valid files (quotes, spaces, CRLF, extra columns) replay like plain ones."""
+    plain = tmp_path / "plain.csv"
+    write_leak_trace(plain)
+    rows = plain.read_text().splitlines()
+    odd = tmp_path / "odd.csv"
+    header = "note,total_bytes,used_bytes,pid,gpu,t\r\n"
+    body = []
+    for i, row in enumerate(rows[1:]):
+        t, gpu, pid, used, total = row.split(",")
+        note = '"a, quoted note"' if i % 1000 == 0 else "x"
+        body.append(f"{note},{total}, {used} ,{pid},{gpu},{t}\r\n")
+    odd.write_text(header + "".join(body), newline="")
+    expected = replay_file(plain).events
+    assert expected
+    assert replay_file(odd).events == expected
+
+
+def test_replay_equals_live_readings(leak_trace: Path) -> None:
+    """Replaying the file decides exactly what the engine decides on Readings of the same data."""
+    engine = DetectionEngine()
+    live = []
+    for step in group_steps(read_trace(leak_trace)):
+        reading = Reading(
+            t=step.t,
+            origin="simulated",
+            devices=[
+                DeviceSample(gpu=r.gpu, total_bytes=r.total_bytes, used_bytes=r.used_bytes)
+                for r in step.devices
+            ],
+            processes=[
+                GpuProcessSample(gpu=r.gpu, pid=r.pid or 0, used_bytes=r.used_bytes)
+                for r in step.processes
+            ]
+            or None,
+        )
+        live += engine.observe(reading)
+    assert live
+    assert replay_file(leak_trace).events == live
+
+
+def test_replay_lines_matches_replay_file(leak_trace: Path) -> None:
+    """The in-memory entry point used by the scorer gives the file's events."""
+    lines = leak_trace.read_text().splitlines()
+    assert replay_lines(lines).events == replay_file(leak_trace).events
+
+
+def test_config_file_tunes_detection(leak_trace: Path, tmp_path: Path) -> None:
+    """--config reads [detection]: an impossible minimum rise silences the leak."""
+    config = tmp_path / "wd.toml"
+    config.write_text("[detection]\nleak_min_rise_ratio = 1.0\n")
+    args = ["replay", str(leak_trace), "--json", "--config", str(config)]
+    out = subprocess.run(
+        [sys.executable, "-m", "watchdog", *args], capture_output=True, text=True, check=True
+    ).stdout
+    assert not [line for line in out.splitlines() if '"kind":"leak"' in line]

@@ -1,0 +1,248 @@
+"""The detection engine: every memory series the daemon sees, one ``Series`` each.
+
+Pure: it is handed samples with their times and returns events. The daemon
+calls ``observe`` with each source's ``Reading``; ``gpu-watchdog replay``
+calls ``observe_step`` with the rows of a trace, which is what ``observe``
+itself calls, so a replay decides exactly what the live daemon decided.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from watchdog.config import DetectionSettings
+from watchdog.detectors.events import (
+    ALLOCATED,
+    CAUSE_CACHE,
+    CAUSE_OUTSIDE,
+    CAUSE_TENSORS,
+    GPU,
+    HOST_RSS,
+    PROCESS,
+    RESERVED,
+    Event,
+    SeriesStatus,
+)
+from watchdog.detectors.series import Series
+from watchdog.samples import Reading
+
+Key = tuple[str, int, int | None]
+SWEEP_EVERY_S = 60.0
+CAUSE_SHARE = 0.5
+"""An allocator figure explains a leak when it rises at least this share as fast."""
+
+
+class DetectionEngine:
+    """Leak and near-OOM detection over every memory series (see docs/detection.md)."""
+
+    def __init__(self, settings: DetectionSettings | None = None) -> None:
+        self.settings = settings or DetectionSettings()
+        self._out: list[Event] = []
+        self._gpus: dict[int, Series] = {}
+        self._processes: dict[tuple[int, int], Series] = {}
+        self._others: dict[Key, Series] = {}
+        self._pids: dict[int, frozenset[int]] = {}
+        self._gpu_of_pid: dict[int, int] = {}
+        self._next_sweep = 0.0
+
+    # -- input
+
+    def observe(self, reading: Reading) -> list[Event]:
+        """Take one poll of one source; return the events it caused."""
+        devices = None
+        if reading.devices is not None:
+            devices = [
+                (d.gpu, d.used_bytes, d.total_bytes)
+                for d in reading.devices
+                if not d.lost and d.used_bytes is not None and d.total_bytes
+            ]
+        processes = None
+        hidden: list[tuple[int, int]] = []
+        if reading.processes is not None:
+            processes = [
+                (p.gpu, p.pid, p.used_bytes) for p in reading.processes if p.used_bytes is not None
+            ]
+            # A process whose figure the driver hides is still there: do not forget it.
+            hidden = [(p.gpu, p.pid) for p in reading.processes if p.used_bytes is None]
+        events = self.observe_step(reading.t, devices, processes, hidden)
+        if reading.host_processes is not None:
+            events += self._observe_host(reading)
+        return events
+
+    def observe_step(
+        self,
+        t: float,
+        devices: Sequence[tuple[int, int, int]] | None,
+        processes: Sequence[tuple[int, int, int]] | None = None,
+        still_running: Iterable[tuple[int, int]] = (),
+    ) -> list[Event]:
+        """Take the samples of one instant: ``(gpu, used, total)`` and ``(gpu, pid, used)``.
+
+        ``processes`` None means "not polled this time"; a list (even empty) is a
+        full report, and a process missing from it has exited.
+        """
+        out = self._out
+        gpus = self._gpus
+        if devices:
+            for gpu, used, total in devices:
+                series = gpus.get(gpu)
+                if series is None:
+                    series = gpus[gpu] = Series(GPU, gpu, None, self.settings, out, t, total)
+                series.add(t, used, total)
+        if processes is not None:
+            self._observe_processes(t, processes, still_running)
+        if t >= self._next_sweep:
+            self._sweep(t)
+        if not out:
+            return []
+        events = out[:]
+        out.clear()
+        return events
+
+    def observe_allocator(
+        self, t: float, gpu: int, pid: int, allocated_bytes: int, reserved_bytes: int
+    ) -> list[Event]:
+        """Take the allocator figures a training process sent (``watchdog.attach``)."""
+        limit = self._gpus[gpu].limit if gpu in self._gpus else 0.0
+        for kind, value in ((ALLOCATED, allocated_bytes), (RESERVED, reserved_bytes)):
+            key = (kind, gpu, pid)
+            series = self._others.get(key)
+            if series is None:
+                series = self._others[key] = self._new(kind, gpu, pid, t, limit)
+            series.add(t, value, limit or series.limit)
+        events = self._out[:]
+        self._out.clear()
+        return events
+
+    def _observe_processes(
+        self, t: float, processes: Sequence[tuple[int, int, int]], still: Iterable[tuple[int, int]]
+    ) -> None:
+        table = self._processes
+        gpus = self._gpus
+        started = False
+        for gpu, pid, used in processes:
+            series = table.get((gpu, pid))
+            device = gpus.get(gpu)
+            if series is None:
+                series = table[(gpu, pid)] = self._new(PROCESS, gpu, pid, t, 0.0)
+                self._gpu_of_pid[pid] = gpu
+                started = True
+                if device is not None:
+                    series.inherit_sawtooth(device)
+            series.add(t, used, device.limit if device is not None else series.limit)
+        present = {(gpu, pid) for gpu, pid, _ in processes}
+        present.update(still)
+        if not started and len(present) == len(table) and all(key in present for key in table):
+            return  # the usual case: the same processes as last time
+        for gpu, pid in [key for key in table if key not in present]:
+            self._forget_process(t, gpu, pid)
+        seen: dict[int, set[int]] = {}
+        for gpu, pid in present:
+            seen.setdefault(gpu, set()).add(pid)
+        for gpu in set(seen) | set(self._pids):
+            pids = frozenset(seen.get(gpu, ()))
+            if self._pids.get(gpu, pids) != pids and gpu in gpus:
+                # Jobs came or went: the GPU's memory is a new sum, judge it afresh.
+                gpus[gpu].restart(t)
+            self._pids[gpu] = pids
+
+    def _observe_host(self, reading: Reading) -> list[Event]:
+        memory = reading.host_memory
+        host_processes = reading.host_processes or []
+        present = set()
+        for sample in host_processes:
+            rss = sample.total_rss_bytes
+            if rss is None or memory is None:
+                continue
+            present.add(sample.pid)
+            key: Key = (HOST_RSS, self._gpu_of_pid.get(sample.pid, -1), sample.pid)
+            series = self._others.get(key)
+            if series is None:
+                series = self._others[key] = self._new(
+                    HOST_RSS, key[1], sample.pid, reading.t, memory.total_bytes
+                )
+            available = float(memory.available_bytes)
+            series.headroom_of = lambda available=available: available
+            series.add(reading.t, rss, memory.total_bytes)
+        for gone in [k for k in self._others if k[0] == HOST_RSS and k[2] not in present]:
+            self._others.pop(gone).forget(reading.t, "process exited")
+        events = self._out[:]
+        self._out.clear()
+        return events
+
+    # -- series lifecycle
+
+    def _new(self, kind: str, gpu: int, pid: int | None, t: float, limit: float) -> Series:
+        series = Series(kind, gpu, pid, self.settings, self._out, t, limit)
+        if kind in (PROCESS, ALLOCATED, RESERVED):
+            series.headroom_of = lambda gpu=gpu, s=series: self._gpu_headroom(gpu, s)
+        if kind in (PROCESS, GPU):
+            series.cause_of = self._cause
+        elif kind == ALLOCATED:
+            series.cause_of = lambda _s: CAUSE_TENSORS
+        elif kind == RESERVED:
+            series.cause_of = self._reserved_cause
+        return series
+
+    def _gpu_headroom(self, gpu: int, series: Series) -> float:
+        device = self._gpus.get(gpu)
+        if device is None:
+            return math.inf  # the GPU's own figures are unknown: no prediction
+        return device.headroom()
+
+    def _forget_process(self, t: float, gpu: int, pid: int) -> None:
+        self._processes.pop((gpu, pid)).forget(t, "process exited")
+        self._gpu_of_pid.pop(pid, None)
+        for kind in (ALLOCATED, RESERVED):
+            series = self._others.pop((kind, gpu, pid), None)
+            if series is not None:
+                series.forget(t, "process exited")
+
+    def _sweep(self, t: float) -> None:
+        """Forget series not seen for ``forget_after_s`` (GPU gone, process list not reported)."""
+        self._next_sweep = t + SWEEP_EVERY_S
+        horizon = t - self.settings.forget_after_s
+        for gpu in [g for g, s in self._gpus.items() if s.last_t < horizon]:
+            self._gpus.pop(gpu).forget(t, "no samples")
+        for gpu, pid in [k for k, s in self._processes.items() if s.last_t < horizon]:
+            self._forget_process(t, gpu, pid)
+        for key in [k for k, s in self._others.items() if s.last_t < horizon]:
+            self._others.pop(key).forget(t, "no samples")
+
+    # -- growth kind
+
+    def _cause(self, series: Series) -> str | None:
+        """Tell tensors kept alive, allocator cache and memory outside PyTorch apart."""
+        if series.kind == GPU:
+            rising = [
+                s for (gpu, _), s in self._processes.items() if gpu == series.gpu and s.rate() > 0
+            ]
+            return self._cause(rising[0]) if len(rising) == 1 else None
+        allocated = self._others.get((ALLOCATED, series.gpu, series.pid))
+        reserved = self._others.get((RESERVED, series.gpu, series.pid))
+        if allocated is None or reserved is None:
+            return None
+        rate = series.leak_rate or series.rate()
+        if allocated.rate() >= CAUSE_SHARE * rate:
+            return CAUSE_TENSORS
+        if reserved.rate() >= CAUSE_SHARE * rate:
+            return CAUSE_CACHE
+        return CAUSE_OUTSIDE
+
+    def _reserved_cause(self, series: Series) -> str | None:
+        allocated = self._others.get((ALLOCATED, series.gpu, series.pid))
+        if allocated is not None and allocated.rate() >= CAUSE_SHARE * series.rate():
+            return CAUSE_TENSORS
+        return CAUSE_CACHE
+
+    # -- output
+
+    def status(self) -> list[SeriesStatus]:
+        """Every tracked series, GPUs first."""
+        everything = [*self._gpus.values(), *self._processes.values(), *self._others.values()]
+        return [series.status() for series in everything]
+
+    def series_count(self) -> int:
+        """How many series are tracked (bounded: vanished ones are forgotten)."""
+        return len(self._gpus) + len(self._processes) + len(self._others)

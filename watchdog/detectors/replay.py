@@ -1,0 +1,223 @@
+"""Feed a trace through the detection engine, fast.
+
+The trace is parsed with ``str.split`` rather than the ``csv`` module and fed
+to ``DetectionEngine.observe_step``, the call ``observe`` makes for a live
+``Reading``. Anything the fast parser is not sure of (quotes, odd spacing,
+a bad value) sends the whole file to ``watchdog.trace``, the reference
+parser, which either reads it or raises a ``TraceError`` naming the file and
+line. So the fast path never accepts what the reference parser rejects.
+
+One step is all rows with the same ``t``. A step with process rows is a full
+report of the processes (a pid missing from it has exited); a step without
+any is "processes not polled at this instant".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchdog.config import DetectionSettings
+from watchdog.detectors.engine import DetectionEngine
+from watchdog.detectors.events import Event
+from watchdog.trace import COLUMNS, TraceError, group_steps, read_rows, read_trace
+
+SeriesKey = tuple[int, int | None]
+"""(gpu, pid); pid None for the GPU itself."""
+
+
+@dataclass
+class Recording:
+    """The samples of a replay kept for a plot: per series, times and values."""
+
+    times: dict[SeriesKey, list[float]] = field(default_factory=dict)
+    values: dict[SeriesKey, list[int]] = field(default_factory=dict)
+    totals: dict[int, int] = field(default_factory=dict)
+
+    def add(self, t: float, key: SeriesKey, value: int) -> None:
+        """Keep one sample."""
+        times = self.times.get(key)
+        if times is None:
+            times = self.times[key] = []
+            self.values[key] = []
+        times.append(t)
+        self.values[key].append(value)
+
+
+@dataclass
+class ReplayResult:
+    """What a replay found."""
+
+    events: list[Event]
+    steps: int = 0
+    device_samples: int = 0
+    process_samples: int = 0
+    duration_s: float = 0.0
+    engine: DetectionEngine | None = None
+    recording: Recording | None = None
+
+
+class _NotFast(Exception):
+    """The fast parser is unsure of this line; the reference parser decides."""
+
+
+def replay_file(
+    path: str | Path, settings: DetectionSettings | None = None, record: bool = False
+) -> ReplayResult:
+    """Replay the trace file at ``path``; raise ``TraceError`` if it is malformed."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot open trace: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: not a text file ({exc.reason})") from None
+    try:
+        return _replay_fast(text.split("\n"), str(path), settings, record)
+    except _NotFast:
+        return _replay_rows(read_trace(path), settings, record)
+
+
+def replay_lines(
+    lines: Sequence[str],
+    name: str = "<trace>",
+    settings: DetectionSettings | None = None,
+    record: bool = False,
+) -> ReplayResult:
+    """Replay a trace given as lines of text (the header first)."""
+    try:
+        return _replay_fast(lines, name, settings, record)
+    except _NotFast:
+        import io
+
+        stream = io.StringIO("\n".join(lines) + "\n", newline="")
+        return _replay_rows(read_rows(stream, name), settings, record)
+
+
+def _replay_rows(
+    rows: Iterable[object], settings: DetectionSettings | None, record: bool
+) -> ReplayResult:
+    """The reference path: rows from ``watchdog.trace``."""
+    engine = DetectionEngine(settings)
+    result = ReplayResult(events=[], engine=engine, recording=Recording() if record else None)
+    for step in group_steps(rows):  # type: ignore[arg-type]
+        devices = [(r.gpu, r.used_bytes, r.total_bytes or 0) for r in step.devices]
+        processes = [(r.gpu, r.pid or 0, r.used_bytes) for r in step.processes]
+        _feed(engine, result, step.t, devices, processes or None)
+    return result
+
+
+def _feed(
+    engine: DetectionEngine,
+    result: ReplayResult,
+    t: float,
+    devices: list[tuple[int, int, int]],
+    processes: list[tuple[int, int, int]] | None,
+) -> None:
+    result.events += engine.observe_step(t, devices, processes)
+    result.steps += 1
+    result.device_samples += len(devices)
+    result.process_samples += len(processes) if processes else 0
+    result.duration_s = t
+    recording = result.recording
+    if recording is not None:
+        for gpu, used, total in devices:
+            recording.add(t, (gpu, None), used)
+            recording.totals[gpu] = total
+        for gpu, pid, used in processes or ():
+            recording.add(t, (gpu, pid), used)
+
+
+def _header(line: str, name: str) -> tuple[int, ...]:
+    if '"' in line:
+        raise _NotFast
+    columns = [column.strip() for column in line.split(",")]
+    if any(column not in columns for column in COLUMNS):
+        raise _NotFast
+    return tuple(columns.index(column) for column in COLUMNS)
+
+
+def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off costs throughput
+    lines: Sequence[str], name: str, settings: DetectionSettings | None, record: bool
+) -> ReplayResult:
+    if not lines or not lines[0].strip():
+        raise _NotFast
+    index = _header(lines[0], name)
+    engine = DetectionEngine(settings)
+    observe = engine.observe_step
+    result = ReplayResult(events=[], engine=engine, recording=Recording() if record else None)
+    events = result.events
+    plain = index == (0, 1, 2, 3, 4)
+    width = max(index) + 1
+    it, ig, ip, iu, itot = index
+    current = t = 0.0
+    current_text = ""
+    devices: list[tuple[int, int, int]] = []
+    processes: list[tuple[int, int, int]] = []
+    steps = device_count = process_count = 0
+    try:
+        for line in lines[1:] if isinstance(lines, list) else list(lines)[1:]:
+            if not line:
+                continue
+            if plain:
+                t_text, gpu_text, pid_text, used_text, total_text = line.split(",")
+            else:
+                fields = line.split(",")
+                if len(fields) < width or '"' in line:
+                    raise _NotFast
+                t_text, gpu_text, pid_text, used_text, total_text = (
+                    fields[it],
+                    fields[ig],
+                    fields[ip],
+                    fields[iu],
+                    fields[itot],
+                )
+            if t_text != current_text:
+                t = float(t_text)
+                current_text = t_text
+            if t != current:
+                if not current <= t < math.inf:
+                    raise _NotFast
+                if devices or processes:
+                    if record:
+                        _feed(engine, result, current, devices, processes or None)
+                    else:
+                        events += observe(current, devices, processes or None)
+                        steps += 1
+                        device_count += len(devices)
+                        process_count += len(processes)
+                    devices = []
+                    processes = []
+                current = t
+            gpu = int(gpu_text)
+            used = int(used_text)
+            if gpu < 0 or used < 0:
+                raise _NotFast
+            if pid_text:
+                pid = int(pid_text)
+                if pid < 1 or total_text:
+                    raise _NotFast
+                processes.append((gpu, pid, used))
+            else:
+                total = int(total_text)
+                if total < 1:
+                    raise _NotFast
+                devices.append((gpu, used, total))
+    except (ValueError, TypeError):
+        raise _NotFast from None
+    if devices or processes:
+        if record:
+            _feed(engine, result, current, devices, processes or None)
+        else:
+            events += observe(current, devices, processes or None)
+            steps += 1
+            device_count += len(devices)
+            process_count += len(processes)
+    if not record:
+        result.steps = steps
+        result.device_samples = device_count
+        result.process_samples = process_count
+        result.duration_s = max(current, 0.0)
+    return result

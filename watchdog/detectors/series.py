@@ -1,0 +1,577 @@
+"""One memory series: its floor at several time scales, and its leak and near-OOM findings.
+
+Samples land in buckets of ``bucket_s`` seconds that keep their minimum and
+maximum. A closed bucket is merged into the next level, whose buckets are
+twice as long, and so on up to ``max_window_s``: each level keeps its last
+``KEEP`` buckets, so memory is bounded and a slow creep over a day is judged
+with as few numbers as a fast leak over two minutes. Each time a bucket
+closes, the windows of 12 and 18 buckets ending there are judged
+(``trend.analyze_window``) and the findings are decided from the newest
+verdict of every level.
+
+Everything here depends only on the samples and their times: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+from watchdog.config import DetectionSettings
+from watchdog.detectors.events import (
+    CLEARED,
+    GPU,
+    HOST_RSS,
+    LEAK,
+    NEAR_OOM,
+    RAISED,
+    UPDATED,
+    Event,
+    SeriesStatus,
+)
+from watchdog.detectors.trend import SEGMENTS, Trend, analyze_window
+
+WINDOWS = (18, 12)
+"""Window lengths judged at each level, in buckets of that level (longest first)."""
+KEEP = max(WINDOWS)
+DROPS_KEPT = 6
+DROP_NOISES = 6.0
+"""A fall counts as a sawtooth drop when it is this many typical bucket-to-bucket changes."""
+SAWTOOTH_MARGIN = 1.5
+"""Inside a sawtooth, a short window must rise this many tooth heights to count."""
+SHORT_EXTRAPOLATION_S = 1800.0
+LONG_EXTRAPOLATION_S = 7200.0
+UPDATE_RATE_CHANGE = 0.25
+MIB = float(1 << 20)
+
+
+class _Level:
+    __slots__ = ("has", "hi", "idx", "lo", "maxs", "mins", "result", "starts", "width")
+
+    def __init__(self, width: float) -> None:
+        self.width = width
+        self.idx = -1
+        self.lo = 0.0
+        self.hi = 0.0
+        self.has = False
+        self.starts: list[float] = []
+        self.mins: list[float] = []
+        self.maxs: list[float] = []
+        self.result: _Verdict | None = None
+
+
+class _Verdict:
+    """The best rising window of one level, with what it means for the limit."""
+
+    __slots__ = ("confidence", "leak", "near", "time_to_oom", "trend")
+
+    def __init__(
+        self, trend: Trend, time_to_oom: float, confidence: float, leak: bool, near: bool
+    ) -> None:
+        self.trend = trend
+        self.time_to_oom = time_to_oom
+        self.confidence = confidence
+        self.leak = leak
+        self.near = near
+
+
+def extrapolation(window_s: float, least: float, most: float) -> float:
+    """How far past its evidence a trend may be projected.
+
+    ``least`` times the window up to 30 min, rising to ``most`` times from 2 h.
+    """
+    share = (window_s - SHORT_EXTRAPOLATION_S) / (LONG_EXTRAPOLATION_S - SHORT_EXTRAPOLATION_S)
+    return least + (most - least) * min(1.0, max(0.0, share))
+
+
+def _fmt_bytes(value: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(value) >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
+def _fmt_rate(rate: float) -> str:
+    if abs(rate) * 60 >= 1 << 30 or abs(rate) >= 1 << 20:
+        return f"{_fmt_bytes(rate * 60)}/min"
+    return f"{_fmt_bytes(rate * 3600)}/h"
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Series:
+    """The detector state of one memory series (see the module docstring)."""
+
+    __slots__ = (
+        "b_end",
+        "b_hi",
+        "b_lo",
+        "cause_of",
+        "drops",
+        "gap_s",
+        "gpu",
+        "headroom_of",
+        "key",
+        "kind",
+        "last_t",
+        "leak_active",
+        "leak_confidence",
+        "leak_ok_t",
+        "leak_pattern",
+        "leak_rate",
+        "leak_reported_rate",
+        "leak_update_t",
+        "levels",
+        "limit",
+        "min_rise",
+        "near_active",
+        "near_headroom",
+        "near_off",
+        "near_off_since",
+        "near_on",
+        "near_pred",
+        "out",
+        "pid",
+        "reset_below",
+        "saw_cycle",
+        "saw_tooth",
+        "settings",
+        "start_t",
+        "tooth_peak",
+        "x",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        gpu: int,
+        pid: int | None,
+        settings: DetectionSettings,
+        out: list[Event],
+        t: float,
+        limit: float,
+    ) -> None:
+        self.kind = kind
+        self.gpu = gpu
+        self.pid = pid
+        self.key = (kind, gpu, pid)
+        self.settings = settings
+        self.gap_s = settings.reset_gap_s
+        self.out = out
+        self.headroom_of: Callable[[], float] | None = None
+        """Headroom of what runs out (the GPU for a process); None: ``limit - peak``."""
+        self.cause_of: Callable[[Series], str | None] | None = None
+        width = settings.bucket_s
+        self.levels: list[_Level] = []
+        while not self.levels or min(WINDOWS) * width <= settings.max_window_s:
+            self.levels.append(_Level(width))
+            width *= 2
+        self.leak_active = False
+        self.near_active = False
+        self.near_headroom = False
+        self.near_pred = False
+        self.near_off_since: float | None = None
+        self.leak_ok_t = 0.0
+        self.leak_update_t = 0.0
+        self.leak_rate = 0.0
+        self.leak_reported_rate = 0.0
+        self.leak_confidence = 0.0
+        self.leak_pattern: str | None = None
+        self.x = 0.0
+        self.limit = 0.0
+        self.near_on = math.inf
+        self.near_off = math.inf
+        self.min_rise = 0.0
+        self.start_t = self.last_t = t
+        self.b_end = self.b_lo = self.b_hi = self.reset_below = -math.inf
+        self.tooth_peak = self.saw_cycle = self.saw_tooth = 0.0
+        self.drops: list[tuple[float, float]] = []
+        self._set_limit(limit)
+        self._start(t)
+
+    # -- the per-sample path: kept short, it runs hundreds of thousands of times a second
+
+    def add(self, t: float, x: float, limit: float) -> None:
+        """Take one sample ``x`` of this series at ``t`` with its current limit."""
+        if limit != self.limit:
+            self._set_limit(limit)
+        if x < self.reset_below or t - self.last_t > self.gap_s:
+            self.restart(t)
+        self.x = x
+        self.last_t = t
+        if t >= self.b_end:
+            self._roll(t, x)
+        elif x < self.b_lo:
+            self.b_lo = x
+        elif x > self.b_hi:
+            self.b_hi = x
+        if x >= self.near_on:
+            if not self.near_headroom:
+                self.near_headroom = True
+                self._near_changed(t)
+        elif self.near_headroom and x < self.near_off:
+            self.near_headroom = False
+            self._near_changed(t)
+
+    # -- bookkeeping
+
+    def _set_limit(self, limit: float) -> None:
+        self.limit = limit
+        s = self.settings
+        self.min_rise = max(float(s.leak_min_rise_bytes), s.leak_min_rise_ratio * limit)
+        if self.kind in (GPU, HOST_RSS):
+            self.near_on = s.near_oom_used_ratio * limit
+            self.near_off = min(s.near_oom_clear_ratio, s.near_oom_used_ratio) * limit
+
+    def _start(self, t: float) -> None:
+        for level in self.levels:
+            level.idx = -1
+            level.has = False
+            level.starts.clear()
+            level.mins.clear()
+            level.maxs.clear()
+            level.result = None
+        self.start_t = t
+        self.last_t = t
+        self.b_end = -math.inf
+        self.b_lo = self.b_hi = 0.0
+        self.reset_below = -math.inf
+        self.tooth_peak = 0.0
+        # The sawtooth record (drops, cycle, tooth) survives a restart: a job restarted
+        # from its checkpoint saws as before, and its first tooth is no leak either.
+
+    def inherit_sawtooth(self, other: Series) -> None:
+        """Start with ``other``'s sawtooth record (a new process on a GPU that saws)."""
+        self.drops = list(other.drops)
+        self.saw_cycle, self.saw_tooth = other.saw_cycle, other.saw_tooth
+
+    def restart(self, t: float) -> None:
+        """Judge the series afresh from ``t``: its job ended or restarted, or it was silent."""
+        self._start(t)
+        self.near_pred = False
+        if self.leak_active:
+            self.leak_active = False
+            self._emit(t, LEAK, CLEARED, "memory fell back or the series restarted")
+        self._near_changed(t)
+
+    def forget(self, t: float, why: str) -> None:
+        """Clear every active finding: the series is going away."""
+        if self.leak_active:
+            self.leak_active = False
+            self._emit(t, LEAK, CLEARED, why)
+        if self.near_active:
+            self.near_active = self.near_headroom = self.near_pred = False
+            self.near_off_since = None
+            self._emit(t, NEAR_OOM, CLEARED, why)
+
+    def _roll(self, t: float, x: float) -> None:
+        """``t`` is past the open finest bucket: close it (and what it completes), open anew."""
+        width = self.levels[0].width
+        idx = int(t // width)
+        if self.near_off_since is not None:
+            self._near_expire(t)
+        if self.b_end != -math.inf:
+            level = self.levels[0]
+            level.lo, level.hi, level.has = self.b_lo, self.b_hi, True
+            self._close(0, idx)
+        self.levels[0].idx = idx
+        self.b_end = (idx + 1) * width
+        self.b_lo = self.b_hi = x
+
+    def _close(self, n: int, now_idx: int) -> None:
+        level = self.levels[n]
+        lo, hi, idx = level.lo, level.hi, level.idx
+        level.has = False
+        start = idx * level.width
+        if n == 0:
+            self._floor_closed(start, lo, hi)
+        level.starts.append(start)
+        level.mins.append(lo)
+        level.maxs.append(hi)
+        if len(level.starts) > 2 * KEEP:
+            # Trim in batches: cheaper than one deletion per bucket. Windows look back
+            # at most KEEP buckets, so the extra history never changes a verdict.
+            del level.starts[:KEEP], level.mins[:KEEP], level.maxs[:KEEP]
+        self._judge(level, start + level.width)
+        if n + 1 == len(self.levels):
+            return
+        upper = self.levels[n + 1]
+        upper_idx = idx >> 1
+        if upper.has and upper.idx != upper_idx:
+            self._close(n + 1, now_idx)
+        if upper.has:
+            upper.lo = min(upper.lo, lo)
+            upper.hi = max(upper.hi, hi)
+        else:
+            upper.idx, upper.lo, upper.hi, upper.has = upper_idx, lo, hi, True
+        if (upper_idx + 1) << (n + 1) <= now_idx:
+            self._close(n + 1, now_idx)
+
+    def _floor_closed(self, start: float, lo: float, hi: float) -> None:
+        """A finest bucket closed: update the reset threshold and the sawtooth record."""
+        mins = self.levels[0].mins
+        if mins:
+            if mins[-1] - lo > self.min_rise and mins[-1] - lo > DROP_NOISES * self._noise():
+                self._drop(start, self.tooth_peak - lo)
+                self.tooth_peak = hi
+            elif hi > self.tooth_peak:
+                self.tooth_peak = hi
+            floor = min(*mins[-KEEP:], lo)
+        else:
+            self.tooth_peak = hi
+            floor = lo
+        s = self.settings
+        self.reset_below = floor - max(float(s.reset_drop_min_bytes), s.reset_drop_ratio * floor)
+
+    def _noise(self) -> float:
+        """Typical change between consecutive finest-bucket minima (their median)."""
+        mins = self.levels[0].mins[-KEEP:]
+        steps = sorted(abs(b - a) for a, b in itertools.pairwise(mins))
+        return steps[len(steps) // 2] if steps else 0.0
+
+    def _sawtooth(self, end_t: float) -> tuple[float, float]:
+        """(cycle, tooth height) of the sawtooth the series is in now; (0, 0) if none."""
+        cycle = self.saw_cycle
+        if not cycle or end_t - self.drops[-1][0] > 3 * cycle:
+            return 0.0, 0.0
+        return cycle, self.saw_tooth
+
+    def _drop(self, t: float, height: float) -> None:
+        """Record a sawtooth drop: the cycle is the longest gap between recent drops."""
+        drops = self.drops
+        drops.append((t, height))
+        if len(drops) > DROPS_KEPT:
+            del drops[0]
+        if len(drops) == 1:
+            self.saw_cycle = t - self.start_t
+        else:
+            self.saw_cycle = max(b[0] - a[0] for a, b in itertools.pairwise(drops))
+        self.saw_tooth = max(h for _, h in drops)
+
+    def headroom(self) -> float:
+        """Bytes left before the limit, measured from the recent peak."""
+        if self.headroom_of is not None:
+            return self.headroom_of()
+        maxs = self.levels[0].maxs
+        peak = max(self.b_hi, maxs[-1]) if maxs else self.b_hi
+        return self.limit - peak
+
+    # -- judging
+
+    def _judge(self, level: _Level, end_t: float) -> None:
+        mins = level.mins
+        min_rise = self.min_rise
+        best: _Verdict | None = None
+        if len(mins) >= SEGMENTS and mins[-1] - min(mins[-KEEP:]) >= min_rise:
+            best = self._best_window(level, end_t)
+        if best is not None or level.result is not None:
+            level.result = best
+            self._decide(end_t)
+        elif self.leak_active or self.near_pred:
+            self._decide(end_t)
+
+    def _best_window(self, level: _Level, end_t: float) -> _Verdict | None:
+        """The most confident rising window of ``level`` ending at ``end_t``, if any."""
+        s = self.settings
+        mins = level.mins
+        cycle = tooth = -1.0
+        best: _Verdict | None = None
+        for count in WINDOWS:
+            window_s = count * level.width
+            if window_s > s.max_window_s or end_t - window_s < self.start_t + s.warmup_s:
+                continue
+            if cycle < 0:
+                cycle, tooth = self._sawtooth(end_t)
+            min_rise = self.min_rise
+            if cycle and window_s < 2 * cycle:
+                min_rise = max(min_rise, SAWTOOTH_MARGIN * tooth)
+            # Cheap necessary condition: the newest sixth sits materially above the lowest point.
+            if min(mins[-(count // 6) :]) - min(mins[-count:]) < min_rise:
+                continue
+            trend = analyze_window(
+                level.starts,
+                mins,
+                level.maxs,
+                end_t,
+                window_s,
+                level.width,
+                min_rise,
+                s.saturation_ratio,
+                sawtooth=bool(cycle),
+            )
+            if trend is None or not trend.rising:
+                continue
+            verdict = self._verdict(trend)
+            if best is None or verdict.confidence > best.confidence:
+                best = verdict
+            if verdict.leak:
+                break  # the longer window is the stronger evidence; the shorter adds nothing
+        return best
+
+    def _verdict(self, trend: Trend) -> _Verdict:
+        s = self.settings
+        headroom = self.headroom()
+        if self.headroom_of is None:
+            headroom = min(headroom, self.limit - trend.peak)
+        else:
+            headroom -= max(0.0, trend.peak - self.x)
+        time_to_oom = max(0.0, headroom) / trend.rate  # inf when the limit is unknown
+        reach = (
+            extrapolation(trend.window_s, s.leak_extrapolation_short, s.leak_extrapolation)
+            * trend.window_s
+        )
+        evidence = reach / time_to_oom if time_to_oom > 0 else math.inf
+        confidence = min(0.99, (1.0 - math.exp(-evidence)) * trend.rising_segments / 5.0)
+        leak = time_to_oom <= reach and time_to_oom <= s.leak_max_time_to_oom_s
+        near = time_to_oom <= s.near_oom_horizon_s and time_to_oom <= max(
+            2.0 * trend.window_s, reach
+        )
+        return _Verdict(trend, time_to_oom, confidence, leak, near)
+
+    def _decide(self, t: float) -> None:
+        best: _Verdict | None = None
+        near = False
+        for level in self.levels:
+            verdict = level.result
+            if verdict is None:
+                continue
+            near = near or verdict.near
+            if verdict.leak and (best is None or verdict.confidence > best.confidence):
+                best = verdict
+        if best is not None:
+            self.leak_ok_t = t
+            self.leak_rate = best.trend.rate
+            self.leak_confidence = best.confidence
+            self.leak_pattern = best.trend.pattern
+            if not self.leak_active:
+                self.leak_active = True
+                self.leak_update_t = t
+                self.leak_reported_rate = self.leak_rate
+                self._emit(t, LEAK, RAISED, "")
+            elif (
+                t - self.leak_update_t >= self.settings.update_min_interval_s
+                and abs(self.leak_rate - self.leak_reported_rate)
+                > UPDATE_RATE_CHANGE * self.leak_reported_rate
+            ):
+                self.leak_update_t = t
+                self.leak_reported_rate = self.leak_rate
+                self._emit(t, LEAK, UPDATED, "")
+        elif self.leak_active and t - self.leak_ok_t >= self.settings.leak_clear_after_s:
+            self.leak_active = False
+            self._emit(t, LEAK, CLEARED, "the floor stopped rising")
+        if near != self.near_pred:
+            self.near_pred = near
+            self._near_changed(t)
+
+    def _near_changed(self, t: float) -> None:
+        """Raise at once; clear only once the cause has been gone ``near_oom_clear_after_s``."""
+        if self.near_headroom or self.near_pred:
+            self.near_off_since = None
+            if not self.near_active:
+                self.near_active = True
+                self._emit(t, NEAR_OOM, RAISED, "")
+        elif self.near_active and self.near_off_since is None:
+            self.near_off_since = t
+        self._near_expire(t)
+
+    def _near_expire(self, t: float) -> None:
+        since = self.near_off_since
+        if since is not None and t - since >= self.settings.near_oom_clear_after_s:
+            self.near_off_since = None
+            self.near_active = False
+            self._emit(t, NEAR_OOM, CLEARED, "headroom is back")
+
+    # -- reporting
+
+    def rate(self) -> float:
+        """The floor's current growth rate: the steepest rising verdict of any level, or 0."""
+        rates = [lv.result.trend.rate for lv in self.levels if lv.result is not None]
+        return max(rates) if rates else 0.0
+
+    def time_to_oom(self) -> float | None:
+        """Predicted seconds until the limit is reached, None when the floor is not rising."""
+        rate = self.leak_rate if self.leak_active else self.rate()
+        headroom = self.headroom()
+        if rate <= 0 or headroom == math.inf:
+            return None
+        return max(0.0, headroom) / rate
+
+    def describe(self) -> str:
+        """``GPU 0`` or ``GPU 0 pid 123 (host RSS)``."""
+        where = f"GPU {self.gpu}" if self.gpu >= 0 else "host"
+        if self.pid is not None:
+            where += f" pid {self.pid}"
+        if self.kind not in (GPU, "process"):
+            where += f" ({self.kind.replace('_', ' ')})"
+        return where
+
+    def _emit(self, t: float, kind: str, state: str, why: str) -> None:
+        rate = self.leak_rate if kind == LEAK else self.rate()
+        time_to_oom = None if state == CLEARED else self.time_to_oom()
+        cause = self.cause_of(self) if self.cause_of is not None and kind == LEAK else None
+        where = self.describe()
+        if state == CLEARED:
+            message = f"{where}: {kind.replace('_', '-')} cleared ({why or 'recovered'})"
+        elif kind == LEAK:
+            message = (
+                f"{where}: memory leak, floor rising {_fmt_rate(rate)} "
+                f"({self.leak_pattern}{', ' + cause.replace('_', ' ') if cause else ''})"
+                + (f", OOM in ~{_fmt_duration(time_to_oom)}" if time_to_oom is not None else "")
+                + f", confidence {self.leak_confidence:.2f}"
+            )
+        else:
+            if self.kind in (GPU, HOST_RSS):
+                used = f"{_fmt_bytes(self.x)} of {_fmt_bytes(self.limit)} used"
+            else:
+                used = f"{self.kind.replace('_', ' ')} {_fmt_bytes(self.x)} and growing"
+            message = f"{where}: near OOM, {used}" + (
+                f", OOM predicted in ~{_fmt_duration(time_to_oom)}"
+                if time_to_oom is not None
+                else ""
+            )
+        self.out.append(
+            Event(
+                t=t,
+                kind=kind,
+                state=state,
+                gpu=self.gpu,
+                pid=self.pid,
+                series=self.kind,
+                rate_bytes_per_s=rate,
+                time_to_oom_s=time_to_oom,
+                confidence=self.leak_confidence if kind == LEAK else 1.0,
+                pattern=self.leak_pattern if kind == LEAK else None,
+                cause=cause,
+                message=message,
+                used_bytes=int(self.x),
+                limit_bytes=int(self.limit),
+            )
+        )
+
+    def status(self) -> SeriesStatus:
+        """Where this series stands now."""
+        state = "+".join(
+            name for name, on in ((LEAK, self.leak_active), (NEAR_OOM, self.near_active)) if on
+        )
+        return SeriesStatus(
+            series=self.kind,
+            gpu=self.gpu,
+            pid=self.pid,
+            state=state or "ok",
+            leak=self.leak_active,
+            near_oom=self.near_active,
+            rate_bytes_per_s=self.leak_rate if self.leak_active else self.rate(),
+            time_to_oom_s=self.time_to_oom(),
+            confidence=self.leak_confidence if self.leak_active else 0.0,
+            pattern=self.leak_pattern if self.leak_active else None,
+            cause=self.cause_of(self) if self.cause_of is not None and self.leak_active else None,
+            used_bytes=int(self.x),
+            limit_bytes=int(self.limit),
+        )

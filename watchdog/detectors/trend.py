@@ -1,0 +1,217 @@
+"""Is the floor of a memory series rising? One window of bucket minima, judged robustly.
+
+A window is cut into ``SEGMENTS`` equal stretches of time; the floor of each
+stretch is the lowest bucket minimum in it. Spikes (eval), the peaks of a
+sawtooth and noise all sit above the floor, so they do not move it. The floor
+is *rising* when nearly every stretch is higher than the one before by more
+than the noise, the total rise is material, and the later half rises at least
+``saturation_ratio`` as fast as the earlier half (a warm-up ramp or growth
+that saturates fails this). Its rate is the Theil-Sen slope through the
+stretch floors: the median of the pairwise slopes, which one odd stretch
+cannot drag.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from watchdog.detectors.events import SAWTOOTH, STAIRCASE, STEADY
+
+SEGMENTS = 6
+COARSE_SEGMENTS = 4
+LARGEST_STEP_SHARE = 0.6
+"""No one stretch-to-stretch step may carry more than this share of the rise."""
+NOISE_MADS = 3.0
+"""A stretch counts as higher when it beats the one before by this many MADs of bucket steps."""
+STAIRCASE_SHARE = 0.7
+"""A rise is a staircase when its big steps (over half the largest) carry this share of it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trend:
+    """The verdict on one window."""
+
+    end_t: float
+    window_s: float
+    rate: float
+    """Theil-Sen slope of the stretch floors, bytes per second."""
+    rise: float
+    """Floor of the last stretch minus floor of the first."""
+    floor: float
+    """Floor of the last stretch."""
+    peak: float
+    """Highest bucket maximum of the last stretch."""
+    rising_segments: int
+    """Stretch-to-stretch steps above the noise (of SEGMENTS - 1)."""
+    saturating: bool
+    pattern: str
+    rising: bool
+    """Consistent, material, not saturating: a candidate leak."""
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2.0
+
+
+def _pattern(mins: list[float], sawtooth: bool) -> str:
+    """Sawtooth if the series drops regularly; staircase if a few big steps carry the rise."""
+    if sawtooth:
+        return SAWTOOTH
+    steps = [b - a for a, b in itertools.pairwise(mins)]
+    rise = mins[-1] - min(mins)
+    if rise <= 0 or not steps:
+        return STEADY
+    big = [step for step in steps if step > 0.5 * max(steps)]
+    if sum(big) >= STAIRCASE_SHARE * rise and len(big) <= len(steps) // 2:
+        return STAIRCASE
+    return STEADY
+
+
+def _floors(
+    starts: list[float], mins: list[float], first: int, start_t: float, window_s: float, count: int
+) -> tuple[list[float], list[float]] | None:
+    """The floor of each of ``count`` equal stretches of time, and when it was reached."""
+    segment_s = window_s / count
+    last = count - 1
+    floors = [math.inf] * count
+    times = [0.0] * count
+    for i in range(first, len(starts)):
+        segment = min(int((starts[i] - start_t) / segment_s), last)
+        if mins[i] < floors[segment]:
+            floors[segment] = mins[i]
+            times[segment] = starts[i]
+    if math.inf in floors:
+        return None
+    return floors, times
+
+
+def _floors_contiguous(
+    starts: list[float], mins: list[float], first: int, count: int
+) -> tuple[list[float], list[float]]:
+    """``_floors`` for a window with no missing bucket: slices, no Python loop per bucket."""
+    n = len(mins) - first
+    floors = []
+    times = []
+    for j in range(count):
+        lo = first + (j * n) // count
+        chunk = mins[lo : first + ((j + 1) * n) // count]
+        low = min(chunk)
+        floors.append(low)
+        times.append(starts[lo + chunk.index(low)])
+    return floors, times
+
+
+def _consistent(
+    floors: list[float], tolerance: float, saturation_ratio: float
+) -> tuple[int, bool, bool]:
+    """(steps above the noise, consistent rise, saturating) for one set of stretch floors."""
+    increments = [b - a for a, b in itertools.pairwise(floors)]
+    rising = sum(1 for inc in increments if inc > tolerance)
+    rise = floors[-1] - floors[0]
+    third = max(1, len(floors) // 3)
+    early = floors[third] - floors[0]
+    late = floors[-1] - floors[-1 - third]
+    saturating = early > 0 and late < saturation_ratio * early
+    consistent = (
+        rising >= len(increments) - (1 if len(floors) >= SEGMENTS else 0)
+        and all(inc >= -tolerance for inc in increments)
+        and max(increments) <= LARGEST_STEP_SHARE * rise
+    )
+    return rising, consistent, saturating
+
+
+def analyze_window(
+    starts: list[float],
+    mins: list[float],
+    maxs: list[float],
+    end_t: float,
+    window_s: float,
+    width: float,
+    min_rise: float,
+    saturation_ratio: float,
+    sawtooth: bool = False,
+) -> Trend | None:
+    """Judge the buckets that start within ``window_s`` before ``end_t``.
+
+    The window is cut twice, into 6 and into 4 stretches: 6 sees a steady
+    rise in finer detail, 4 sees a staircase whose steps are few and far apart.
+    The rise must be spread over the stretches (no one step may carry more
+    than ``LARGEST_STEP_SHARE`` of it), so a single jump such as an eval spike
+    is not a trend.
+
+    Args:
+        starts, mins, maxs: closed buckets, oldest first: start time, minimum, maximum.
+        end_t: end of the window (end of the newest bucket).
+        window_s: length of the window.
+        width: length of one bucket.
+        min_rise: smallest rise (bytes) that counts as material.
+        saturation_ratio: a later rate below this fraction of the earlier one
+            means the growth is saturating.
+        sawtooth: the series drops regularly; only labels the pattern.
+
+    Returns:
+        None when some stretch of the window has no bucket (too little history)
+        or the floor plainly does not rise.
+    """
+    start_t = end_t - window_s
+    first = len(starts)
+    while first > 0 and starts[first - 1] >= start_t - 1e-9:
+        first -= 1
+    present = len(starts) - first
+    if present < SEGMENTS:
+        return None
+    contiguous = present == round(window_s / width)
+    if contiguous:
+        fine: tuple[list[float], list[float]] | None = _floors_contiguous(
+            starts, mins, first, SEGMENTS
+        )
+    else:
+        fine = _floors(starts, mins, first, start_t, window_s, SEGMENTS)
+    if fine is None or fine[0][-1] - min(fine[0]) < min_rise:
+        return None  # a stretch without data, or the last is not materially above the lowest
+    window_mins = mins[first:]
+    steps = [b - a for a, b in itertools.pairwise(window_mins)]
+    centre = _median(steps)
+    tolerance = NOISE_MADS * _median([abs(step - centre) for step in steps])
+    rising_segments, consistent, saturating = _consistent(fine[0], tolerance, saturation_ratio)
+    floors, times = fine
+    if not consistent:
+        if contiguous:
+            coarse: tuple[list[float], list[float]] | None = _floors_contiguous(
+                starts, mins, first, COARSE_SEGMENTS
+            )
+        else:
+            coarse = _floors(starts, mins, first, start_t, window_s, COARSE_SEGMENTS)
+        if coarse is not None:
+            _, consistent, saturating = _consistent(coarse[0], tolerance, saturation_ratio)
+            if consistent:
+                floors, times = coarse
+                rising_segments = SEGMENTS - 1
+    rise = floors[-1] - floors[0]
+    peak = max(maxs[i] for i in range(first, len(starts)) if starts[i] >= end_t - window_s / 4)
+    slopes = [
+        (floors[j] - floors[i]) / (times[j] - times[i])
+        for i in range(len(floors))
+        for j in range(i + 1, len(floors))
+        if times[j] > times[i]
+    ]
+    rate = _median(slopes) if slopes else 0.0
+    rising = consistent and rise >= min_rise and rise > tolerance and not saturating and rate > 0
+    return Trend(
+        end_t=end_t,
+        window_s=window_s,
+        rate=rate,
+        rise=rise,
+        floor=floors[-1],
+        peak=peak,
+        rising_segments=rising_segments,
+        saturating=saturating,
+        pattern=_pattern(window_mins, sawtooth) if rising else STEADY,
+        rising=rising,
+    )
