@@ -75,7 +75,7 @@ def test_run_simulated_serves_labelled_metrics_and_stops_on_sigterm(
     assert process.returncode == 0
     assert "SIMULATED GPU" in stderr
     events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-    watching = next(e for e in events if e["event"] == "watching")
+    assert any(e["event"] == "watching" for e in events)
     assert events[-1]["event"] == "daemon_stopping"
     assert all(e["source"] == "simulated" for e in events), "every log line names its source"
 
@@ -194,3 +194,49 @@ def test_daemon_modules_never_import_torch(cli_env: dict[str, str]) -> None:
     )
     result = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=cli_env)
     assert result.returncode == 0, result.stderr
+
+
+def test_sighup_reloads_config_and_keeps_the_old_one_when_invalid(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGHUP applies a new policy, names what needs a restart, and rejects a bad file safely."""
+    config = tmp_path / "config.toml"
+    config.write_text("[sources]\ndevice_interval_s = 0.2\n")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            PYTHON,
+            "-c",
+            NO_TORCH,
+            "run",
+            "--simulate",
+            "healthy",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env,
+    )
+    try:
+        _scrape(f"http://127.0.0.1:{port}/metrics")
+        config.write_text("[sources]\ndevice_interval_s = 0.5\n[policy]\ndry_run = true\n")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(2.5)
+        config.write_text("[sources]\ndevice_interval_s = -1\n")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(2.5)
+        assert "gpu_watchdog_gpu_memory_used_bytes" in _scrape(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    events = {e["event"]: e for e in map(json.loads, filter(None, stdout.splitlines()))}
+    reloaded = events["config_reloaded"]
+    assert reloaded["changed"] == ["sources.device_interval_s", "policy.dry_run"]
+    assert reloaded["needs_restart"] == ["sources.device_interval_s"]
+    rejected = events["config_reload_rejected"]
+    assert "sources.device_interval_s must be >= 0.05" in rejected["reason"]

@@ -3,28 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import structlog
 from prometheus_client.registry import CollectorRegistry
 
-from watchdog.commands._common import (
-    add_config_option,
-    add_simulate_option,
-    build_sources,
-    load,
-)
-from watchdog.config import parse_listen
+from watchdog.commands._common import add_config_option, add_simulate_option, build_sources, load
+from watchdog.config import Config, parse_listen
+from watchdog.control import ControlServer
+from watchdog.control.server import ControlError
+from watchdog.daemon.notify import Notifier
 from watchdog.daemon.poller import Poller
 from watchdog.daemon.service import Daemon
 from watchdog.daemon.state import DaemonState
+from watchdog.daemon.supervisor import Supervisor
+from watchdog.detectors import DetectionEngine
+from watchdog.detectors.metrics import DetectionCollector
 from watchdog.errors import WatchdogError
 from watchdog.exporter.collector import StateCollector
 from watchdog.exporter.http import MetricsServer
 from watchdog.logs import configure_logging
+from watchdog.policy.engine import Policy
+from watchdog.policy.journal import Journal, ReadStats, ledger_from
 from watchdog.samples import NVML, SIMULATED
 
 log = structlog.get_logger("watchdog.run")
@@ -49,49 +55,148 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise WatchdogError(f"--listen: {exc}", exit_code=2) from None
     config = load(args, metrics__listen=args.listen)
-    configure_logging(config.daemon.log_level, config.daemon.log_format)
     origin = SIMULATED if args.simulate else NVML
     # Every log line says where its GPU figures come from, so simulated runs can't pass as real.
-    structlog.contextvars.bind_contextvars(source=origin)
+    configure_logging(config.daemon.log_level, config.daemon.log_format, always={"source": origin})
 
     state = DaemonState(origin=origin)
-    sources = build_sources(config, args.simulate, state.gpu_pids)
+    pids: list[Any] = []  # the supervisor's monitored_pids, once it exists
+    sources = build_sources(config, args.simulate, lambda: pids[0]() if pids else [])
+    try:
+        code = _serve(args, config, state, sources, pids)
+    except BaseException:
+        sources.close()
+        raise
+    if any(h.running_since_mono is not None for h in state.snapshot().collectors):
+        # A poll is stuck inside the driver: shutting NVML down under it can crash the
+        # library, and the interpreter would wait for that thread forever at exit.
+        log.warning("exiting_with_poll_in_progress")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sources.close()
+    return code
+
+
+def _serve(
+    args: argparse.Namespace, config: Config, state: DaemonState, sources: Any, pids: list[Any]
+) -> int:
     if sources.nvml is not None:
         state.set_nvml_info(
             sources.nvml.error_counts, sources.nvml.driver_version, sources.nvml.nvml_version
         )
+    engine = DetectionEngine(config.detection)
+    journal = Journal(
+        Path(config.daemon.state_dir), config.policy.journal_max_bytes, config.policy.journal_keep
+    )
+    stats = ReadStats()
+    policy = Policy.from_settings(config.policy, ledger_from(journal.read(stats)))
+    log.info("journal_read", entries=stats.entries, skipped_lines=stats.skipped_lines)
+
+    server = ControlServer(config.control)
+    try:
+        server.start()
+    except ControlError as exc:
+        raise WatchdogError(
+            f"cannot serve the control socket {config.control.socket_path}: {exc} "
+            "(set control.socket_path or GPU_WATCHDOG_SOCKET)"
+        ) from None
+    try:
+        supervisor = Supervisor(
+            engine,
+            policy,
+            journal,
+            state,
+            server,
+            restart_budget=(config.policy.max_restarts, config.policy.restart_window_s),
+        )
+        pids.append(supervisor.monitored_pids)
+        server.on_report = supervisor.on_report
+        return _serve_metrics(args, config, state, sources, server, supervisor)
+    finally:
+        server.stop()
+
+
+def _serve_metrics(
+    args: argparse.Namespace,
+    config: Config,
+    state: DaemonState,
+    sources: Any,
+    server: ControlServer,
+    supervisor: Supervisor,
+) -> int:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StateCollector(state.snapshot, config.sources.stall_after_s))
-    poller = Poller(sources.sources, state)
+    registry.register(DetectionCollector(supervisor.detection_status))
+    registry.register(server.collector())
+    registry.register(supervisor)
+    poller = Poller(sources.sources, state, observers=[supervisor.on_reading])
+    supervisor.install_schedules(poller.scheduler, config.policy.schedule)
 
     daemon: Daemon | None = None
+
+    def health() -> tuple[bool, str]:
+        return daemon.health() if daemon else (False, "starting")
+
     try:
         metrics = MetricsServer(
-            config.metrics.listen,
-            registry,
-            lambda: daemon.health() if daemon else (False, "starting"),
-            config.metrics.max_concurrent_scrapes,
+            config.metrics.listen, registry, health, config.metrics.max_concurrent_scrapes
         )
     except OSError as exc:
-        sources.close()
         raise WatchdogError(
             f"cannot listen on {config.metrics.listen}: {exc.strerror or exc}"
         ) from None
-    daemon = Daemon(state, poller, metrics, config.sources.stall_after_s, sources.primary.name)
-
+    daemon = Daemon(
+        state,
+        poller,
+        metrics,
+        config.sources.stall_after_s,
+        sources.primary.name,
+        notifier=Notifier.from_env(),
+        reload=lambda: _reload(args, config, supervisor),
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     host, _ = parse_listen(config.metrics.listen)
-    _announce(sources.origin, args.simulate, host, metrics.port)
-    try:
-        daemon.serve(stop)
-    finally:
-        sources.close()
+    _announce(
+        state.snapshot().origin, args.simulate, host, metrics.port, config.control.socket_path
+    )
+    daemon.serve(stop)
     return 0
 
 
-def _announce(origin: str, simulate: str | None, host: str, port: int) -> None:
+# Tables whose changes take effect on SIGHUP; the others need a restart.
+RELOADABLE = ("policy", "daemon.log_level", "daemon.log_format")
+
+
+def _reload(args: argparse.Namespace, current: Config, supervisor: Supervisor) -> None:
+    """Reload the config file (SIGHUP): apply what can change live, keep the old one if invalid."""
+    try:
+        new = load(args, metrics__listen=args.listen)
+    except WatchdogError as exc:
+        log.error("config_reload_rejected", reason=str(exc), kept="the running configuration")
+        return
+    changed = _changed_keys(current, new)
+    needs_restart = [key for key in changed if not key.startswith(RELOADABLE)]
+    origin = SIMULATED if args.simulate else NVML
+    configure_logging(new.daemon.log_level, new.daemon.log_format, always={"source": origin})
+    supervisor.reconfigure_policy(new.policy)
+    log.info("config_reloaded", changed=changed, needs_restart=needs_restart)
+
+
+def _changed_keys(old: Config, new: Config) -> list[str]:
+    changed = []
+    for section in dataclasses.fields(old):
+        before, after = getattr(old, section.name), getattr(new, section.name)
+        for item in dataclasses.fields(before):
+            if getattr(before, item.name) != getattr(after, item.name):
+                changed.append(f"{section.name}.{item.name}")
+    return changed
+
+
+def _announce(origin: str, simulate: str | None, host: str, port: int, socket_path: str) -> None:
     shown = f"[{host}]" if ":" in host else host
     what = (
         f"SIMULATED GPU playing {simulate!r} (not real hardware)"
@@ -100,7 +205,7 @@ def _announce(origin: str, simulate: str | None, host: str, port: int) -> None:
     )
     print(
         f"gpu-watchdog: watching {what}; metrics on http://{shown}:{port}/metrics, "
-        f"health on http://{shown}:{port}/healthz",
+        f"health on http://{shown}:{port}/healthz, control socket {socket_path}",
         file=sys.stderr,
         flush=True,
     )

@@ -94,6 +94,7 @@ class Daemon:
         progress_collector: str,
         notifier: ServiceNotifier | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reload: Callable[[], None] | None = None,
     ) -> None:
         self._state = state
         self._poller = poller
@@ -104,6 +105,12 @@ class Daemon:
         self._clock = clock
         self._started = clock()
         self._last_progress: float | None = None
+        self._reload = reload
+        self._reload_requested = threading.Event()
+
+    def request_reload(self) -> None:
+        """Ask the serving loop to reload the configuration (safe from a signal handler)."""
+        self._reload_requested.set()
 
     def health(self) -> tuple[bool, str]:
         """(healthy, reason) for ``/healthz``: every source polled recently and none stalled."""
@@ -133,11 +140,24 @@ class Daemon:
             while not stop.wait(tick):
                 self._poller.check_clock()
                 self._ping_if_progressing()
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self._reload_now()
         finally:
             self._notifier.stopping()
             log.info("daemon_stopping")
             self._poller.stop()
             self._metrics.stop()
+
+    def _reload_now(self) -> None:
+        if self._reload is None:
+            return
+        self._notifier.status("reloading configuration")
+        try:
+            self._reload()
+        except Exception:  # a reload must never take the daemon down
+            log.exception("config_reload_failed")
+        self._notifier.status("polling")
 
     def _ping_if_progressing(self) -> None:
         """Ping the service watchdog only if the poll loop made progress since the last ping."""

@@ -127,6 +127,12 @@ class Supervisor:
                     decisions.append(decision)
         self._carry_out(decisions)
 
+    def reconfigure_policy(self, settings: Any) -> None:
+        """Apply new policy settings (SIGHUP); findings, history and budgets carry over."""
+        with self._lock:
+            self._policy.reconfigure(settings)
+            self._restart_budget = (settings.max_restarts, settings.restart_window_s)
+
     def install_schedules(self, scheduler: Any, schedules: tuple[Schedule, ...]) -> None:
         """Add an APScheduler job per schedule (coalescing, jittered, one at a time)."""
         for index, schedule in enumerate(schedules):

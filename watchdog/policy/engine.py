@@ -172,6 +172,15 @@ class Policy:
             ledger,
         )
 
+    def reconfigure(self, settings: Any) -> None:
+        """Take new ladder and guard settings; findings and history are kept."""
+        self._ladder = tuple(settings.ladder)
+        self._cooldown_s = settings.cooldown_s
+        self._max_restarts = settings.max_restarts
+        self._restart_window_s = settings.restart_window_s
+        self._dry_run = settings.dry_run
+        self._fired.clear()
+
     @property
     def active(self) -> list[Finding]:
         """The findings currently raised."""
