@@ -135,7 +135,8 @@ def test_one_command_in_flight_per_job() -> None:
     policy.observe(_event(0, tto=100))
     first = policy.decide(0, 0, _jobs)
     assert _sent(first) == ["dump_snapshot"]
-    assert [d.reason for d in first if d.outcome == SUPPRESSED] == ["in_flight"]
+    assert [d for d in first if d.outcome == SUPPRESSED] == []  # waiting is not refusing
+    assert policy.decide(0.5, 0.5, _jobs) == []
     policy.ledger.finished("train")
     assert _sent(policy.decide(1, 1, _jobs)) == ["checkpoint_and_restart"]
 
@@ -230,3 +231,13 @@ def test_ladder_config_round_trip_and_errors(tmp_path: Path) -> None:
 def test_default_policy_settings_use_the_default_ladder() -> None:
     """With no configuration the documented default ladder is in force."""
     assert PolicySettings().ladder == DEFAULT_LADDER
+
+
+def test_one_leak_seen_on_gpu_and_process_is_one_decision() -> None:
+    """A leak raised on a GPU and on its process, same job, gives one command and no refusal."""
+    policy = _policy()
+    policy.observe(_event(0, pid=42))
+    gpu_level = _event(0, pid=None)
+    policy.observe(gpu_level)
+    decisions = policy.decide(0, 0, _jobs)
+    assert [(d.action, d.outcome) for d in decisions] == [("dump_snapshot", SEND)]

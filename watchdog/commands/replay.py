@@ -11,6 +11,8 @@ from typing import Any, TextIO
 from watchdog.commands._common import add_config_option, load
 from watchdog.detectors.events import CLEARED, Event
 from watchdog.detectors.replay import ReplayResult, replay_file
+from watchdog.policy.engine import Decision
+from watchdog.policy.replay import decisions_over
 
 
 def register(subparsers: Any) -> None:
@@ -45,10 +47,14 @@ def run(args: argparse.Namespace) -> int:
 
         require_matplotlib()
     result = replay_file(args.trace, config.detection, record=args.plot is not None)
+    decisions = decisions_over(
+        result.events, result.duration_s, config.sources.device_interval_s, config.policy
+    )
     if args.json:
-        write_json(result.events, sys.stdout)
+        write_json(result.events, decisions, sys.stdout)
     else:
         write_summary(args.trace, result, sys.stdout)
+        write_decisions(decisions, config.policy.dry_run, sys.stdout)
     if args.plot is not None:
         from watchdog.plot import plot_replay
 
@@ -58,10 +64,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_json(events: list[Event], out: TextIO) -> None:
-    """One JSON object per line per event."""
-    for event in events:
-        out.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
+def write_json(events: list[Event], decisions: list[Decision], out: TextIO) -> None:
+    """One JSON object per line per event and per decision (``kind`` ``action``), by time."""
+    items = [(e.t, 0, e.to_json()) for e in events] + [(d.t, 1, d.to_json()) for d in decisions]
+    for _, _, item in sorted(items, key=lambda entry: (entry[0], entry[1])):
+        out.write(json.dumps(item, separators=(",", ":")) + "\n")
+
+
+def write_decisions(decisions: list[Decision], dry_run: bool, out: TextIO) -> None:
+    """What the configured policy would have done, for a person."""
+    if not decisions:
+        out.write("policy: no action\n")
+        return
+    mode = " (dry run)" if dry_run else ""
+    out.write(f"policy{mode}: {len(decisions)} decisions:\n")
+    for decision in decisions:
+        tto = (
+            ""
+            if decision.time_to_oom_s is None
+            else f", OOM in {decision.time_to_oom_s / 60:.0f} min"
+        )
+        out.write(
+            f"  {_clock(decision.t)}  {decision.outcome:10s} {decision.action:22s} "
+            f"{decision.job}  ({decision.reason}{tto})\n"
+        )
 
 
 def _clock(t: float) -> str:

@@ -156,8 +156,9 @@ class Policy:
         self._dry_run = dry_run
         self.ledger = ledger or Ledger()
         self._active: dict[FindingKey, Finding] = {}
-        # Each rung acts at most once per finding episode and job; cooldowns span episodes.
-        self._fired: set[tuple[FindingKey, int, str]] = set()
+        # Each rung acts at most once per job while a finding that made it act is active
+        # (one leak is often seen on the GPU and on its process); cooldowns span episodes.
+        self._fired: dict[tuple[str, int], set[FindingKey]] = {}
         self._suppressed_seen: set[tuple[str, str, str]] = set()
 
     @classmethod
@@ -179,7 +180,7 @@ class Policy:
         self._max_restarts = settings.max_restarts
         self._restart_window_s = settings.restart_window_s
         self._dry_run = settings.dry_run
-        self._fired.clear()
+        self._fired.clear()  # rung numbers refer to the old ladder
 
     @property
     def active(self) -> list[Finding]:
@@ -209,7 +210,10 @@ class Policy:
 
     def _end_episode(self, key: FindingKey) -> None:
         self._active.pop(key, None)
-        self._fired = {fired for fired in self._fired if fired[0] != key}
+        for rung, keys in list(self._fired.items()):
+            keys.discard(key)
+            if not keys:
+                del self._fired[rung]
 
     def decide(self, t: float, wall: float, jobs: JobResolver) -> list[Decision]:
         """Walk the ladder for every active finding; return (and record) the decisions.
@@ -218,11 +222,13 @@ class Policy:
         so a long-lived finding does not repeat the same "suppressed" line every poll.
         """
         decisions: list[Decision] = []
-        for key, finding in sorted(self._active.items(), key=lambda item: (item[1].t, item[0])):
+        # One leak seen on the GPU and on its process is one decision per job and action.
+        decided: set[tuple[str, str]] = set()
+        for key, finding in sorted(self._active.items(), key=_finding_order):
             time_to_oom = finding.time_to_oom_at(t)
             for ref in jobs(finding.gpu, finding.pid):
                 for index, step in enumerate(self._ladder):
-                    if (key, index, ref.job) in self._fired:
+                    if (ref.job, index) in self._fired or (ref.job, step.action) in decided:
                         continue
                     if not step.match.matches(ref.job, ref.user, finding.gpu):
                         continue
@@ -231,9 +237,10 @@ class Policy:
                     decision = self._guarded(step, finding, ref, t, wall, time_to_oom)
                     if decision is None:
                         continue
+                    decided.add((ref.job, step.action))
                     decisions.append(decision)
                     if decision.outcome != SUPPRESSED:
-                        self._fired.add((key, index, ref.job))
+                        self._fired.setdefault((ref.job, index), set()).add(key)
         return decisions
 
     def scheduled(
@@ -256,6 +263,8 @@ class Policy:
     ) -> Decision | None:
         reason = reason or _describe(step)
         guard = self._guard(step.action, ref.job, wall)
+        if guard == "in_flight":
+            return None  # not refused, only later: asked again once the job answers
         if guard:
             seen = (ref.job, step.action, guard)
             if seen in self._suppressed_seen:
@@ -295,6 +304,11 @@ class Policy:
         if self.ledger.in_flight(job):
             return "in_flight"
         return ""
+
+
+def _finding_order(item: tuple[FindingKey, Finding]) -> tuple[float, str, str, int, int]:
+    (kind, series, gpu, pid), finding = item
+    return (finding.t, kind, series, gpu, -1 if pid is None else pid)
 
 
 def _describe(step: LadderStep) -> str:

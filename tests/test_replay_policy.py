@@ -1,0 +1,112 @@
+"""Replay shows the policy's decisions: exact commands and times, and none for healthy traces."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from watchdog.cli import main
+from watchdog.config import PolicySettings
+from watchdog.detectors.events import Event
+from watchdog.policy.replay import decisions_over
+from watchdog.sources.scenarios import scenario_rows
+from watchdog.trace import TraceWriter
+
+
+def _write_scenario(name: str, path: Path) -> Path:
+    with path.open("w") as stream:
+        writer = TraceWriter(stream)
+        for row in scenario_rows(name):
+            if row.pid is None:
+                writer.device(row.t, row.gpu, row.used_bytes, row.total_bytes or 0)
+            else:
+                writer.process(row.t, row.gpu, row.pid, row.used_bytes)
+    return path
+
+
+def _replay_json(*args: str) -> list[dict]:  # type: ignore[type-arg]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["replay", "--json", *args]) == 0
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def _event(t: float, state: str, tto: float | None, pid: int | None = 7) -> Event:
+    return Event(
+        t=t,
+        kind="leak",
+        state=state,
+        gpu=0,
+        pid=pid,
+        series="process",
+        rate_bytes_per_s=1e6,
+        time_to_oom_s=tto,
+        confidence=0.9,
+        pattern="steady",
+        cause=None,
+        message="",
+    )
+
+
+def test_exact_commands_at_exact_times_for_a_known_event_stream() -> None:
+    """Leak raised at 100 s with 1 h to OOM: snapshot at 100 s, restart when 30 min remain."""
+    events = [_event(100.0, "raised", 3600.0)]
+    decisions = decisions_over(events, end_t=4000.0, interval_s=1.0, settings=PolicySettings())
+    assert [(d.t, d.action, d.outcome, d.job) for d in decisions] == [
+        (100.0, "dump_snapshot", "send", "pid:7"),
+        # The countdown from 3600 s at t=100 passes under the 1800 s budget after t=1900.
+        (1901.0, "checkpoint_and_restart", "send", "pid:7"),
+    ]
+
+
+def test_cleared_leak_stops_the_ladder_before_the_restart() -> None:
+    """A leak cleared before its time to OOM falls under the budget never leads to a restart."""
+    events = [_event(100.0, "raised", 3600.0), _event(1000.0, "cleared", None)]
+    decisions = decisions_over(events, end_t=5000.0, interval_s=1.0, settings=PolicySettings())
+    assert [d.action for d in decisions] == ["dump_snapshot"]
+
+
+def test_leak_trace_gets_a_restart_before_oom(tmp_path: Path) -> None:
+    """With the default policy a leaking trace gets checkpoint_and_restart before it runs out."""
+    trace = _write_scenario("leak", tmp_path / "leak.csv")
+    items = _replay_json(str(trace))
+    oom_t = max(r.t for r in scenario_rows("leak"))
+    restarts = [
+        i for i in items if i["kind"] == "action" and i["action"] == "checkpoint_and_restart"
+    ]
+    assert restarts, "no restart decided"
+    first = restarts[0]
+    assert first["outcome"] == "send"
+    assert first["t"] < oom_t - 300  # with at least five minutes to spare
+    assert first["time_to_oom_s"] < PolicySettings().ladder[2].under_time_to_oom_s
+    assert {"t", "kind", "action", "gpu", "pid"} <= set(first)
+
+
+def test_healthy_trace_gets_no_action(tmp_path: Path) -> None:
+    """A healthy trace yields no finding and no decision at all."""
+    trace = _write_scenario("healthy", tmp_path / "healthy.csv")
+    assert [i for i in _replay_json(str(trace)) if i["kind"] == "action"] == []
+
+
+def test_dry_run_config_marks_every_decision(tmp_path: Path) -> None:
+    """Replayed with policy.dry_run, the same decisions appear as dry_run, none as send."""
+    trace = _write_scenario("leak", tmp_path / "leak.csv")
+    config = tmp_path / "dry.toml"
+    config.write_text("[policy]\ndry_run = true\n")
+    actions = [
+        i for i in _replay_json(str(trace), "--config", str(config)) if i["kind"] == "action"
+    ]
+    assert actions
+    assert {a["outcome"] for a in actions} == {"dry_run"}
+
+
+@pytest.mark.parametrize("name", ["two-jobs-one-leak"])
+def test_only_the_leaking_process_is_acted_on(tmp_path: Path, name: str) -> None:
+    """Of two jobs on one GPU only the leaking one receives commands."""
+    trace = _write_scenario(name, tmp_path / f"{name}.csv")
+    jobs = {i["job"] for i in _replay_json(str(trace)) if i["kind"] == "action"}
+    assert jobs == {"pid:4000002"}

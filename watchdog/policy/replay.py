@@ -1,0 +1,70 @@
+"""What the policy would have decided over a replayed trace.
+
+The live daemon asks the policy after every poll; here the same questions are
+asked at the same cadence (``interval_s``, the device poll interval) from the
+first finding to the end of the trace, skipping stretches with no active
+finding, where the policy has nothing to decide. With no training processes
+to talk to, each process in the trace stands for its own job (``pid:N``), a
+GPU-level finding concerns the processes found leaking on that GPU (or the
+GPU itself, ``gpu:N``), and every command is taken to be answered at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from watchdog.policy.engine import SEND, Decision, JobRef, Policy
+
+
+class _TraceJobs:
+    """Jobs for a trace: one per process seen in a finding, else the GPU."""
+
+    def __init__(self) -> None:
+        self._pids_by_gpu: dict[int, set[int]] = {}
+
+    def saw(self, gpu: int, pid: int | None) -> None:
+        if pid is not None:
+            self._pids_by_gpu.setdefault(gpu, set()).add(pid)
+
+    def __call__(self, gpu: int, pid: int | None) -> list[JobRef]:
+        if pid is not None:
+            return [JobRef(f"pid:{pid}")]
+        pids = sorted(self._pids_by_gpu.get(gpu, ()))
+        return [JobRef(f"pid:{p}") for p in pids] or [JobRef(f"gpu:{gpu}")]
+
+
+def decisions_over(
+    events: Iterable[Any], end_t: float, interval_s: float, settings: Any
+) -> list[Decision]:
+    """The decisions ``settings`` (a PolicySettings) would take on ``events``, in time order.
+
+    Args:
+        events: Detector events in time order.
+        end_t: The trace's last timestamp.
+        interval_s: How often the live daemon would ask (its device poll interval).
+        settings: The policy settings.
+    """
+    policy = Policy.from_settings(settings)
+    jobs = _TraceJobs()
+    pending = sorted(events, key=lambda event: event.t)
+    decisions: list[Decision] = []
+    index = 0
+    t = pending[0].t if pending else end_t + 1
+    while t <= end_t:
+        while index < len(pending) and pending[index].t <= t:
+            event = pending[index]
+            jobs.saw(event.gpu, event.pid)
+            policy.observe(event)
+            index += 1
+        for decision in policy.decide(t, t, jobs):
+            decisions.append(decision)
+            if decision.outcome == SEND:
+                policy.ledger.finished(decision.job)
+        if not policy.active:
+            if index >= len(pending):
+                break
+            t = max(t + interval_s, pending[index].t)  # nothing to decide until the next event
+        else:
+            t += interval_s
+    return decisions
