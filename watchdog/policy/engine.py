@@ -74,6 +74,7 @@ class Decision:
         return {
             "t": round(self.t, 3),
             "kind": "action",
+            "state": self.outcome,
             "action": self.action,
             "outcome": self.outcome,
             "reason": self.reason,
@@ -83,7 +84,17 @@ class Decision:
             "finding": self.finding,
             "series": self.series,
             "time_to_oom_s": None if self.time_to_oom_s is None else round(self.time_to_oom_s, 1),
+            "rate_bytes_per_s": None,
+            "message": self.message(),
         }
+
+    def message(self) -> str:
+        """One line for a person."""
+        verb = {SEND: "send", DRY_RUN: "would send (dry run)"}.get(self.outcome, "not sending")
+        text = f"{verb} {self.action} to {self.job}: {self.reason}"
+        if self.time_to_oom_s is not None:
+            text += f" (OOM in ~{self.time_to_oom_s / 60:.0f} min)"
+        return text
 
 
 class Ledger:
