@@ -73,3 +73,33 @@ def test_missing_matplotlib_is_one_clear_line(
     assert len(err.splitlines()) == 1
     assert "matplotlib" in err
     assert "[plot]" in err
+
+
+def test_decisions_are_marked_and_suppressed_ones_are_not() -> None:
+    """Each sent or dry-run decision gets a line and a labelled marker; suppressed ones none."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from watchdog.plot import _draw_decisions
+    from watchdog.policy.engine import Decision
+
+    def decision(t: float, action: str, outcome: str) -> Decision:
+        return Decision(t, t, action, "pid:1", 0, 1, "leak", "process", outcome, "ladder")
+
+    figure, axis = plt.subplots()
+    axis.plot([0, 100], [0, 10])
+    _draw_decisions(
+        axis,
+        [
+            decision(10, "dump_snapshot", "send"),
+            decision(20, "checkpoint_and_restart", "dry_run"),
+            decision(30, "empty_cache", "suppressed"),
+        ],
+        scale=1.0,
+    )
+    labels = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert "dump_snapshot" in labels
+    assert "checkpoint_and_restart (dry run)" in labels
+    assert "empty_cache" not in labels
+    plt.close(figure)

@@ -6,12 +6,14 @@ it is imported only here and only when a plot is asked for.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from watchdog.detectors.events import CLEARED, LEAK, NEAR_OOM, RAISED, Event
 from watchdog.detectors.replay import ReplayResult
 from watchdog.errors import UsageError
+from watchdog.policy.engine import Decision
 
 GIB = float(1 << 30)
 MAX_POINTS = 4000
@@ -69,8 +71,10 @@ def _spans(events: list[Event], end: float) -> list[tuple[float, float]]:
     return spans
 
 
-def plot_replay(result: ReplayResult, path: Path, title: str = "") -> None:
-    """Write a PNG: per GPU, used and total memory, each process, and every detection.
+def plot_replay(
+    result: ReplayResult, path: Path, title: str = "", decisions: Sequence[Decision] = ()
+) -> None:
+    """Write a PNG: per GPU, used and total memory, each process, detections and decisions.
 
     Raises:
         UsageError: matplotlib is missing, or the file cannot be written.
@@ -88,6 +92,7 @@ def plot_replay(result: ReplayResult, path: Path, title: str = "") -> None:
     for row, gpu in enumerate(gpus):
         axis = axes[row][0]
         _draw_gpu(axis, result, gpu, scale, duration)
+        _draw_decisions(axis, [d for d in decisions if d.gpu == gpu], scale)
         axis.set_ylabel(f"GPU {gpu} memory (GiB)")
         axis.grid(alpha=0.3)
     axes[-1][0].set_xlabel(f"trace time ({unit})")
@@ -171,3 +176,37 @@ def _draw_gpu(axis: Any, result: ReplayResult, gpu: int, scale: float, duration:
     axis.set_xlim(0, duration / scale * 1.02)
     axis.set_ylim(bottom=0, top=(total / GIB * 1.08) if total else None)
     axis.legend(loc="upper left", fontsize=7, ncol=4)
+
+
+_ACTION_STYLE = {
+    "empty_cache": ("steelblue", "o"),
+    "dump_snapshot": ("purple", "s"),
+    "dump_stacks": ("gray", "s"),
+    "checkpoint": ("darkgreen", "D"),
+    "checkpoint_and_restart": ("darkgreen", "*"),
+}
+
+
+def _draw_decisions(axis: Any, decisions: Sequence[Decision], scale: float) -> None:
+    """A vertical line and a marker at the top for each decision the policy sent or would send."""
+    labelled: set[str] = set()
+    top = axis.get_ylim()[1]
+    for decision in decisions:
+        if decision.outcome == "suppressed":
+            continue
+        color, marker = _ACTION_STYLE.get(decision.action, ("black", "o"))
+        x = decision.t / scale
+        axis.axvline(x, color=color, linestyle="-.", linewidth=0.8, alpha=0.6)
+        label = decision.action + (" (dry run)" if decision.outcome == "dry_run" else "")
+        axis.plot(
+            [x],
+            [top * 0.97],
+            marker=marker,
+            color=color,
+            markersize=10,
+            linestyle="none",
+            label=label if label not in labelled else None,
+        )
+        labelled.add(label)
+    if decisions:
+        axis.legend(loc="lower right", fontsize=7, ncol=4)  # again, now with the decisions

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         from watchdog.plot import plot_replay
 
-        plot_replay(result, args.plot, title=args.trace.name)
+        plot_replay(result, args.plot, title=args.trace.name, decisions=decisions)
         if not args.json:
             print(f"plot written to {args.plot}")
     return 0
