@@ -357,3 +357,30 @@ def test_benchmark_step_under_one_microsecond():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.main(["--batch", "2000", "--repeats", "50", "--check"]) == 0
+
+
+def test_failed_checkpoint_never_leads_to_a_restart(server_factory, handles):
+    """checkpoint_and_restart whose checkpoint fails reports the error and does not exit."""
+    server = server_factory()
+
+    def broken(step):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    wd = attach(socket_path=server.socket_path, checkpoint=broken, restart_exit="os_exit")
+    handles.append(wd)
+    wait_for(server.clients)
+    stop = threading.Event()
+    trainer = train_in_thread(wd, stop)
+    try:
+        (result,) = server.send_command(
+            os.getpid(), "checkpoint_and_restart", requester_uid=0, timeout_s=10
+        )
+        before = wd.step_count
+        # os_exit would have ended this very test process; training goes on instead.
+        wait_for(lambda: wd.step_count > before + 10, what="training continues")
+    finally:
+        stop.set()
+        trainer.join()
+    assert not result.ok
+    assert "No space left" in result.error
+    assert "exit_code" not in result.details
