@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, free_port
+from tests.conftest import PYTHON, REPO, free_port
 from watchdog.errors import EXIT_NVML_UNAVAILABLE, EXIT_USAGE
 from watchdog.trace import TraceWriter, read_trace
 
@@ -74,6 +75,9 @@ def test_run_simulated_serves_labelled_metrics_and_stops_on_sigterm(
         stdout, stderr = process.communicate(timeout=20)
     assert process.returncode == 0
     assert "SIMULATED GPU" in stderr
+    documented = (REPO / "docs" / "metrics.md").read_text()
+    for name in re.findall(r"^# TYPE (\S+) ", body, re.MULTILINE):
+        assert f"`{name}`" in documented, f"{name} is exported but not in docs/metrics.md"
     events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     assert any(e["event"] == "watching" for e in events)
     assert events[-1]["event"] == "daemon_stopping"

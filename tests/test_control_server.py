@@ -338,7 +338,7 @@ def test_collector_exports_known_figures_and_forgets_departed(server_factory):
     peer.send({"type": "report", "step": 7, "reserved_bytes": 1024})
     wait_for(lambda: server.clients() and server.clients()[0].report.step == 7)
     text = generate_latest(registry).decode()
-    labels = f'device="cpu",job="raw",pid="{os.getpid()}",rank="0"'
+    labels = f'device="cpu",pid="{os.getpid()}",rank="0",training_job="raw"'
     assert f"gpu_watchdog_client_step{{{labels}}} 7.0" in text
     assert "gpu_watchdog_client_reserved_bytes{" in text
     assert "gpu_watchdog_client_allocated_bytes{" not in text

@@ -139,7 +139,8 @@ def test_leak_on_a_registered_process_is_acted_on_and_journalled(tmp_path: Path)
     assert types.count("result") == 2
     text = generate_latest(_registry(sup)).decode()
     assert 'gpu_watchdog_actions_total{action="checkpoint_and_restart",outcome="send"} 1.0' in text
-    assert 'gpu_watchdog_restart_budget_remaining{job="train"} 0.0' in text
+    assert 'gpu_watchdog_restart_budget_remaining{training_job="train"} 0.0' in text
+    assert 'gpu_watchdog_job_restarts{training_job="train"} 1.0' in text
     assert 'gpu_watchdog_findings_total{kind="leak",state="raised"} 1.0' in text
 
 

@@ -94,7 +94,16 @@ def build_sources(
             speed=config.simulation.speed,
             loop=config.simulation.loop,
         )
-        return Sources([simulated], SIMULATED, None)
+        # Real processes (registered clients) are still watched for host memory, on the
+        # simulation's clock so that every series a detector sees shares one time base.
+        host = HostSource(
+            gpu_pids,
+            settings.host_interval_s,
+            Path(settings.proc_root),
+            clock=simulated.trace_clock,
+            origin=SIMULATED,
+        )
+        return Sources([simulated, host], SIMULATED, None)
     nvml = Nvml(nvml_module)
     nvml.init()
     handles = DeviceHandles(nvml)

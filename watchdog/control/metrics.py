@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from watchdog.control.server import ControlServer
 
-_LABELS = ["pid", "job", "rank", "device"]
+_LABELS = ["pid", "training_job", "rank", "device"]
 _FIGURES = (
     # (attribute, metric name, help, counter?)
     ("step", "gpu_watchdog_client_step", "Training step last reported by the client.", False),

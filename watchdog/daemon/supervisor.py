@@ -308,15 +308,22 @@ class Supervisor:
         budget = GaugeMetricFamily(
             "gpu_watchdog_restart_budget_remaining",
             "Checkpoint-and-restarts the policy may still do for a registered job in its window.",
-            labels=["job"],
+            labels=["training_job"],
+        )
+        restarts = GaugeMetricFamily(
+            "gpu_watchdog_job_restarts",
+            "Checkpoint-and-restarts of a registered job within the restart window.",
+            labels=["training_job"],
         )
         limit, window = self._restart_budget
         jobs = {c.job for c in self._server.clients()} if self._server is not None else set()
         since = self._wall() - window
         for job in sorted(jobs):
             used = self._policy.ledger.restarts_since(job, since)
+            restarts.add_metric([job], used)
             budget.add_metric([job], max(0, limit - used))
         yield budget
+        yield restarts
         errors = CounterMetricFamily(
             "gpu_watchdog_journal_write_errors", "Audit journal entries that could not be written."
         )

@@ -87,6 +87,10 @@ class SimulatedSource:
     def close(self) -> None:
         """Nothing to release."""
 
+    def trace_clock(self) -> float:
+        """Seconds of trace time now: the clock other sources use beside a simulated GPU."""
+        return self._trace_time()
+
     def _trace_time(self) -> float:
         return (self._clock() - self._start) * self._speed
 
