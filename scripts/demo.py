@@ -9,9 +9,11 @@ read, and stops the daemon when the simulated GPU is full or after
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -45,6 +47,13 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=120.0, help="stop after S seconds")
     args = parser.parse_args()
     url = f"http://{args.listen}"
+    # The demo's socket and journal live in a scratch directory, not /run or /var/lib.
+    scratch = tempfile.mkdtemp(prefix="gpu-watchdog-demo-")
+    env = {
+        **os.environ,
+        "GPU_WATCHDOG_SOCKET": os.path.join(scratch, "watchdog.sock"),
+        "GPU_WATCHDOG_DAEMON_STATE_DIR": os.path.join(scratch, "state"),
+    }
     daemon = subprocess.Popen(
         [
             sys.executable,
@@ -59,6 +68,7 @@ def main() -> int:
             args.listen,
         ],
         stdout=subprocess.DEVNULL,
+        env=env,
     )
     print(
         f"demo: daemon pid {daemon.pid} on a SIMULATED GPU playing {args.scenario!r} "
@@ -96,6 +106,7 @@ def main() -> int:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=20)
     print(f"demo: done; the daemon exited with status {daemon.returncode}")
+    print(f"demo: its audit journal: gpu-watchdog history --state-dir {scratch}/state")
     return 0
 
 
