@@ -7,35 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import finding as _event
 from watchdog.config import ConfigError, PolicySettings, load_config
-from watchdog.detectors.events import Event
 from watchdog.policy.engine import DRY_RUN, SEND, SUPPRESSED, JobRef, Policy
 from watchdog.policy.journal import Journal, ReadStats, decision_entry, ledger_from
 from watchdog.policy.rules import DEFAULT_LADDER, LadderStep, parse_ladder, parse_schedules
-
-
-def _event(
-    t: float,
-    state: str = "raised",
-    kind: str = "leak",
-    tto: float | None = 7200.0,
-    cause: str | None = None,
-    pid: int | None = 42,
-) -> Event:
-    return Event(
-        t=t,
-        kind=kind,
-        state=state,
-        gpu=0,
-        pid=pid,
-        series="process",
-        rate_bytes_per_s=1e6,
-        time_to_oom_s=tto,
-        confidence=0.9,
-        pattern="steady",
-        cause=cause,
-        message="test",
-    )
 
 
 def _jobs(gpu: int, pid: int | None) -> list[JobRef]:

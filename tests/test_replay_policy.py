@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import finding
 from watchdog.cli import main
 from watchdog.config import PolicySettings
-from watchdog.detectors.events import Event
 from watchdog.policy.replay import decisions_over
 from watchdog.sources.scenarios import scenario_rows
 from watchdog.trace import TraceWriter
@@ -35,26 +35,9 @@ def _replay_json(*args: str) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
-def _event(t: float, state: str, tto: float | None, pid: int | None = 7) -> Event:
-    return Event(
-        t=t,
-        kind="leak",
-        state=state,
-        gpu=0,
-        pid=pid,
-        series="process",
-        rate_bytes_per_s=1e6,
-        time_to_oom_s=tto,
-        confidence=0.9,
-        pattern="steady",
-        cause=None,
-        message="",
-    )
-
-
 def test_exact_commands_at_exact_times_for_a_known_event_stream() -> None:
     """Leak raised at 100 s with 1 h to OOM: snapshot at 100 s, restart when 30 min remain."""
-    events = [_event(100.0, "raised", 3600.0)]
+    events = [finding(100.0, "raised", tto=3600.0, pid=7)]
     decisions = decisions_over(events, end_t=4000.0, interval_s=1.0, settings=PolicySettings())
     assert [(d.t, d.action, d.outcome, d.job) for d in decisions] == [
         (100.0, "dump_snapshot", "send", "pid:7"),
@@ -65,7 +48,10 @@ def test_exact_commands_at_exact_times_for_a_known_event_stream() -> None:
 
 def test_cleared_leak_stops_the_ladder_before_the_restart() -> None:
     """A leak cleared before its time to OOM falls under the budget never leads to a restart."""
-    events = [_event(100.0, "raised", 3600.0), _event(1000.0, "cleared", None)]
+    events = [
+        finding(100.0, "raised", tto=3600.0, pid=7),
+        finding(1000.0, "cleared", tto=None, pid=7),
+    ]
     decisions = decisions_over(events, end_t=5000.0, interval_s=1.0, settings=PolicySettings())
     assert [d.action for d in decisions] == ["dump_snapshot"]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from tests.factories import finding
 from watchdog.control.registry import AllocatorReport, CommandResult, Registration
 from watchdog.daemon.state import DaemonState
 from watchdog.daemon.supervisor import Supervisor
@@ -17,23 +18,6 @@ from watchdog.policy.engine import Policy
 from watchdog.policy.journal import Journal
 from watchdog.policy.rules import DEFAULT_LADDER
 from watchdog.samples import DeviceSample, Reading
-
-
-def _leak(t: float, pid: int | None = 42, tto: float = 600.0) -> Event:
-    return Event(
-        t=t,
-        kind="leak",
-        state="raised",
-        gpu=0,
-        pid=pid,
-        series="process",
-        rate_bytes_per_s=1e6,
-        time_to_oom_s=tto,
-        confidence=0.9,
-        pattern="steady",
-        cause="tensors_kept_alive",
-        message="leaking",
-    )
 
 
 class FakeEngine:
@@ -130,7 +114,7 @@ def test_leak_on_a_registered_process_is_acted_on_and_journalled(tmp_path: Path)
     """A leak on a client's pid sends the ladder's commands, one at a time, results journalled."""
     server = FakeServer([_client()])
     sup, engine, journal = _supervisor(tmp_path, server)
-    engine.queued = [_leak(0)]
+    engine.queued = [finding(0, tto=600.0, cause="tensors_kept_alive")]
     sup.on_reading(Reading(t=0))
     sup.on_reading(Reading(t=1))
     assert server.sent == [("train", "dump_snapshot"), ("train", "checkpoint_and_restart")]
@@ -148,7 +132,7 @@ def test_dry_run_sends_nothing(tmp_path: Path) -> None:
     """In dry run the decisions are journalled and counted, and no command is sent."""
     server = FakeServer([_client()])
     sup, engine, journal = _supervisor(tmp_path, server, dry_run=True)
-    engine.queued = [_leak(0)]
+    engine.queued = [finding(0, tto=600.0, cause="tensors_kept_alive")]
     sup.on_reading(Reading(t=0))
     assert server.sent == []
     outcomes = {e["outcome"] for e in journal.read() if e["type"] == "decision"}
@@ -159,7 +143,7 @@ def test_unregistered_process_gets_no_command(tmp_path: Path) -> None:
     """A leak on a pid with no client is journalled, but nothing can be sent to it."""
     server = FakeServer([])
     sup, engine, journal = _supervisor(tmp_path, server)
-    engine.queued = [_leak(0, pid=777)]
+    engine.queued = [finding(0, tto=600.0, cause="tensors_kept_alive", pid=777)]
     sup.on_reading(Reading(t=0))
     assert server.sent == []
     assert [e["type"] for e in journal.read()] == ["finding"]
@@ -169,7 +153,7 @@ def test_device_level_leak_targets_clients_on_that_gpu(tmp_path: Path) -> None:
     """A GPU-level finding reaches the jobs whose device is that GPU, by CUDA index."""
     server = FakeServer([_client("cuda:0")])
     sup, engine, _ = _supervisor(tmp_path, server)
-    engine.queued = [_leak(0, pid=None)]
+    engine.queued = [finding(0, tto=600.0, cause="tensors_kept_alive", pid=None)]
     sup.on_reading(Reading(t=0))
     assert server.sent[0] == ("train", "dump_snapshot")
 
@@ -189,7 +173,7 @@ def test_failed_command_is_journalled_and_frees_the_job(tmp_path: Path) -> None:
     """An error result is recorded and the job may receive its next command."""
     server = FakeServer([_client()], ok=False)
     sup, engine, journal = _supervisor(tmp_path, server)
-    engine.queued = [_leak(0)]
+    engine.queued = [finding(0, tto=600.0, cause="tensors_kept_alive")]
     sup.on_reading(Reading(t=0))
     sup.on_reading(Reading(t=1))
     results = [e for e in journal.read() if e["type"] == "result"]

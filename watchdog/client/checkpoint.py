@@ -42,12 +42,25 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> int:
     On any error the temporary file is removed and the previous file at
     ``path`` (if any) is untouched.
     """
+
+    def produce(tmp: Path) -> None:
+        with open(tmp, "wb") as stream:
+            write(stream)
+
+    return atomic_produce(path, produce)
+
+
+def atomic_produce(path: Path, produce: Callable[[Path], None]) -> int:
+    """Have ``produce(tmp)`` create a file beside ``path``, fsync it, rename it into place.
+
+    Returns the size in bytes. A crash at any point leaves either the previous
+    file or the complete new one at ``path``, never a half-written one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        with open(tmp, "wb") as stream:
-            write(stream)
-            stream.flush()
+        produce(tmp)
+        with open(tmp, "rb") as stream:
             os.fsync(stream.fileno())
         os.replace(tmp, path)
     except BaseException:

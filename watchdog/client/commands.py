@@ -7,7 +7,6 @@ background thread; the others run on the training thread inside ``step()``.
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import os
 import shutil
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from watchdog.client.checkpoint import fsync_directory
+from watchdog.client.checkpoint import atomic_produce
 from watchdog.client.runtime import cuda_ready, device_index
 
 MAX_STACKS_CHARS = 256 * 1024
@@ -84,7 +83,7 @@ class SnapshotTaker:
             torch.cuda.memory._record_memory_history(max_entries=self.max_entries)
             self.recording = started = True
         path = target_dir / f"{name}.pickle"
-        size = _dump_atomically(torch, path)
+        size = atomic_produce(path, lambda tmp: torch.cuda.memory._dump_snapshot(str(tmp)))
         return {
             "path": str(path),
             "bytes": size,
@@ -93,22 +92,6 @@ class SnapshotTaker:
             + ("; history was off until now, ask again later for allocation traces"
                if started else ""),
         }
-
-
-def _dump_atomically(torch: Any, path: Path) -> int:
-    """Dump the snapshot beside ``path``, fsync, rename: never a half-written file at ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        torch.cuda.memory._dump_snapshot(str(tmp))
-        with open(tmp, "rb") as stream:
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_directory(path.parent)
-    return path.stat().st_size
 
 
 def snapshot_name(job: str, rank: int | None, step: int) -> str:

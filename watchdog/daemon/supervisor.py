@@ -240,42 +240,23 @@ class Supervisor:
         with self._lock:
             self._policy.ledger.finished(decision.job)
         if error:
-            self._results[(decision.action, "error")] += 1
-            self._journal.append(
-                {
-                    "type": "result",
-                    "wall": self._wall(),
-                    "action": decision.action,
-                    "job": decision.job,
-                    "pid": None,
-                    "ok": False,
-                    "error": error,
-                }
-            )
-            log.error("action_failed", action=decision.action, job=decision.job, error=error)
-            return
+            self._record_result(decision, None, False, error, None)
         for result in results:
-            self._results[(decision.action, "ok" if result.ok else "error")] += 1
-            self._journal.append(
-                {
-                    "type": "result",
-                    "wall": self._wall(),
-                    "action": decision.action,
-                    "job": decision.job,
-                    "pid": result.pid,
-                    "ok": result.ok,
-                    "error": result.error,
-                    "duration_s": result.duration_s,
-                }
-            )
-            log.info(
-                "action_result",
-                action=decision.action,
-                job=decision.job,
-                pid=result.pid,
-                ok=result.ok,
-                error=result.error,
-            )
+            self._record_result(decision, result.pid, result.ok, result.error, result.duration_s)
+
+    def _record_result(
+        self, decision: Decision, pid: int | None, ok: bool, error: str, duration_s: float | None
+    ) -> None:
+        """Count, journal and log one answer (or the failure to get one)."""
+        self._results[(decision.action, "ok" if ok else "error")] += 1
+        entry = {"type": "result", "wall": self._wall(), "action": decision.action}
+        entry |= {"job": decision.job, "pid": pid, "ok": ok, "error": error}
+        self._journal.append({**entry, "duration_s": duration_s})
+        fields = {"action": decision.action, "job": decision.job, "pid": pid, "error": error}
+        if ok:
+            log.info("action_result", ok=True, **fields)
+        else:
+            log.error("action_failed", **fields)
 
     # --- metrics --------------------------------------------------------------------------
 
