@@ -25,5 +25,6 @@ setup "$CORE_VENV" dev
 "$CORE_VENV/bin/python" -m pytest -q -p no:cacheprovider -m "not slow"
 
 echo "== every extra =="
-setup "$FULL_VENV" "$(cat requirements-extras.txt | grep -v '^#' | paste -sd, -)"
+setup "$FULL_VENV" "$(grep -v '^#' requirements-extras.txt | paste -sd, -)"
+"$FULL_VENV/bin/mypy" watchdog
 "$FULL_VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"

@@ -463,7 +463,8 @@ def _build_section(
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as stream:
-            return tomllib.load(stream)
+            data: dict[str, Any] = tomllib.load(stream)
+            return data
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as exc:
@@ -547,7 +548,7 @@ def load_config(
         merged[name][key] = value
         origins[(name, key)] = "command line"
 
-    built = {
+    built: dict[str, Any] = {
         name: _build_section(
             name,
             cls,

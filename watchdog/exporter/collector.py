@@ -136,19 +136,19 @@ def _processes(snap: Snapshot) -> Iterator[Metric]:
         ),
     )
     for sample in snap.host_processes:
-        owner = sample.owner
+        who = sample.owner
         if sample.total_rss_bytes is not None:
-            rss.add_metric([str(sample.pid), owner.label()], sample.total_rss_bytes)
+            rss.add_metric([str(sample.pid), who.label()], sample.total_rss_bytes)
         info.add_metric(
             [
                 str(sample.pid),
                 sample.command,
                 sample.username,
-                owner.label(),
-                owner.systemd_unit,
-                owner.slurm_job_id,
-                owner.container_id,
-                owner.pod_uid,
+                who.label(),
+                who.systemd_unit,
+                who.slurm_job_id,
+                who.container_id,
+                who.pod_uid,
             ],
             1,
         )

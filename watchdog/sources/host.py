@@ -57,7 +57,7 @@ class HostSource:
         memory = self._virtual_memory()
         pids = sorted(set(self._pids()))
         children = self._children(pids)
-        self._owners_used: set[tuple[int, float]] = set()
+        self._owners_used = set()
         samples = [s for pid in pids if (s := self._read(pid, children)) is not None]
         self._owners = {k: v for k, v in self._owners.items() if k in self._owners_used}
         return Reading(

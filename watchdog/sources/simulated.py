@@ -77,7 +77,7 @@ class SimulatedSource:
     def poll(self) -> Reading:
         """The latest step due at the current simulated time."""
         elapsed = self._trace_time()
-        cycle = 0
+        cycle = 0.0
         if self._loop:
             cycle, elapsed = divmod(elapsed, self._period)
         index = _last_at_or_before(self._times, elapsed)
