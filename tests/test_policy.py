@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -196,6 +197,8 @@ def test_ladder_config_round_trip_and_errors(tmp_path: Path) -> None:
     path.write_text('[[policy.ladder]]\nfinding = "leak"\naction = "reboot"\n')
     with pytest.raises(ConfigError, match=r"policy.ladder entry 1: action must be one of"):
         load_config(path, env={})
+    with pytest.raises(ValueError, match="under_time_to_oom_s must be a number"):
+        parse_ladder([{"finding": "leak", "action": "checkpoint", "under_time_to_oom_s": math.nan}])
     with pytest.raises(ValueError, match="exactly one of interval_s"):
         parse_schedules([{"action": "empty_cache"}])
     with pytest.raises(ValueError, match="not a valid crontab"):

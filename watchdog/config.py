@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -394,6 +395,8 @@ def _coerce(value: Any, kind: Any) -> Any:
             return value
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # NaN slips past every range check
+                raise ValueError(f"must be a finite number, got {value!r}")
             return float(value)
     elif kind is str and isinstance(value, str):
         return value

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -98,7 +99,8 @@ def _choice(table: dict[str, Any], key: str, choices: tuple[str, ...], default: 
 
 def _number(table: dict[str, Any], key: str, minimum: float = 0.0) -> float:
     value = table.get(key, 0.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+    bad_type = isinstance(value, bool) or not isinstance(value, (int, float))
+    if bad_type or not math.isfinite(value) or value < minimum:
         raise ValueError(f"{key} must be a number >= {minimum:g}, got {value!r}")
     return float(value)
 
