@@ -4,7 +4,9 @@ Usage: torchrun --nproc-per-node 2 --max-restarts 1 tests/ddp_loop.py SOCKET CKP
 MODE "helper" uses watchdog.client.distributed.init_process_group; "plain" uses
 dist.init_process_group("gloo"). Generation 0 checkpoints at step 5 on every
 rank and exits 75 (as checkpoint_and_restart does); generation 1 resumes and
-finishes, printing "done <rank> <resumed step> <final step>".
+finishes, printing "done <rank> <resumed step> <final step>" after
+"gloo-workers <rank> <n>": the gloo worker threads that the exit hook of
+watchdog.client.distributed finds by name (it waits for them to park at exit).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.distributed as dist
 
 import watchdog
 from watchdog.client import RestartRequested
-from watchdog.client.distributed import init_process_group
+from watchdog.client.distributed import gloo_worker_states, init_process_group
 
 
 def main() -> None:
@@ -48,6 +50,8 @@ def main() -> None:
                 wd.step(wd.step_count)
             except RestartRequested as exc:
                 sys.exit(exc.code)
+    # counted after training: the workers name themselves only once they have started
+    print(f"gloo-workers {dist.get_rank()} {len(gloo_worker_states() or [])}", flush=True)
     print(f"done {dist.get_rank()} {resumed} {wd.step_count}", flush=True)
     dist.destroy_process_group()
 

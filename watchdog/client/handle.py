@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from watchdog.client import commands, runtime
+from watchdog.client import commands, distributed, runtime
 from watchdog.client.checkpoint import FORMAT, CheckpointStore
 from watchdog.client.link import Link
 from watchdog.control.protocol import COMMANDS
@@ -383,6 +383,9 @@ class Watchdog:
         if self.restart_exit == "os_exit":
             logging.shutdown()
             os._exit(self.restart_exit_code)
+        # SystemExit runs interpreter finalization, where a gloo worker thread that has not
+        # yet dropped its last collective aborts the process (SIGABRT instead of our code)
+        distributed.register_exit_wait()
         raise RestartRequested(self.restart_exit_code)
 
     def _wait_for_rank0(self, step: int) -> None:
