@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "history",
     "clients",
     "send",
+    "demo",
 )
 
 

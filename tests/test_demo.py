@@ -1,0 +1,90 @@
+"""The demo's pieces that need no daemon: display, leak sizing, command-line checks."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from watchdog.demo.display import Display, minutes, sparkline
+from watchdog.demo.runner import MAX_LEAK_RATE, MIN_LEAK_RATE, leak_rate_for
+
+GIB = 1 << 30
+
+
+def test_sparkline_scales_from_lowest_to_highest():
+    """The lowest value is the lowest bar and the highest the highest."""
+    assert sparkline([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█"
+    assert sparkline([]) == ""
+    assert sparkline([5, 5]) == "▁▁"
+
+
+def test_sparkline_keeps_the_last_values():
+    """Only the newest ``width`` values are drawn."""
+    assert len(sparkline(list(range(100)), width=10)) == 10
+
+
+def test_leak_is_sized_to_the_host_within_bounds():
+    """The leak fills available memory in ~45 minutes, clamped to 2-32 MiB/s."""
+    assert leak_rate_for(20 * GIB) == pytest.approx(20 * GIB / 2700)
+    assert leak_rate_for(1 * GIB) == MIN_LEAK_RATE
+    assert leak_rate_for(1024 * GIB) == MAX_LEAK_RATE
+
+
+def test_minutes_reads_naturally():
+    """Durations are shown in seconds, minutes or hours."""
+    assert minutes(30) == "30 s"
+    assert minutes(2640) == "44 min"
+    assert minutes(10800) == "3.0 h"
+
+
+def test_plain_display_prints_status_lines_at_intervals():
+    """Off a terminal the memory line is printed every few seconds, not redrawn."""
+    now = [0.0]
+    out = io.StringIO()
+    display = Display(out, live=False, clock=lambda: now[0], plain_every_s=5)
+    display.status("a")
+    now[0] = 1.0
+    display.status("b")
+    now[0] = 6.0
+    display.status("c")
+    lines = out.getvalue().splitlines()
+    assert [line.split()[-1] for line in lines] == ["a", "c"]
+    assert "\r" not in out.getvalue()
+
+
+def test_live_display_redraws_the_status_line():
+    """On a terminal the memory line is redrawn in place and cleared before an event."""
+    out = io.StringIO()
+    display = Display(out, live=True)
+    display.status("rss 1")
+    display.status("rss 2")
+    display.event("train", "started")
+    text = out.getvalue()
+    assert text.count("\r\033[K") == 3
+    assert text.endswith("train    started\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "5"], "--steps"),
+        (["--listen", "nowhere"], "--listen"),
+        (["--leak-rate", "0"], "--leak-rate"),
+        (["--bogus"], "unrecognized"),
+    ],
+)
+def test_bad_demo_arguments_exit_2_with_one_line(args, message):
+    """Bad input to ``gpu-watchdog demo`` is one line on stderr and exit status 2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "watchdog", "demo", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
+
