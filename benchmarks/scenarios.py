@@ -260,11 +260,12 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
         assert oom_after is not None
         probe = next(j for j in jobs if j.pid == leak_pid)
         # Headroom at the leak's start, measured at the peaks, sets the rate that OOMs on time.
-        peak = max(
+        around = [
             baseline + sum(j.memory(t) for j in jobs if j.start <= t < j.end)
             for t in (leak_start + k * 5 for k in range(-240, 240))
             if t >= 0
-        )
+        ]
+        peak, trough = max(around), min(around)
         if total - peak < 0.03 * total:
             # The healthy job alone would run out before the leak begins: draw another.
             return build(scenario, seed + 1_000_000, name)
@@ -274,7 +275,8 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
         label.rate_bytes_per_s = rate
         inner = probe.memory
         probe.memory = lambda t, inner=inner: inner(t) + leak(t)
-        longer = leak_start + oom_after * 1.5 + 600
+        # The peaks (eval spikes) may be rare: run on until the floor alone reaches the total.
+        longer = leak_start + max(oom_after * 1.5, (total - trough) / rate * 1.1) + 600
         for job in jobs:
             if job is probe or job.end >= duration:
                 job.end = max(job.end, longer)

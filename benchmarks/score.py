@@ -7,18 +7,24 @@ For each trace from ``benchmarks/scenarios.py`` it runs:
 - **project**: ``gpu-watchdog replay`` (the same engine as the daemon); a leak
   counts when a ``leak`` finding is raised on the leaking GPU (on the leaking
   pid's series where several processes share the GPU) between the leak's start
-  and its deadline.
+  and its deadline, and still stands at the deadline.
+- **project, leak or near_oom**: the same, counting a ``near_oom`` finding
+  (headroom or a predicted OOM) as well: either lets the policy checkpoint.
+  On healthy traces only a leak counts as a false alarm (near_oom on a job
+  sized to 95% of its card is right).
 - **static 95%**: the alert on ``used / total >= 0.95``.
 - **predict_linear**: ``predict_linear(used[1h], 4h) > total``, evaluated
   every minute as a Prometheus rule would be. The baselines see only the
   GPU's memory, so they are given credit for the GPU without naming a pid.
 
 The deadline is 5 minutes before the OOM, or a quarter of the time from the
-leak's start to the OOM if that is less. An alarm counts for a leak only if it
-is raised after the leak began: one already firing before (say, since the
-warm-up) says nothing about the leak; such early alarms are counted apart. A
-false alarm is a healthy trace on which the method alarmed at all. The lead is
-the OOM time minus the time the counted alarm was raised.
+leak's start to the OOM if that is less. One rule for every method: the alarm
+that counts for a leak is the one standing at the deadline, and only if it
+was raised after the leak began. One already firing before (say, since the
+warm-up) says nothing about the leak (such early alarms are counted apart);
+one raised after the leak began but cleared again before the deadline warned
+nobody in time. A false alarm is a healthy trace on which the method alarmed
+at all. The lead is the OOM time minus the time the counted alarm was raised.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ PREDICT_RANGE_S = 3600.0
 PREDICT_AHEAD_S = 4 * 3600.0
 RULE_EVERY_S = 60.0
 STATIC_RATIO = 0.95
+ANY_FINDING = "project, leak or near_oom"
 
 
 @dataclass
@@ -99,15 +106,24 @@ def device_series(lines: list[str]) -> Iterator[tuple[float, int, int]]:
 
 
 def judge(label: Label, intervals: list[Interval]) -> Outcome:
-    """Turn the intervals during which a method alarmed into an outcome."""
+    """Turn the intervals during which a method alarmed into an outcome.
+
+    The same rule for every method: a leak is caught by the alarm that is
+    standing at the deadline, if it was raised after the leak began; its lead
+    is the OOM time minus the time it was raised. An alarm raised after the
+    leak began but gone again by the deadline (one sawtooth tooth projected
+    too far, say) warned nobody in time; one standing since before the leak
+    began (the warm-up) is an early alarm and says nothing about the leak.
+    """
     outcome = Outcome(alarmed=bool(intervals))
     if not label.leak:
         return outcome
     start = label.leak_start_t or 0.0
     deadline = label.deadline()
     outcome.early = any(a < start for a, _ in intervals)
-    for a, _ in intervals:
-        if a < start or (deadline is not None and a > deadline):
+    for a, b in intervals:
+        standing = deadline is None or (a <= deadline < b)
+        if a < start or not standing:
             continue
         outcome.caught = True
         outcome.lead_s = (label.oom_t - a) if label.oom_t is not None else None
@@ -164,16 +180,24 @@ def predict_linear(samples: list[tuple[float, int, int]]) -> Iterator[tuple[floa
         yield t, predicted * 2**30 > total
 
 
-def project_intervals(events: list, label: Label, end: float) -> tuple[list[Interval], bool]:
-    """Leak intervals on the series that must report it (any series for a healthy trace)."""
+def project_intervals(
+    events: list, label: Label, end: float, kinds: tuple[str, ...] = ("leak",)
+) -> tuple[list[Interval], bool]:
+    """Intervals of findings of ``kinds`` on the series that must report them.
+
+    For a leak on a GPU shared by several processes, only the leaking pid's
+    series counts; for a healthy trace, any series. Also says whether any
+    near_oom was raised.
+    """
     near = any(e.kind == "near_oom" and e.state == "raised" for e in events)
-    by_series: dict[tuple[str, int | None], list[tuple[float, bool]]] = defaultdict(list)
+    by_series: dict[tuple[str, str, int | None], list[tuple[float, bool]]] = defaultdict(list)
     for event in events:
-        if event.kind != "leak":
+        if event.kind not in kinds:
             continue
         if label.leak and label.pid is not None and event.pid != label.pid:
             continue
-        by_series[(event.series, event.pid)].append((event.t, event.state != "cleared"))
+        key = (event.kind, event.series, event.pid)
+        by_series[key].append((event.t, event.state != "cleared"))
     found: list[Interval] = []
     for flags in by_series.values():
         found += intervals_of(iter(flags), end)
@@ -188,7 +212,8 @@ def score(  # noqa: PLR0915 - the report is one long sequence of prints
     count: int, seed: int, settings: DetectionSettings, verbose: bool
 ) -> int:
     """Run everything, print the tables; return the exit status (1 if the target is missed)."""
-    tallies = {name: Tally() for name in ("project", "static >= 95%", "predict_linear 1h/4h")}
+    names = ("project", ANY_FINDING, "static >= 95%", "predict_linear 1h/4h")
+    tallies = {name: Tally() for name in names}
     per_scenario: dict[str, Tally] = defaultdict(Tally)
     near_healthy: list[str] = []
     flat95_near = flat95_total = 0
@@ -201,6 +226,10 @@ def score(  # noqa: PLR0915 - the report is one long sequence of prints
         intervals, near = project_intervals(result.events, label, end)
         outcome = judge(label, intervals)
         tallies["project"].add(label, outcome)
+        # Any finding that lets the policy checkpoint: leak or near_oom on the leaking series.
+        # On healthy traces only a leak is a false alarm (near_oom on a full card is right).
+        either, _ = project_intervals(result.events, label, end, ("leak", "near_oom"))
+        tallies[ANY_FINDING].add(label, judge(label, either) if label.leak else outcome)
         per_scenario[label.scenario].add(label, outcome)
         if label.scenario == "flat_95":
             flat95_total += 1

@@ -436,3 +436,46 @@ def test_status_reports_each_series_state() -> None:
     assert gpu.time_to_oom_s is not None
     assert gpu.time_to_oom_s > 0
     assert by_series["process"].pid == PID
+
+
+def test_eval_spikes_do_not_hide_a_later_leak_as_sawtooth_teeth() -> None:
+    """Eval spikes that jump up and back are no sawtooth teeth: a later leak is still raised."""
+    start = 3 * 3600.0
+
+    def memory(t: float) -> float:
+        spike = 6 * GIB if t > 600 and t % 2400 < 300 else 0.0
+        return warm(t, 24 * GIB) + spike + max(0.0, t - start) * 3 * MIB
+
+    events, oom, _ = run(memory, 8 * 3600)
+    assert oom is not None
+    assert 0 < oom - start < 2 * 3600
+    first = min(e.t for e in leaks(events))
+    assert start < first <= deadline(start, oom)
+
+
+def test_eval_spike_on_a_sawtooth_tooth_is_not_a_leak() -> None:
+    """A spike landing on the top of a tooth does not make that tooth's climb a leak."""
+
+    def memory(t: float) -> float:
+        on_top = t > 600 and (t // 750) % 4 == 3 and 630 <= t % 750 < 740
+        tooth = 0.8 * GIB * ((t % 750) / 750)
+        return warm(t, 37 * GIB) + tooth + (0.55 * GIB if on_top else 0.0)
+
+    events, oom, _ = run(memory, 10 * 3600, noise=8 * MIB)
+    assert oom is None
+    assert leaks(events) == []
+
+
+def test_a_staircase_leak_stays_raised_on_the_landings_between_its_steps() -> None:
+    """A leak shown over hours is not cleared by one flat landing between two hourly steps."""
+    epoch, block = 3600.0, 3 * GIB
+
+    def memory(t: float) -> float:
+        return warm(t, 8 * GIB) + block * max(0, math.floor((t - 1800) / epoch))
+
+    events, oom, _ = run(memory, 12 * 3600, interval=5.0, noise=4 * MIB)
+    assert oom is not None
+    gpu = [e for e in events if e.kind == "leak" and e.series == "gpu"]
+    assert gpu
+    assert gpu[0].state == "raised"
+    assert [e.state for e in gpu if e.state != "updated"] == ["raised"]

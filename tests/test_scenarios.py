@@ -59,3 +59,35 @@ def test_project_catches_every_leak_without_false_alarms_on_a_sample() -> None:
             assert outcome.caught, label.name
         else:
             assert not outcome.alarmed, label.name
+
+
+def test_a_leak_trace_runs_until_it_runs_out_of_memory() -> None:
+    """A leak whose rate was set from rare eval-spike peaks still ends in an OOM (labelled)."""
+    _, label = scenarios.build("fast_leak", 900111)
+    assert label.leak
+    assert label.oom_t is not None
+
+
+def test_only_the_alarm_standing_at_the_deadline_counts() -> None:
+    """An alarm raised after the leak began counts only if it still stands at the deadline."""
+    label = scenarios.Label("x", "steady_late", 1, leak=True, leak_start_t=1000.0, oom_t=5000.0)
+    assert label.deadline() == 4700.0
+    cleared = score.judge(label, [(2000.0, 2500.0)])
+    assert not cleared.caught
+    standing = score.judge(label, [(2000.0, 2500.0), (3000.0, 5001.0)])
+    assert standing.caught
+    assert standing.lead_s == 2000.0
+    early = score.judge(label, [(500.0, 5001.0)])
+    assert early.early
+    assert not early.caught
+
+
+@pytest.mark.parametrize(("scenario", "seed"), [("sawtooth", 500057), ("restart", 700061)])
+def test_the_rising_side_of_a_tooth_is_no_leak_on_generated_traces(
+    scenario: str, seed: int
+) -> None:
+    """Two generated traces whose teeth passed for leaks while windows of two cycles sufficed."""
+    lines, label = scenarios.build(scenario, seed)
+    assert not label.leak
+    result = replay_lines(lines, label.name)
+    assert [e for e in result.events if e.kind == "leak"] == []

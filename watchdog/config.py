@@ -289,7 +289,10 @@ class DetectionSettings:
         maximum=1,
     )
     leak_clear_after_s: float = setting(
-        600.0, "A leak is cleared after its floor has stopped rising this long.", minimum=0
+        600.0,
+        "A leak is cleared after its floor has stopped rising this long "
+        "(and at least as long as the window that last showed it).",
+        minimum=0,
     )
     near_oom_used_ratio: float = setting(
         0.92, "near_oom is raised when used/limit reaches this.", minimum=0.1, maximum=1

@@ -40,6 +40,8 @@ DROP_NOISES = 6.0
 """A fall counts as a sawtooth drop when it is this many typical bucket-to-bucket changes."""
 SAWTOOTH_MARGIN = 1.5
 """Inside a sawtooth, a short window must rise this many tooth heights to count."""
+SAWTOOTH_CYCLES = 3
+"""Inside a sawtooth, a window shorter than this many cycles is a short window."""
 SHORT_EXTRAPOLATION_S = 1800.0
 LONG_EXTRAPOLATION_S = 7200.0
 UPDATE_RATE_CHANGE = 0.25
@@ -123,6 +125,7 @@ class Series:
         "last_t",
         "leak_active",
         "leak_confidence",
+        "leak_hold",
         "leak_ok_t",
         "leak_pattern",
         "leak_rate",
@@ -144,7 +147,8 @@ class Series:
         "saw_tooth",
         "settings",
         "start_t",
-        "tooth_peak",
+        "tooth_climb",
+        "tooth_jumps",
         "x",
     )
 
@@ -183,6 +187,7 @@ class Series:
         self.leak_rate = 0.0
         self.leak_reported_rate = 0.0
         self.leak_confidence = 0.0
+        self.leak_hold = 0.0
         self.leak_pattern: str | None = None
         self.x = 0.0
         self.limit = 0.0
@@ -191,7 +196,7 @@ class Series:
         self.min_rise = 0.0
         self.start_t = self.last_t = t
         self.b_end = self.b_lo = self.b_hi = self.reset_below = -math.inf
-        self.tooth_peak = self.saw_cycle = self.saw_tooth = 0.0
+        self.tooth_climb = self.tooth_jumps = self.saw_cycle = self.saw_tooth = 0.0
         self.drops: list[tuple[float, float]] = []
         self._set_limit(limit)
         self._start(t)
@@ -243,7 +248,7 @@ class Series:
         self.b_end = -math.inf
         self.b_lo = self.b_hi = 0.0
         self.reset_below = -math.inf
-        self.tooth_peak = 0.0
+        self.tooth_climb = self.tooth_jumps = 0.0
         # The sawtooth record (drops, cycle, tooth) survives a restart: a job restarted
         # from its checkpoint saws as before, and its first tooth is no leak either.
 
@@ -318,14 +323,23 @@ class Series:
         """A finest bucket closed: update the reset threshold and the sawtooth record."""
         mins = self.levels[0].mins
         if mins:
-            if mins[-1] - lo > self.min_rise and mins[-1] - lo > DROP_NOISES * self._noise():
-                self._drop(start, self.tooth_peak - lo)
-                self.tooth_peak = hi
-            elif hi > self.tooth_peak:
-                self.tooth_peak = hi
+            step = lo - mins[-1]
+            size = abs(step)
+            if size <= self.min_rise or size <= DROP_NOISES * self._noise():
+                self.tooth_climb = max(0.0, self.tooth_climb + step)
+            elif step < 0:
+                # The tooth is the part of the fall the floor did not reach by jumping up:
+                # all of it for a sawtooth (a gradual climb, then the drop), none for an
+                # eval spike (a jump up, then back down). A spike's fall may take two
+                # buckets: jumps not yet matched by a fall wait for the next one.
+                jumps = self.tooth_jumps
+                self._drop(start, max(0.0, size - jumps))
+                self.tooth_jumps = max(0.0, jumps - size)
+                self.tooth_climb = 0.0
+            elif start - self.start_t >= self.settings.warmup_s:
+                self.tooth_jumps += step  # the model load and warm-up steps are no spikes
             floor = min(*mins[-KEEP:], lo)
         else:
-            self.tooth_peak = hi
             floor = lo
         s = self.settings
         self.reset_below = floor - max(float(s.reset_drop_min_bytes), s.reset_drop_ratio * floor)
@@ -390,8 +404,10 @@ class Series:
             if cycle < 0:
                 cycle, tooth = self._sawtooth(end_t)
             min_rise = self.min_rise
-            if cycle and window_s < 2 * cycle:
+            if cycle and window_s < SAWTOOTH_CYCLES * cycle:
                 min_rise = max(min_rise, SAWTOOTH_MARGIN * tooth)
+                if end_t - window_s >= self.drops[-1][0] and self.tooth_climb < min_rise:
+                    continue  # inside one tooth: only a gradual climb beyond a tooth counts
             # Cheap necessary condition: the newest sixth sits materially above the lowest point.
             if min(mins[-(count // 6) :]) - min(mins[-count:]) < min_rise:
                 continue
@@ -447,6 +463,8 @@ class Series:
                 best = verdict
         if best is not None:
             self.leak_ok_t = t
+            # What a window showed is refuted only by as long without it.
+            self.leak_hold = max(self.settings.leak_clear_after_s, best.trend.window_s)
             self.leak_rate = best.trend.rate
             self.leak_confidence = best.confidence
             self.leak_pattern = best.trend.pattern
@@ -463,7 +481,7 @@ class Series:
                 self.leak_update_t = t
                 self.leak_reported_rate = self.leak_rate
                 self._emit(t, LEAK, UPDATED, "")
-        elif self.leak_active and t - self.leak_ok_t >= self.settings.leak_clear_after_s:
+        elif self.leak_active and t - self.leak_ok_t >= self.leak_hold:
             self.leak_active = False
             self._emit(t, LEAK, CLEARED, "the floor stopped rising")
         if near != self.near_pred:
