@@ -31,7 +31,7 @@ def test_exec_restart_keeps_the_pid_and_resumes_from_the_checkpoint(tmp_path: Pa
                 "0.01",
             ],
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             text=True,
             env=env,
         )
@@ -42,11 +42,11 @@ def test_exec_restart_keeps_the_pid_and_resumes_from_the_checkpoint(tmp_path: Pa
             [result] = daemon.send("checkpoint_and_restart", target=loop.pid, timeout_s=20)
             assert result.ok, result.error
             saved_at = int(result.details["step"])
-            output, _ = loop.communicate(timeout=60)
+            output, errors = loop.communicate(timeout=60)
         finally:
             loop.kill()
-    assert loop.returncode == 0, output
+    assert loop.returncode == 0, output + errors
     assert f"resumed {saved_at}" in output  # the new image picked up the checkpoint
     assert "done 400" in output
     # One process from start to end: exec replaced its image, the pid and pipe stayed.
-    assert "re-executing" in output
+    assert "re-executing" in errors
