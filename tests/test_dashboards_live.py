@@ -255,6 +255,10 @@ def _ready(prometheus: str) -> bool:
         "gpu_watchdog_control_dropped_connections_total",
         "gpu_watchdog_restart_budget_remaining",
         "count_over_time(gpu_watchdog_client_step[1m]) > 5",
+        # increase() in the panels needs two samples of each counter after it moved.
+        "count_over_time(gpu_watchdog_findings_total[1m]) > 1",
+        "count_over_time(gpu_watchdog_actions_total[1m]) > 1",
+        "count_over_time(gpu_watchdog_action_results_total[1m]) > 1",
     )
     return all(_query(prometheus, expr) for expr in needed)
 
