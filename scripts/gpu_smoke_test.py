@@ -20,12 +20,14 @@ the device. Then it checks, printing PASS or FAIL for each:
 4. ``checkpoint_and_restart``: the policy sends it, the job checkpoints and
    exits 75, the script restarts it (as a launcher would), and it resumes from
    the checkpoint and finishes all steps with exit 0.
+5. ``demo_gpu``: ``gpu-watchdog demo --gpu N`` as a user runs it exits 0
+   after exactly one restart.
 
 Exit status: 0 all passed, 1 a check failed, 2 no CUDA or NVML here. The
 last lines are a report to paste into docs/demo.md with the date. Nothing is
 left running; the run directory is removed unless ``--keep DIR`` is given.
 
-NOTE: written without GPU hardware at hand; see docs/demo.md for its status.
+See docs/demo.md for the runs recorded on hardware.
 """
 
 from __future__ import annotations
@@ -35,23 +37,27 @@ import contextlib
 import datetime
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "watchdog" / "demo" / "config.toml"
+sys.path.insert(0, str(REPO))  # run from a checkout: the watchdog package beside this script
+
+from watchdog.demo.runner import (  # noqa: E402
+    RESTART_EXIT_CODE,
+    metric,
+    scrape,
+    start_daemon,
+    stop_group,
+)
+
 MIB = 1 << 20
 GIB = 1 << 30
-RESTART_EXIT_CODE = 75
-_ANNOUNCE = re.compile(r"metrics on (http://\S+)/metrics")
 
 
 class Check:
@@ -104,27 +110,6 @@ def free_gpu_bytes(gpu: int) -> int:
     return int(free)
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The daemon's /metrics as {(name, sorted labels): value}."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def metric(metrics: dict[Any, float], name: str, **labels: str) -> float | None:
-    """The first sample of ``name`` whose labels include ``labels``."""
-    for (found, found_labels), value in metrics.items():
-        if found == name and all(dict(found_labels).get(k) == v for k, v in labels.items()):
-            return value
-    return None
-
-
 def journal(state_dir: Path) -> list[dict[str, Any]]:
     """The daemon's audit journal entries so far."""
     try:
@@ -136,20 +121,6 @@ def journal(state_dir: Path) -> list[dict[str, Any]]:
         with contextlib.suppress(ValueError):
             entries.append(json.loads(line))
     return entries
-
-
-def stop(process: subprocess.Popen[Any] | None) -> None:
-    """SIGTERM the process group we started, SIGKILL it if it lingers."""
-    if process is None:
-        return
-    for signum, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
-        try:
-            process.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
 
 
 class Smoke:
@@ -168,35 +139,13 @@ class Smoke:
         self.checks = {
             name: Check(name)
             for name in ("nvml_sees_process", "empty_cache", "leak_raised",
-                         "checkpoint_and_restart")
+                         "checkpoint_and_restart", "demo_gpu")
         }
 
     def start_daemon(self) -> None:
         """``gpu-watchdog run`` on real NVML with the demo's detection settings."""
-        env = self.env | {
-            "GPU_WATCHDOG_DAEMON_STATE_DIR": str(self.state_dir),
-            "GPU_WATCHDOG_DAEMON_LOG_FORMAT": "json",
-            "GPU_WATCHDOG_SOURCES_PROCESS_INTERVAL_S": "1",
-        }
-        log_path = self.run_dir / "daemon.log"
-        with open(log_path, "wb") as log:
-            self.daemon = subprocess.Popen(
-                [sys.executable, "-m", "watchdog", "run", "--config", str(CONFIG),
-                 "--listen", "127.0.0.1:0"],
-                stdout=log, stderr=log, env=env, cwd=REPO, start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            found = _ANNOUNCE.search(log_path.read_text(errors="replace"))
-            if found and self.socket.exists():
-                self.url = found.group(1) + "/metrics"
-                print(f"daemon: pid {self.daemon.pid}, {self.url}", flush=True)
-                return
-            if self.daemon.poll() is not None:
-                raise RuntimeError(f"the daemon exited {self.daemon.returncode}: "
-                                   f"{log_path.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.2)
-        raise RuntimeError("the daemon did not start within 60 s")
+        self.daemon, self.url = start_daemon(self.run_dir, real_nvml=True)
+        print(f"daemon: pid {self.daemon.pid}, {self.url}", flush=True)
 
     def start_job(self, leak_bytes_per_step: int, cache_bytes: int) -> subprocess.Popen[str]:
         """The demo's training job on the GPU; its stdout is JSON events."""
@@ -258,6 +207,8 @@ class Smoke:
         self._check_nvml(pid)
         self._check_empty_cache(pid)
         self._check_leak_and_restart(job, pid)
+        self.close()
+        self._check_demo()
         return all(check.ok for check in self.checks.values())
 
     def _check_nvml(self, pid: int) -> None:
@@ -314,6 +265,32 @@ class Smoke:
             f"{done.get('step') if done else None} with exit {final}",
         )
 
+    def _check_demo(self) -> None:
+        """``gpu-watchdog demo --gpu N`` as a user runs it: exit 0 after exactly one restart."""
+        demo_dir = self.run_dir / "demo"
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "watchdog", "demo", "--gpu", str(self.args.gpu),
+                 "--dir", str(demo_dir)],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=REPO,
+                env=self.env, timeout=600, check=False,
+            )
+        except subprocess.TimeoutExpired:
+            self.checks["demo_gpu"].set(False, "gpu-watchdog demo --gpu ran over 10 minutes")
+            return
+        (self.run_dir / "demo-gpu.out").write_text(done.stdout + done.stderr)
+        try:
+            summary = json.loads((demo_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        ok = done.returncode == 0 and summary.get("restarts") == 1
+        self.checks["demo_gpu"].set(
+            ok,
+            f"exit {done.returncode}, {summary.get('restarts')} restart(s), final step "
+            f"{summary.get('final_step')}, {summary.get('wall_s')} s; decisions "
+            f"{summary.get('decisions')}",
+        )
+
     def _read_until(
         self, job: subprocess.Popen[str], event: str, timeout_s: float
     ) -> dict[str, Any] | None:
@@ -344,8 +321,8 @@ class Smoke:
 
     def close(self) -> None:
         """Stop the job and the daemon."""
-        stop(self.job)
-        stop(self.daemon)
+        stop_group(self.job)
+        stop_group(self.daemon)
 
 
 def main() -> int:

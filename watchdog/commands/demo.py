@@ -23,7 +23,8 @@ def register(subparsers: Any) -> None:
         description="Run the daemon on a SIMULATED idle GPU watching the real host memory of a "
         "real PyTorch training job (CPU) with a planted leak: the leak is raised, the job is "
         "checkpointed and restarted, and it resumes and finishes. About 2 minutes; leaves "
-        "nothing running. See docs/demo.md.",
+        "nothing running. With --gpu: the job trains on a CUDA device and leaks GPU memory, "
+        "and the daemon reads real NVML. See docs/demo.md.",
     )
     parser.add_argument("--steps", type=int, default=1600, help="training steps (default 1600)")
     parser.add_argument("--no-leak", action="store_true", help="train without the planted leak")
@@ -38,6 +39,15 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--dir", type=Path, metavar="DIR", help="run directory (default: a new temporary one)"
+    )
+    parser.add_argument(
+        "--gpu",
+        type=int,
+        nargs="?",
+        const=0,
+        metavar="INDEX",
+        help="train on CUDA device INDEX (default 0) with a real GPU leak seen through real "
+        "NVML; needs an NVIDIA driver and a CUDA build of torch",
     )
     parser.add_argument(
         "--leak-rate",
@@ -60,6 +70,8 @@ def options_from(args: argparse.Namespace) -> Any:
         raise UsageError(f"--steps: expected 200 to 1000000, got {args.steps}")
     if args.leak_rate is not None and not 0.5 <= args.leak_rate <= 256:
         raise UsageError(f"--leak-rate: expected 0.5 to 256 MiB/s, got {args.leak_rate:g}")
+    if args.gpu is not None and not 0 <= args.gpu < 1024:
+        raise UsageError(f"--gpu: expected a CUDA device index, got {args.gpu}")
     try:
         parse_listen(args.listen)
     except ValueError as exc:
@@ -75,6 +87,7 @@ def options_from(args: argparse.Namespace) -> Any:
         listen=args.listen,
         run_dir=args.dir,
         leak_rate=None if args.leak_rate is None else args.leak_rate * MIB,
+        gpu=args.gpu,
     )
 
 

@@ -1,7 +1,9 @@
 """Runs the demo: the daemon, the training job, a launcher that restarts it, and the display.
 
-The daemon runs on a SIMULATED idle GPU (the job trains on the CPU) and
-watches the real host memory of the registered training process. The demo
+By default the daemon runs on a SIMULATED idle GPU (the job trains on the
+CPU) and watches the real host memory of the registered training process.
+With ``gpu`` set (``gpu-watchdog demo --gpu``) the daemon reads real NVML and
+the job trains on that CUDA device, leaking device memory. The demo
 plays the launcher: when the job exits 75 after ``checkpoint_and_restart`` it
 starts it again, as torchrun, systemd or Slurm would, and the new process
 resumes from the checkpoint. Everything is started in its own process group
@@ -29,7 +31,7 @@ from typing import IO, Any
 import psutil
 
 from watchdog.demo.display import MIB, Display, mib, minutes, sparkline
-from watchdog.errors import WatchdogError
+from watchdog.errors import EXIT_NVML_UNAVAILABLE, WatchdogError
 
 CONFIG = Path(__file__).with_name("config.toml")
 RESTART_EXIT_CODE = 75
@@ -37,6 +39,8 @@ TARGET_TIME_TO_OOM_S = 2700.0
 """The leak is sized to fill this host's available memory in about 45 minutes."""
 MIN_LEAK_RATE = 2 * MIB
 MAX_LEAK_RATE = 32 * MIB
+MIN_GPU_LEAK_RATE = 8 * MIB
+MAX_GPU_LEAK_RATE = 256 * MIB
 MAX_LAUNCHES = 3
 _ANNOUNCE = re.compile(r"metrics on (http://\S+)/metrics")
 
@@ -51,7 +55,19 @@ class DemoOptions:
     listen: str = "127.0.0.1:0"
     run_dir: Path | None = None
     step_time_s: float = 0.05
-    leak_rate: float | None = None  # bytes/s; None: sized to the host
+    leak_rate: float | None = None  # bytes/s; None: sized to the host (or the GPU)
+    gpu: int | None = None
+    """CUDA device index: train there and watch it through real NVML. None: CPU job."""
+
+
+@dataclass(frozen=True)
+class CudaDevice:
+    """What a short-lived probe process saw of one CUDA device."""
+
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
 
 
 @dataclass
@@ -76,9 +92,63 @@ class DemoResult:
         return self.final_step is not None
 
 
-def leak_rate_for(available_bytes: float) -> float:
-    """Bytes per second that fill ``available_bytes`` in ~45 min, within 2 to 32 MiB/s."""
-    return min(MAX_LEAK_RATE, max(MIN_LEAK_RATE, available_bytes / TARGET_TIME_TO_OOM_S))
+def leak_rate_for(available_bytes: float, gpu: bool = False) -> float:
+    """Bytes per second that fill ``available_bytes`` in ~45 min.
+
+    Within 2 to 32 MiB/s for host memory; 8 to 256 MiB/s on a GPU, whose
+    memory is filled faster (an 80 GiB card at ~30 MiB/s).
+    """
+    low, high = (MIN_GPU_LEAK_RATE, MAX_GPU_LEAK_RATE) if gpu else (MIN_LEAK_RATE, MAX_LEAK_RATE)
+    return min(high, max(low, available_bytes / TARGET_TIME_TO_OOM_S))
+
+
+_CUDA_PROBE = """
+import json, sys
+import torch
+index = int(sys.argv[1])
+if not torch.cuda.is_available():
+    print(json.dumps({"error": "torch sees no CUDA device (torch.cuda.is_available() is False)"}))
+elif index >= torch.cuda.device_count():
+    print(json.dumps({"error": f"no CUDA device {index}: torch sees "
+                               f"{torch.cuda.device_count()}"}))
+else:
+    free, total = torch.cuda.mem_get_info(index)
+    print(json.dumps({"name": torch.cuda.get_device_name(index), "total": total, "free": free}))
+"""
+
+
+def probe_cuda(index: int, timeout_s: float = 120.0) -> CudaDevice:
+    """The CUDA device ``index`` as a separate Python process sees it.
+
+    A child process, so that this one never creates a CUDA context: the
+    context would hold GPU memory for the whole demo and show up in NVML as
+    another process on the card.
+
+    Raises:
+        WatchdogError: torch sees no such device, or the probe failed.
+    """
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CUDA_PROBE, str(index)],
+            capture_output=True, text=True, timeout=timeout_s, check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise WatchdogError(
+            f"--gpu: probing CUDA device {index} took over {timeout_s:.0f} s"
+        ) from None
+    lines = done.stdout.strip().splitlines()
+    try:
+        found = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        found = {}
+    if "error" in found:
+        raise WatchdogError(f"--gpu: {found['error']}", EXIT_NVML_UNAVAILABLE)
+    if done.returncode != 0 or "total" not in found:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise WatchdogError(f"--gpu: probing CUDA device {index} failed: {tail}",
+                            EXIT_NVML_UNAVAILABLE)
+    return CudaDevice(index, str(found["name"]), int(found["total"]), int(found["free"]))
 
 
 class Demo:
@@ -97,6 +167,7 @@ class Demo:
         self._journal_offset = 0
         self._rss: list[float] = []
         self._step = 0
+        self.cuda: CudaDevice | None = None
 
     # --- the run ------------------------------------------------------------------------
 
@@ -104,6 +175,13 @@ class Demo:
         """Start the daemon, run the job to the end (restarting it on exit 75), stop all."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
+        if self.options.gpu is not None:
+            try:
+                self.cuda = probe_cuda(self.options.gpu)
+            except WatchdogError:
+                if self.options.run_dir is None:  # ours, and still empty
+                    self.run_dir.rmdir()
+                raise
         try:
             self._start_daemon()
             self._header()
@@ -120,25 +198,36 @@ class Demo:
 
     def _start_daemon(self) -> None:
         self._daemon, self.result.metrics_url = start_daemon(
-            self.run_dir, self.options.listen, self.options.dry_run
+            self.run_dir, self.options.listen, self.options.dry_run, real_nvml=self.cuda is not None
         )
 
     def _header(self) -> None:
-        available = float(psutil.virtual_memory().available)
-        rate = self.options.leak_rate or leak_rate_for(available)
+        cuda = self.cuda
+        if cuda is None:
+            available, where = float(psutil.virtual_memory().available), "this host's"
+        else:
+            available, where = float(cuda.free_bytes), f"cuda:{cuda.index}'s"
+        rate = self.options.leak_rate or leak_rate_for(available, gpu=cuda is not None)
         self.result.leak_rate_bytes_per_s = rate if self.options.leak else 0.0
         show = self.display.line
-        show("gpu-watchdog demo: a real PyTorch training job (CPU) watched by the daemon")
+        device = "CPU" if cuda is None else f"cuda:{cuda.index}, {cuda.name}"
+        show(f"gpu-watchdog demo: a real PyTorch training job ({device}) watched by the daemon")
         show(f"  run directory  {self.run_dir}")
-        show(f"  daemon         pid {self._daemon.pid if self._daemon else '?'}: a SIMULATED "
-             "idle GPU, plus the REAL host memory of the training process")
+        daemon = f"pid {self._daemon.pid if self._daemon else '?'}"
+        if cuda is None:
+            show(f"  daemon         {daemon}: a SIMULATED idle GPU, plus the REAL host memory "
+                 "of the training process")
+        else:
+            show(f"  daemon         {daemon}: REAL NVML (every GPU on this host), plus the host "
+                 "memory of the training process")
         show(f"  metrics        {self.result.metrics_url}  (while the demo runs)")
         pace = 1 / self.options.step_time_s if self.options.step_time_s else 0
         show(f"  training job   {self.options.steps} steps at ~{pace:.0f} steps/s, fixed seed")
         if self.options.leak:
-            show(f"  planted leak   validation losses kept with their autograd graphs: "
-                 f"~{rate / MIB:.1f} MiB/s, sized to fill this host's {mib(available)} "
-                 f"available in ~{minutes(available / rate)}")
+            memory = "host memory" if cuda is None else "GPU memory"
+            show(f"  planted leak   validation losses kept with their autograd graphs "
+                 f"({memory}): ~{rate / MIB:.1f} MiB/s, sized to fill {where} "
+                 f"{mib(available)} free in ~{minutes(available / rate)}")
         else:
             show("  planted leak   none (--no-leak): the daemon should leave the job alone")
         show("  policy         demo config: leak -> dump_snapshot; leak with OOM predicted "
@@ -174,6 +263,8 @@ class Demo:
             "--step-time", str(options.step_time_s),
             "--socket", str(self.socket),
         ]
+        if self.cuda is not None:
+            command += ["--device", f"cuda:{self.cuda.index}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
         with open(self.run_dir / "train.log", "a") as log:
             self._train = subprocess.Popen(
@@ -209,15 +300,26 @@ class Demo:
         while not self._events.empty():
             self._show_event(self._events.get_nowait())
         if pid is not None and sample:  # one sample a second, kept across restarts
-            rss = _rss_with_children(pid)
-            if rss is not None:
-                self._rss.append(rss)
+            used = self._memory_of(pid)
+            if used is not None:
+                self._rss.append(used)
                 self._status()
+
+    def _memory_of(self, pid: int) -> float | None:
+        """The figure the leak grows: host RSS, or (--gpu) the job's GPU memory per NVML."""
+        if self.cuda is None:
+            return _rss_with_children(pid)
+        try:  # what the daemon sees, from its /metrics, rather than a second NVML client
+            metrics = scrape(self.result.metrics_url)
+        except (OSError, ValueError):
+            return None
+        return metric(metrics, "gpu_watchdog_process_gpu_memory_bytes", pid=str(pid))
 
     def _status(self) -> None:
         rss = self._rss[-1]
         rate = (self._rss[-1] - self._rss[-11]) / 10 if len(self._rss) > 10 else None
-        text = f"host RSS {sparkline(self._rss, 40)} {mib(rss):>8}"
+        label = "host RSS" if self.cuda is None else "GPU mem "
+        text = f"{label} {sparkline(self._rss, 40)} {mib(rss):>8}"
         if rate is not None:
             text += f"  {rate / MIB:+5.1f} MiB/s"
         text += f"  step {self._step}/{self.options.steps}"
@@ -325,13 +427,16 @@ def stop_group(process: subprocess.Popen[Any] | None) -> None:
 
 
 def start_daemon(
-    run_dir: Path, listen: str = "127.0.0.1:0", dry_run: bool = False
+    run_dir: Path, listen: str = "127.0.0.1:0", dry_run: bool = False, real_nvml: bool = False
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``gpu-watchdog run`` on a SIMULATED idle GPU with the demo's config, in its own group.
+    """``gpu-watchdog run`` with the demo's config, in its own process group.
 
-    Its socket is ``run_dir/watchdog.sock``, its journal ``run_dir/state``, its
-    log ``run_dir/daemon.log``. Returns the process and its /metrics URL once
-    the socket is served.
+    On a SIMULATED idle GPU, or with ``real_nvml`` on this host's NVML, its
+    process list polled every second (the default 5 s is for production,
+    where the list takes the driver's lock). Its socket is
+    ``run_dir/watchdog.sock``, its journal ``run_dir/state``, its log
+    ``run_dir/daemon.log``. Returns the process and its /metrics URL once the
+    socket is served.
 
     Raises:
         WatchdogError: the daemon exited or did not start within 60 s (it is stopped).
@@ -345,14 +450,19 @@ def start_daemon(
     }
     if dry_run:
         env["GPU_WATCHDOG_POLICY_DRY_RUN"] = "true"
-    trace = run_dir / "idle-gpu.csv"  # an idle 80 GiB GPU for a day: the job is on the CPU
-    rows = [f"{t},0,,0,{80 << 30}" for t in (0, 86400)]
-    trace.write_text("t,gpu,pid,used_bytes,total_bytes\n" + "\n".join(rows) + "\n")
+    command = [sys.executable, "-m", "watchdog", "run", "--config", str(CONFIG),
+               "--listen", listen]
+    if real_nvml:
+        env["GPU_WATCHDOG_SOURCES_PROCESS_INTERVAL_S"] = "1"
+    else:
+        trace = run_dir / "idle-gpu.csv"  # an idle 80 GiB GPU for a day: the job is on the CPU
+        rows = [f"{t},0,,0,{80 << 30}" for t in (0, 86400)]
+        trace.write_text("t,gpu,pid,used_bytes,total_bytes\n" + "\n".join(rows) + "\n")
+        command += ["--simulate", str(trace)]
     log_path = run_dir / "daemon.log"
     with open(log_path, "wb") as log:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "watchdog", "run", "--simulate", str(trace),
-             "--config", str(CONFIG), "--listen", listen],
+            command,
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,
         )
     deadline = time.monotonic() + 60
@@ -363,10 +473,38 @@ def start_daemon(
             return daemon, found.group(1) + "/metrics"
         if daemon.poll() is not None:
             tail = text.strip().splitlines()[-1:] or ["(no output)"]
-            raise WatchdogError(f"the daemon exited with status {daemon.returncode}: {tail[0]}")
+            # Exit 3 (no NVML) passes through: `demo --gpu` on a host without a driver.
+            code = EXIT_NVML_UNAVAILABLE if daemon.returncode == EXIT_NVML_UNAVAILABLE else None
+            raise WatchdogError(
+                f"the daemon exited with status {daemon.returncode}: {tail[0]}", code
+            )
         time.sleep(0.1)
     stop_group(daemon)
     raise WatchdogError(f"the daemon did not start within 60 s; see {log_path}")
+
+
+MetricSamples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> MetricSamples:
+    """A /metrics page as ``{(name, sorted labels): value}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(metrics: MetricSamples, name: str, **labels: str) -> float | None:
+    """The first sample of ``name`` whose labels include ``labels``; None if there is none."""
+    for (found, found_labels), value in metrics.items():
+        if found == name and all(dict(found_labels).get(k) == v for k, v in labels.items()):
+            return value
+    return None
 
 
 def _rss_with_children(pid: int) -> float | None:
