@@ -421,6 +421,7 @@ class Series:
                 min_rise,
                 s.saturation_ratio,
                 sawtooth=bool(cycle),
+                envelope=math.ceil(cycle / level.width) + 1 if cycle > level.width else 1,
             )
             if trend is None or not trend.rising:
                 continue

@@ -136,6 +136,7 @@ def analyze_window(
     min_rise: float,
     saturation_ratio: float,
     sawtooth: bool = False,
+    envelope: int = 1,
 ) -> Trend | None:
     """Judge the buckets that start within ``window_s`` before ``end_t``.
 
@@ -154,6 +155,10 @@ def analyze_window(
         saturation_ratio: a later rate below this fraction of the earlier one
             means the growth is saturating.
         sawtooth: the series drops regularly; only labels the pattern.
+        envelope: buckets per sawtooth cycle (1: no sawtooth). The noise is then
+            measured on the troughs (the lowest of each ``envelope`` consecutive
+            buckets), not on the teeth's own climbs and drops: those are the
+            sawtooth, not noise about its floor.
 
     Returns:
         None when some stretch of the window has no bucket (too little history)
@@ -176,7 +181,12 @@ def analyze_window(
     if fine is None or fine[0][-1] - min(fine[0]) < min_rise:
         return None  # a stretch without data, or the last is not materially above the lowest
     window_mins = mins[first:]
-    steps = [b - a for a, b in itertools.pairwise(window_mins)]
+    troughs = window_mins
+    if envelope > 1 and len(window_mins) > envelope:
+        troughs = [
+            min(window_mins[i : i + envelope]) for i in range(len(window_mins) - envelope + 1)
+        ]
+    steps = [b - a for a, b in itertools.pairwise(troughs)]
     centre = _median(steps)
     tolerance = NOISE_MADS * _median([abs(step - centre) for step in steps])
     rising_segments, consistent, saturating = _consistent(fine[0], tolerance, saturation_ratio)
