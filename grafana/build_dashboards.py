@@ -707,6 +707,130 @@ def _fleet_health() -> list[Json]:
     ]
 
 
+XID = "gpu_watchdog_gpu_xid_events_total"
+ECC = "gpu_watchdog_gpu_ecc_errors_total"
+YES_NO = {"0": "no", "1": "yes"}
+
+
+def _counted_within(counter: str, window: str) -> str:
+    """Counters that moved within ``window``, including series born in it (cf. ``_changed``)."""
+    return f"(increase({counter}[{window}]) > 0) or ({counter} unless {counter} offset {window})"
+
+
+def _fleet_faults() -> list[Json]:
+    def per_gpu(function: str, inner: str) -> str:
+        return by("instance, gpu", function, inner)
+
+    fatal = m(XID, 'fatal="true"', NODE_GPU)
+    pending = (
+        m("gpu_watchdog_gpu_row_remap_pending", NODE_GPU)
+        + " == 1 or "
+        + m("gpu_watchdog_gpu_retired_pages_pending", NODE_GPU)
+        + " == 1"
+    )
+    volatile = m(ECC, 'type="uncorrected"', 'counter="volatile"', NODE_GPU)
+    lifetime = m(ECC, 'type="uncorrected"', 'counter="aggregate"', NODE_GPU)
+    return [
+        row("GPU faults"),
+        stat(
+            "GPUs with a fatal Xid",
+            "GPUs with an Xid that NVIDIA's catalog marks fatal in the last hour "
+            "(alert GpuXidFatal).",
+            f"count({per_gpu('max', _counted_within(fatal, '1h'))}) or vector(0)",
+        ),
+        stat(
+            "Uncorrectable ECC",
+            "GPUs with uncorrectable ECC errors since their driver loaded "
+            "(alert GpuEccUncorrectable).",
+            f"count({volatile} > 0) or vector(0)",
+        ),
+        stat(
+            "Memory repair pending",
+            "GPUs whose remapped rows or retired pages wait for a reset "
+            "(alert GpuMemoryRepairPending).",
+            f"count({per_gpu('max', pending)}) or vector(0)",
+        ),
+        stat(
+            "Row remap failures",
+            "GPUs out of spare memory rows: an RMA (alert GpuRowRemapFailure).",
+            f"count({m('gpu_watchdog_gpu_row_remap_failure', NODE_GPU)} == 1) or vector(0)",
+        ),
+        stat(
+            "Xid watchers down",
+            "Nodes whose NVML event thread is not waiting for Xid errors "
+            "(alert GpuEventWatcherDown).",
+            f"count({m('gpu_watchdog_event_watcher_up', NODE)} == 0) or vector(0)",
+        ),
+        timeseries(
+            "Xid errors",
+            "Xid errors by GPU and code, with the action NVIDIA's catalog asks for.",
+            [
+                target(
+                    by("instance, gpu, xid, action", "sum", increase(m(XID, NODE_GPU))),
+                    GPU_LEGEND + " Xid {{xid}} {{action}}",
+                )
+            ],
+            custom=BARS,
+        ),
+        table(
+            "GPU memory health",
+            "Per GPU: uncorrectable ECC errors (since the driver loaded, lifetime), rows "
+            "remapped, pages retired, a repair waiting for a reset, a failed remap.",
+            [
+                target(per_gpu(function, expr), table=True)
+                for function, expr in (
+                    ("sum", volatile),
+                    ("sum", lifetime),
+                    ("sum", m("gpu_watchdog_gpu_remapped_rows", NODE_GPU)),
+                    ("sum", m("gpu_watchdog_gpu_retired_pages", NODE_GPU)),
+                    ("max", pending),
+                    ("max", m("gpu_watchdog_gpu_row_remap_failure", NODE_GPU)),
+                )
+            ],
+            hide=[],
+            rename={
+                "instance": "Node",
+                "gpu": "GPU",
+                "Value #A": "Uncorrectable ECC (volatile)",
+                "Value #B": "Uncorrectable ECC (lifetime)",
+                "Value #C": "Remapped rows",
+                "Value #D": "Retired pages",
+                "Value #E": "Repair pending",
+                "Value #F": "Remap failed",
+            },
+        ),
+        timeseries(
+            "Xid watchers",
+            "The NVML event thread of each node: up, GPUs by registration state "
+            "(retrying: a lost GPU), failures and restarts.",
+            [
+                target(m("gpu_watchdog_event_watcher_up", NODE), "{{instance}} up"),
+                target(
+                    m("gpu_watchdog_event_watcher_gpus", NODE), "{{instance}} GPUs {{state}}"
+                ),
+                target(
+                    by(
+                        "instance, error",
+                        "sum",
+                        increase(m("gpu_watchdog_event_watcher_errors_total", NODE)),
+                    ),
+                    "{{instance}} error {{error}}",
+                ),
+                target(
+                    by(
+                        "instance",
+                        "sum",
+                        increase(m("gpu_watchdog_event_watcher_restarts_total", NODE)),
+                    ),
+                    "{{instance}} restarts",
+                ),
+            ],
+            w=24,
+            h=6,
+        ),
+    ]
+
+
 def fleet() -> Json:
     """Every node and GPU: memory, predicted time to OOM, findings, actions, watchdog health."""
     variables = [
@@ -722,7 +846,14 @@ def fleet() -> Json:
         "Every node and GPU watched by gpu-watchdog: memory, time to OOM, leaks, actions.",
         variables,
         _annotations(NODE),
-        [*_fleet_overview(), *_fleet_gpus(), *_fleet_actions(), *_fleet_health()],
+        [
+            *_fleet_overview(),
+            *_fleet_gpus(),
+            *_fleet_actions(),
+            *_fleet_hangs(),
+            *_fleet_faults(),
+            *_fleet_health(),
+        ],
     )
 
 
@@ -978,6 +1109,59 @@ def _node_jobs() -> list[Json]:
     ]
 
 
+def _node_faults() -> list[Json]:
+    def gpu(metric: str) -> str:
+        return m(metric, ONE_GPU)
+
+    return [
+        row("GPU faults"),
+        timeseries(
+            "Xid errors and GPU events",
+            "Xid errors by code (with the catalog's action) and other NVML fault events "
+            "(double-bit ECC, page retirement, ...).",
+            [
+                target(
+                    by("gpu, xid, action", "sum", increase(gpu(XID))),
+                    "GPU {{gpu}} Xid {{xid}} {{action}}",
+                ),
+                target(
+                    by("gpu, type", "sum", increase(gpu("gpu_watchdog_gpu_events_total"))),
+                    "GPU {{gpu}} {{type}}",
+                ),
+            ],
+            custom=BARS,
+        ),
+        timeseries(
+            "ECC errors",
+            "Corrected and uncorrected ECC errors: volatile since the driver loaded, "
+            "aggregate over the GPU's life.",
+            [target(gpu(ECC), "GPU {{gpu}} {{type}} {{counter}}")],
+        ),
+        timeseries(
+            "Remapped rows and retired pages",
+            "Memory rows remapped (Ampere and later) and pages retired (older GPUs) after "
+            "memory errors.",
+            [
+                target(gpu("gpu_watchdog_gpu_remapped_rows"), "GPU {{gpu}} rows {{type}}"),
+                target(gpu("gpu_watchdog_gpu_retired_pages"), "GPU {{gpu}} pages {{cause}}"),
+            ],
+        ),
+        state_timeline(
+            "Memory repair",
+            "Whether a row remap or page retirement waits for a GPU reset, and whether a "
+            "remap failed (RMA).",
+            [
+                target(gpu("gpu_watchdog_gpu_row_remap_pending"), "GPU {{gpu}} remap pending"),
+                target(
+                    gpu("gpu_watchdog_gpu_retired_pages_pending"), "GPU {{gpu}} retirement pending"
+                ),
+                target(gpu("gpu_watchdog_gpu_row_remap_failure"), "GPU {{gpu}} remap failed"),
+            ],
+            YES_NO,
+        ),
+    ]
+
+
 def node() -> Json:
     """One node in detail: its GPUs, processes, training jobs and the watchdog's events."""
     variables = [
@@ -996,8 +1180,100 @@ def node() -> Json:
         "step rate, and the watchdog's findings, commands and actions as annotations.",
         variables,
         _annotations(ONE),
-        [*_node_gpus(), *_node_findings(), *_node_processes(), *_node_jobs()],
+        [
+            *_node_gpus(),
+            *_node_faults(),
+            *_node_findings(),
+            *_node_processes(),
+            *_node_jobs(),
+            *_node_hangs(),
+        ],
     )
+
+
+def _fleet_hangs() -> list[Json]:
+    orphaned = m("gpu_watchdog_orphaned_memory_bytes", NODE_GPU)
+    return [
+        row("Hung jobs and orphaned memory"),
+        stat(
+            "Stalled ranks",
+            "Training processes whose step has stopped advancing while they run "
+            "(alert GpuJobStalled).",
+            f"count({m('gpu_watchdog_client_stalled', NODE)} == 1) or vector(0)",
+        ),
+        stat(
+            "Lost ranks",
+            "Ranks that died while the rest of their job waits on them (alert GpuJobRankLost).",
+            f"count({m('gpu_watchdog_rank_lost', NODE)} == 1) or vector(0)",
+        ),
+        stat(
+            "Orphaned GPU memory",
+            "GPU memory held by no live job: zombies, processes whose parent exited, memory "
+            "no process accounts for (alert GpuOrphanedMemory).",
+            f"sum({orphaned}) or vector(0)",
+            unit="bytes",
+        ),
+        timeseries(
+            "Unattributed GPU memory",
+            "Per GPU, used memory beyond the sum of its processes' memory (driver and "
+            "context overhead, or memory nobody owns). Absent where a process's memory is hidden.",
+            [target(m("gpu_watchdog_gpu_memory_unattributed_bytes", NODE_GPU), GPU_LEGEND)],
+            unit="bytes",
+        ),
+    ]
+
+
+def _node_hangs() -> list[Json]:
+    def client(metric: str) -> str:
+        return m(metric, ONE_JOB)
+
+    return [
+        row("Hung jobs and orphaned memory"),
+        state_timeline(
+            "Stalled ranks",
+            "Per training process: stepping, or stalled (no step for longer than its "
+            "threshold while it runs). The daemon logs each stalled process's stacks.",
+            [target(client("gpu_watchdog_client_stalled"), CLIENT_LEGEND)],
+            {"0": "stepping", "1": "stalled"},
+            w=8,
+        ),
+        timeseries(
+            "Time since the last step",
+            "Seconds since each process's step last advanced, against its stall threshold "
+            "(stall_step_factor x its step time, at least stall_min_s).",
+            [
+                target(client("gpu_watchdog_client_step_age_seconds"), CLIENT_LEGEND),
+                target(
+                    client("gpu_watchdog_client_stall_threshold_seconds"),
+                    CLIENT_LEGEND + " threshold",
+                ),
+            ],
+            unit="s",
+            w=8,
+        ),
+        stat(
+            "Lost ranks",
+            "Ranks of this node's jobs that died while the other ranks wait on them.",
+            f"count({client('gpu_watchdog_rank_lost')} == 1) or vector(0)",
+            w=8,
+        ),
+        timeseries(
+            "Orphaned GPU memory",
+            "Per GPU: memory beyond its processes' sum (measured), and memory held by no live "
+            "job once reported (by reason: zombie, reparented, unattributed).",
+            [
+                target(m("gpu_watchdog_gpu_memory_unattributed_bytes", ONE_GPU),
+                       "GPU {{gpu}} unattributed (measured)"),
+                target(
+                    by("gpu, reason, pid", "sum", m("gpu_watchdog_orphaned_memory_bytes", ONE_GPU)),
+                    "GPU {{gpu}} orphaned {{reason}} {{pid}}",
+                ),
+            ],
+            unit="bytes",
+            w=24,
+            h=6,
+        ),
+    ]
 
 
 DASHBOARDS = {"gpu-watchdog-fleet.json": fleet, "gpu-watchdog-node.json": node}

@@ -144,3 +144,61 @@ def test_send_refused_to_another_user():
     assert as_nobody.returncode == 1, as_nobody.stderr
     assert "uid 65534 may not command" in as_nobody.stderr
     assert listed.returncode == 0, listed.stderr
+
+
+_REGISTER_AS = """
+import socket, sys
+from watchdog.control.protocol import FrameDecoder, encode
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.settimeout(10)
+sock.connect(sys.argv[1])
+sock.sendall(encode({"type": "register", "job": sys.argv[2]}))
+decoder = FrameDecoder(1 << 20)
+while True:
+    data = sock.recv(65536)
+    if not data:
+        print("closed")
+        break
+    messages = list(decoder.feed(data))
+    if messages:
+        reply = messages[0]
+        print(reply["type"], reply.get("code", ""), reply.get("message", ""))
+        break
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as another user")
+def test_another_user_may_not_join_a_registered_job():
+    """A job is acted on by name: a second uid registering under it is refused, its own is not."""
+    import shutil
+
+    import watchdog
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv not installed")
+
+    def register_as_nobody(socket_path: str, job: str) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
+        done = subprocess.run(
+            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-c", _REGISTER_AS, socket_path, job],
+            capture_output=True, text=True, cwd="/", env={**env, "PYTHONPATH": str(REPO)},
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    with FakeDaemon(socket_mode="0666") as daemon:
+        os.chmod(os.path.dirname(daemon.socket_path), 0o755)
+        wd = watchdog.attach(socket_path=daemon.socket_path, job="root-job")
+        try:
+            daemon.wait_for_client()
+            taken = register_as_nobody(daemon.socket_path, "root-job")
+            own = register_as_nobody(daemon.socket_path, "nobody-job")
+            jobs = {c.job for c in daemon.server.clients()}
+        finally:
+            wd.close()
+    assert taken.startswith("error job_taken job 'root-job' is registered by another user")
+    assert own.startswith("registered")
+    assert jobs == {"root-job"}  # the refused one never joined; the other has left

@@ -55,6 +55,20 @@ SIMULATION_GAPS = {
     "gpu_watchdog_nvml_errors_total": "NVML only, and only when a call fails",
     "gpu_watchdog_journal_write_errors_total": "increases only when the journal cannot be written",
     "gpu_watchdog_actions_suppressed_total": "only once a guard stops a decision",
+    "gpu_watchdog_orphaned_memory_bytes": "only when GPU memory is orphaned (no scenario does)",
+    # GPU faults: the simulated GPU has none (tests/test_nvml_events.py drives them on NVML).
+    "gpu_watchdog_gpu_xid_events_total": "NVML only, and only after an Xid error",
+    "gpu_watchdog_gpu_events_total": "NVML only, and only after a fault event",
+    "gpu_watchdog_gpu_ecc_errors_total": "NVML only: the simulated GPU has no ECC",
+    "gpu_watchdog_gpu_retired_pages": "NVML only: the simulated GPU retires no pages",
+    "gpu_watchdog_gpu_retired_pages_pending": "NVML only: the simulated GPU retires no pages",
+    "gpu_watchdog_gpu_remapped_rows": "NVML only: the simulated GPU remaps no rows",
+    "gpu_watchdog_gpu_row_remap_pending": "NVML only: the simulated GPU remaps no rows",
+    "gpu_watchdog_gpu_row_remap_failure": "NVML only: the simulated GPU remaps no rows",
+    "gpu_watchdog_event_watcher_up": "NVML only: no event thread with --simulate",
+    "gpu_watchdog_event_watcher_gpus": "NVML only: no event thread with --simulate",
+    "gpu_watchdog_event_watcher_errors_total": "NVML only: no event thread with --simulate",
+    "gpu_watchdog_event_watcher_restarts_total": "NVML only: no event thread with --simulate",
 }
 """Metrics a simulated run cannot produce (or only with a fault), and why."""
 DEADLINE_S = 150.0

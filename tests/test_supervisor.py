@@ -40,12 +40,16 @@ class FakeEngine:
     def status(self) -> list[Any]:
         return []
 
+    def process_started(self, pid: int) -> int | None:
+        return None
+
 
 @dataclass
 class FakeClient:
     pid: int
     uid: int
     registration: Registration
+    started: int | None = None
 
     @property
     def job(self) -> str:

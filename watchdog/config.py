@@ -16,6 +16,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -124,8 +125,67 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True)
+class BasicAuthUser:
+    """One user allowed on /metrics: a name and a bcrypt hash of the password."""
+
+    user: str
+    password_hash: str
+
+
+# The bcrypt hashes that Go's x/crypto/bcrypt, htpasswd -B and Python's bcrypt write
+# ($2a$, $2b$, $2y$): the format exporter-toolkit's web config takes. The cost is capped
+# at 16 (seconds per check): every new password tried costs one check, and a higher
+# cost would let a few wrong guesses occupy the endpoint for minutes.
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|1[0-6])\$[./A-Za-z0-9]{53}")
+
+
+def parse_basic_auth(value: Any) -> tuple[BasicAuthUser, ...]:
+    """``[[metrics.basic_auth]]`` tables as users; raises ValueError naming the entry.
+
+    Only the format of each hash is checked here, so that any program can load the
+    configuration without the optional ``bcrypt`` package.
+    """
+    if not isinstance(value, list):
+        raise ValueError("must be a list of tables ([[metrics.basic_auth]])")
+    users: list[BasicAuthUser] = []
+    for number, entry in enumerate(value, 1):
+        if not isinstance(entry, dict) or set(entry) != {"user", "password_hash"}:
+            raise ValueError(f"entry {number}: needs exactly the keys user and password_hash")
+        user, hashed = entry["user"], entry["password_hash"]
+        # RFC 7617: the user-id of basic auth cannot contain a colon.
+        if not isinstance(user, str) or not user or ":" in user:
+            raise ValueError(f"entry {number}: user must be a non-empty string without ':'")
+        if any(known.user == user for known in users):
+            raise ValueError(f"entry {number}: user {user!r} is listed twice")
+        if not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
+            raise ValueError(
+                f"entry {number} (user {user!r}): password_hash is not a bcrypt hash "
+                "($2b$<cost 04-16>$...); make one with: htpasswd -nBC 12 '' | tr -d ':\\n'"
+            )
+        users.append(BasicAuthUser(user, hashed))
+    return tuple(users)
+
+
+def render_basic_auth(section: str, users: tuple[BasicAuthUser, ...]) -> list[str]:
+    """The users as ``[[metrics.basic_auth]]`` TOML tables; a commented example when none."""
+    if not users:
+        return [
+            f"# [[{section}.basic_auth]]",
+            '# user = "prometheus"',
+            '# password_hash = "$2b$12$..."   # htpasswd -nBC 12 \'\' | tr -d \':\\n\'',
+        ]
+    from watchdog.config_docs import toml_value  # config_docs imports this module
+
+    lines: list[str] = []
+    for item in users:
+        lines += [f"[[{section}.basic_auth]]", f"user = {toml_value(item.user)}"]
+        lines.append(f"password_hash = {toml_value(item.password_hash)}")
+    return lines
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
-    """The Prometheus endpoint."""
+    """The Prometheus endpoint (docs/security.md: TLS and basic auth)."""
 
     listen: str = setting(
         "127.0.0.1:9723",
@@ -134,6 +194,25 @@ class MetricsSettings:
     )
     max_concurrent_scrapes: int = setting(
         8, "Scrapes served at once; more wait for a free slot.", minimum=1, maximum=256
+    )
+    tls_cert_file: str = setting(
+        "", "PEM certificate (chain) to serve HTTPS with; empty serves plain HTTP."
+    )
+    tls_key_file: str = setting(
+        "", "PEM private key of tls_cert_file, unencrypted and readable by the daemon only."
+    )
+    tls_client_ca_file: str = setting(
+        "",
+        "PEM CA certificates; when set, every client must present a certificate they signed "
+        "(mutual TLS, also for /healthz).",
+    )
+    tls_min_version: str = setting("1.2", "Oldest TLS version accepted.", choices=("1.2", "1.3"))
+    basic_auth: tuple[BasicAuthUser, ...] = setting(
+        (),
+        "Users allowed on /metrics: [[metrics.basic_auth]] tables of user and password_hash "
+        "(bcrypt; needs the auth extra). /healthz answers without credentials.",
+        parse=parse_basic_auth,
+        render=render_basic_auth,
     )
 
 
@@ -166,6 +245,32 @@ class SourcesSettings:
         maximum=100_000,
     )
     proc_root: str = setting("/proc", "Where procfs is mounted (a container may mount the host's).")
+    # At most 4 minutes: GpuWatchdogStale fires when a source has not polled for 5.
+    health_interval_s: float = setting(
+        60.0,
+        "Seconds between polls of ECC error counts, retired pages and remapped rows "
+        "(they change rarely; several driver calls per GPU).",
+        minimum=1,
+        maximum=240,
+    )
+    xid_events: bool = setting(
+        True,
+        "Watch NVML events (Xid errors, double-bit ECC errors) on a thread of their own "
+        "(NVML only).",
+    )
+    event_wait_s: float = setting(
+        1.0,
+        "Longest one NVML event wait blocks: how soon the event thread notices shutdown.",
+        minimum=0.05,
+        maximum=10,
+    )
+    event_retry_s: float = setting(
+        30.0,
+        "Seconds before a GPU whose event registration failed (GPU lost) is registered again; "
+        "also the first backoff after the event thread failed (doubling up to 5 minutes).",
+        minimum=0.1,
+        maximum=3600,
+    )
 
 
 @dataclass(frozen=True)
@@ -328,6 +433,38 @@ class DetectionSettings:
         "Shortest time between two 'updated' events of one finding.",
         minimum=0,
     )
+    stall_step_factor: float = setting(
+        10.0,
+        "A registered process is stalled when its step has not advanced for this many times "
+        "its recent step time ...",
+        minimum=1,
+        maximum=10_000,
+    )
+    stall_min_s: float = setting(
+        300.0,
+        "... and for at least this long (evals and checkpoints pause the step count).",
+        minimum=0.1,
+        maximum=7 * 86400,
+    )
+    orphan_min_age_s: float = setting(
+        120.0,
+        "GPU memory must look orphaned (zombie, reparented, unattributed) this long to be "
+        "reported: a job tearing down passes through those states.",
+        minimum=0,
+        maximum=86400,
+    )
+    orphan_unattributed_min_bytes: int = setting(
+        2 << 30,
+        "GPU used memory beyond its processes' sum that counts as unattributed (driver and "
+        "context overhead stay below; NVML's v1 memory call counts ~1 GiB reserved as used).",
+        minimum=0,
+    )
+    orphan_unattributed: str = setting(
+        "auto",
+        "Claim unattributed GPU memory: on, off, or auto (only when the daemon sees the "
+        "host's pid namespace; in a container NVML may list only that container's processes).",
+        choices=("auto", "on", "off"),
+    )
 
 
 @dataclass(frozen=True)
@@ -348,6 +485,12 @@ class PolicySettings:
         16 << 20, "The audit journal is rotated at this size.", minimum=4096, maximum=1 << 34
     )
     journal_keep: int = setting(3, "Rotated journal files kept.", minimum=1, maximum=100)
+    group_restart: bool = setting(
+        False,
+        "On a stalled job, make every rank exit with the restart code so torchrun "
+        "(--max-restarts > 0) restarts the group from its last checkpoint; counts against "
+        "max_restarts.",
+    )
     ladder: tuple[LadderStep, ...] = setting(
         DEFAULT_LADDER,
         "The escalation ladder: [[policy.ladder]] tables of finding, cause, action, "

@@ -76,6 +76,14 @@ class HostProcessSample:
     rss_bytes: int | None = None
     children_rss_bytes: int | None = None
     owner: Owner = field(default_factory=Owner)
+    started: int | None = None
+    """When the process started (``watchdog.identity.start_ticks``): with the pid, which
+    process this is, so a reused pid is not taken for the old process. None: unknown."""
+    ppid: int | None = None
+    """The parent's pid now; it changes when the parent exits (the kernel reparents the
+    process to init or the nearest subreaper). None: unknown."""
+    state: str = ""
+    """The kernel's scheduling state (``running``, ``sleeping``, ``zombie``...); empty: unknown."""
 
     @property
     def total_rss_bytes(self) -> int | None:
@@ -94,6 +102,55 @@ class HostMemory:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuHealthSample:
+    """One GPU's memory-error figures at one (slow) poll; ``None``: the GPU cannot tell.
+
+    ECC counters are volatile (since the driver loaded) and aggregate (lifetime).
+    Pages are retired on GPUs up to Volta; Ampere and later remap rows instead, so
+    a GPU normally reports one of the two and leaves the other ``None``.
+    """
+
+    gpu: int
+    ecc_volatile_corrected: int | None = None
+    ecc_volatile_uncorrected: int | None = None
+    ecc_aggregate_corrected: int | None = None
+    ecc_aggregate_uncorrected: int | None = None
+    retired_pages_single_bit: int | None = None
+    retired_pages_double_bit: int | None = None
+    retired_pages_pending: bool | None = None
+    remapped_rows_correctable: int | None = None
+    remapped_rows_uncorrectable: int | None = None
+    row_remap_pending: bool | None = None
+    row_remap_failure: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuEvent:
+    """One NVML event on one GPU: an Xid error or another fault event.
+
+    Equal events are counted together, so it holds no time, only what a metric
+    label may carry. ``action`` and ``fatal`` come from the Xid catalog.
+    """
+
+    gpu: int
+    uuid: str
+    kind: str  # "xid", "double_bit_ecc", "dram_retirement", ...
+    xid: int | None = None
+    action: str = ""
+    fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventWatcherStatus:
+    """How the NVML event thread is doing."""
+
+    up: bool
+    gpus: dict[str, int]  # GPUs by registration state: registered, unsupported, retrying
+    errors: dict[str, int]  # failures by NVML error or exception name
+    restarts: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reading:
     """What one poll of one source returned.
 
@@ -108,3 +165,4 @@ class Reading:
     processes: list[GpuProcessSample] | None = None
     host_processes: list[HostProcessSample] | None = None
     host_memory: HostMemory | None = None
+    health: list[GpuHealthSample] | None = None

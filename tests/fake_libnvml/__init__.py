@@ -37,6 +37,25 @@ STATE_ENV = "FAKE_NVML_STATE"
 NOT_AVAILABLE = 0xFFFFFFFFFFFFFFFF
 GIB = 1 << 30
 MIB = 1 << 20
+# nvmlEventType* masks by the name after "nvmlEventType" (fake_nvml.c accepts the same names).
+EVENT_TYPES = {
+    "SingleBitEccError": 0x1,
+    "DoubleBitEccError": 0x2,
+    "PState": 0x4,
+    "XidCriticalError": 0x8,
+    "Clock": 0x10,
+    "PowerSourceChange": 0x80,
+    "MigConfigChange": 0x100,
+    "SingleBitEccErrorStorm": 0x200,
+    "DramRetirementEvent": 0x400,
+    "DramRetirementFailure": 0x800,
+    "NonFatalPoisonError": 0x1000,
+    "FatalPoisonError": 0x2000,
+    "GpuUnavailableError": 0x4000,
+    "GpuRecoveryAction": 0x8000,
+}
+# What an A100 answers to nvmlDeviceGetSupportedEventTypes: ECC, P-state, Xid and clock events.
+DATACENTER_EVENT_TYPES = 0x1 | 0x2 | 0x4 | 0x8 | 0x10
 
 
 class CompilerMissing(RuntimeError):
@@ -119,6 +138,69 @@ class FakeProcess:
 
 
 @dataclass
+class FakeEcc:
+    """ECC error counters (``nvmlDeviceGetTotalEccErrors``); ``None``: that one is NOT_SUPPORTED.
+
+    Volatile counts since the driver loaded, aggregate over the GPU's lifetime.
+    """
+
+    volatile_corrected: int | None = 0
+    volatile_uncorrected: int | None = 0
+    aggregate_corrected: int | None = 0
+    aggregate_uncorrected: int | None = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The state file's form: ``None`` counters are left out."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass
+class FakeRetiredPages:
+    """Page retirement (Kepler to Volta): pages retired by cause, and a retirement pending."""
+
+    single_bit_ecc: int = 0
+    double_bit_ecc: int = 0
+    pending: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The state file's form."""
+        return dict(vars(self))
+
+
+@dataclass
+class FakeRemappedRows:
+    """Row remapping (Ampere and later): rows remapped, a remap pending, a remap failed."""
+
+    correctable: int = 0
+    uncorrectable: int = 0
+    pending: bool = False
+    failure: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The state file's form."""
+        return dict(vars(self))
+
+
+@dataclass
+class FakeEvent:
+    """An NVML event on GPU ``gpu``: an Xid (``data`` is its code) or another type.
+
+    The library delivers it once to every event set that registered the GPU and
+    type before the event appeared in the state; ``id`` orders events and must
+    grow (:meth:`FakeState.add_event` assigns it).
+    """
+
+    gpu: int
+    data: int = 0
+    type: str | int = "XidCriticalError"
+    id: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The state file's form."""
+        return {"id": self.id, "gpu": self.gpu, "type": self.type, "data": self.data}
+
+
+@dataclass
 class FakeGpu:
     """A fake GPU. A figure set to ``None`` is NOT_SUPPORTED, as on a GPU without it.
 
@@ -139,6 +221,10 @@ class FakeGpu:
     fan_speed: int | None = None  # datacenter GPUs have no fan
     lost: bool = False
     processes: list[FakeProcess] = field(default_factory=list)
+    event_types: int | None = DATACENTER_EVENT_TYPES  # None: events NOT_SUPPORTED
+    ecc: FakeEcc | None = field(default_factory=FakeEcc)  # None: ECC off or absent
+    retired_pages: FakeRetiredPages | None = None  # an A100 remaps rows instead
+    remapped_rows: FakeRemappedRows | None = field(default_factory=FakeRemappedRows)
 
     def to_json(self) -> dict[str, Any]:
         """The state file's form: ``None`` figures are left out."""
@@ -157,6 +243,11 @@ class FakeGpu:
             if (value := getattr(self, key)) is not None:
                 out[key] = value
         out["processes"] = [p.to_json() for p in self.processes]
+        if self.event_types is not None:
+            out["event_types"] = self.event_types
+        for key in ("ecc", "retired_pages", "remapped_rows"):
+            if (part := getattr(self, key)) is not None:
+                out[key] = part.to_json()
         return out
 
 
@@ -195,6 +286,7 @@ class FakeState:
 
     gpus: list[FakeGpu] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    events: list[FakeEvent] = field(default_factory=list)
     init_error: str | int | None = None  # e.g. DRIVER_NOT_LOADED, LIB_RM_VERSION_MISMATCH
     driver_version: str = "550.54.15"
     nvml_version: str = "12.550.54.15"
@@ -208,10 +300,21 @@ class FakeState:
             "cuda_driver_version": self.cuda_driver_version,
             "gpus": [g.to_json() for g in self.gpus],
             "errors": [f.to_json() for f in self.faults],
+            "events": [e.to_json() for e in self.events],
         }
         if self.init_error is not None:
             out["init_error"] = self.init_error
         return out
+
+    def add_event(self, gpu: int, data: int = 0, type: str | int = "XidCriticalError") -> FakeEvent:
+        """Append an event with the next id (an Xid ``data`` on ``gpu`` by default).
+
+        The library sees it once the state is written (:meth:`FakeNvml.write`).
+        """
+        newest = max((e.id for e in self.events), default=0)
+        event = FakeEvent(gpu=gpu, data=data, type=type, id=newest + 1)
+        self.events.append(event)
+        return event
 
 
 def gpus(count: int, **figures: Any) -> list[FakeGpu]:

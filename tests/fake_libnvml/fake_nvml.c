@@ -40,6 +40,7 @@ enum {
     NVML_ERROR_FUNCTION_NOT_FOUND = 13,
     NVML_ERROR_GPU_IS_LOST = 15,
     NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18,
+    NVML_ERROR_MEMORY = 20,
     NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
     NVML_ERROR_UNKNOWN = 999,
 };
@@ -70,6 +71,15 @@ typedef struct {
     char busId[32];
 } nvmlPciInfo_t;
 
+/* nvmlEventSet_t is opaque in nvml.h; here it is one of the slots in g_sets. */
+typedef struct nvmlEventSet_st *nvmlEventSet_t;
+typedef struct {
+    nvmlDevice_t device;
+    unsigned long long eventType;
+    unsigned long long eventData; /* the Xid code, for nvmlEventTypeXidCriticalError */
+    unsigned int gpuInstanceId, computeInstanceId;
+} nvmlEventData_t;
+
 #define NVML_STRUCT_VERSION(size, ver) ((unsigned int)(size) | ((unsigned int)(ver) << 24U))
 #define nvmlMemory_v2 NVML_STRUCT_VERSION(sizeof(nvmlMemory_v2_t), 2)
 #define nvmlTemperature_v1 NVML_STRUCT_VERSION(sizeof(nvmlTemperature_v1_t), 1)
@@ -80,6 +90,8 @@ typedef struct {
 #define MAX_GPUS 64
 #define MAX_PROCS 256
 #define MAX_RULES 64
+#define MAX_EVENTS 256
+#define MAX_SETS 32
 #define TEXT 96
 
 enum { KIND_COMPUTE = 1, KIND_GRAPHICS = 2 };
@@ -98,9 +110,24 @@ typedef struct {
     char uuid[TEXT], name[TEXT];
     int lost;
     figure_t total, used, reserved, util_gpu, util_mem, temp, power, power_limit, fan;
+    figure_t event_types;  /* nvmlDeviceGetSupportedEventTypes' mask */
+    figure_t ecc[2][2];    /* [error type: corrected, uncorrected][counter: volatile, aggregate] */
+    int has_retired;       /* page retirement (Kepler to Volta); absent: NOT_SUPPORTED */
+    long long retired[2];  /* [cause: multiple single-bit, double-bit] */
+    int retired_pending;
+    int has_remap;         /* row remapping (Ampere and later); absent: NOT_SUPPORTED */
+    unsigned int remap_corr, remap_unc, remap_pending, remap_failure;
     int nprocs;
     proc_t procs[MAX_PROCS];
 } gpu_t;
+
+/* One injected event (an Xid, an ECC error, ...), delivered once to each event set
+ * that registered its GPU and type before the event's id was written. */
+typedef struct {
+    long long id;
+    int gpu;
+    unsigned long long type, data;
+} event_t;
 
 typedef struct {
     char call[TEXT]; /* exact name, "*" for every call, or a prefix ending in '*' */
@@ -119,7 +146,17 @@ typedef struct {
     gpu_t gpus[MAX_GPUS];
     int nrules;
     rule_t rules[MAX_RULES];
+    int nevents;
+    event_t events[MAX_EVENTS];
 } state_t;
+
+/* An event set: the event types registered per GPU, and per GPU the newest event id
+ * already delivered or older than the registration (NVML delivers only later events). */
+struct nvmlEventSet_st {
+    int used;
+    unsigned long long mask[MAX_GPUS];
+    long long seen[MAX_GPUS];
+};
 
 typedef struct { dev_t dev; ino_t ino; off_t size; struct timespec mtime; int exists; } sig_t_;
 
@@ -128,7 +165,8 @@ static state_t g_state;
 static sig_t_ g_sig;
 static int g_refcount;
 static struct nvmlDevice_st g_handles[MAX_GPUS];
-static long g_calls[64]; /* by F_* below */
+static long g_calls[96]; /* by F_* below */
+static struct nvmlEventSet_st g_sets[MAX_SETS];
 
 /* ---- a minimal JSON reader --------------------------------------------- */
 
@@ -327,6 +365,45 @@ static nvmlReturn_t jerror(const jnode *n) {
     return NVML_ERROR_UNKNOWN;
 }
 
+/* nvmlEventType* by the name after "nvmlEventType" (as nvml.h and pynvml spell them). */
+static const struct { const char *name; unsigned long long mask; } EVENT_TYPES[] = {
+    {"SingleBitEccError", 0x1ULL},      {"DoubleBitEccError", 0x2ULL},
+    {"PState", 0x4ULL},                 {"XidCriticalError", 0x8ULL},
+    {"Clock", 0x10ULL},                 {"PowerSourceChange", 0x80ULL},
+    {"MigConfigChange", 0x100ULL},      {"SingleBitEccErrorStorm", 0x200ULL},
+    {"DramRetirementEvent", 0x400ULL},  {"DramRetirementFailure", 0x800ULL},
+    {"NonFatalPoisonError", 0x1000ULL}, {"FatalPoisonError", 0x2000ULL},
+    {"GpuUnavailableError", 0x4000ULL}, {"GpuRecoveryAction", 0x8000ULL},
+};
+#define NEVENT_TYPES (sizeof EVENT_TYPES / sizeof EVENT_TYPES[0])
+
+/* An event type or mask: a number, a name, or a list of names; *ok 0 if absent or unknown. */
+static unsigned long long jevent_types(const jnode *n, int *ok) {
+    long long v;
+    *ok = 1;
+    if (jnum(n, &v)) return (unsigned long long)v;
+    if (n && n->type == J_STR) {
+        for (size_t i = 0; i < NEVENT_TYPES; i++)
+            if (!strcmp(EVENT_TYPES[i].name, n->str)) return EVENT_TYPES[i].mask;
+        fprintf(stderr, "fake libnvidia-ml: unknown event type '%s'\n", n->str);
+    }
+    if (n && n->type == J_ARR) {
+        unsigned long long mask = 0;
+        for (const jnode *c = n->child; c; c = c->next) {
+            int one;
+            mask |= jevent_types(c, &one);
+        }
+        return mask;
+    }
+    *ok = 0;
+    return 0;
+}
+
+static int jflag(const jnode *obj, const char *key) {
+    const jnode *n = jget(obj, key);
+    return n && (n->type == J_BOOL || n->type == J_NUM) && n->num != 0;
+}
+
 /* ---- loading the state ------------------------------------------------- */
 
 static void read_gpu(const jnode *obj, int index, gpu_t *g) {
@@ -346,6 +423,32 @@ static void read_gpu(const jnode *obj, int index, gpu_t *g) {
     g->power = jfigure(obj, "power_mw");
     g->power_limit = jfigure(obj, "power_limit_mw");
     g->fan = jfigure(obj, "fan_speed");
+    int ok;
+    g->event_types.value = (long long)jevent_types(jget(obj, "event_types"), &ok);
+    g->event_types.present = ok;
+    const jnode *ecc = jget(obj, "ecc");
+    if (ecc && ecc->type == J_OBJ) {
+        g->ecc[0][0] = jfigure(ecc, "volatile_corrected");
+        g->ecc[1][0] = jfigure(ecc, "volatile_uncorrected");
+        g->ecc[0][1] = jfigure(ecc, "aggregate_corrected");
+        g->ecc[1][1] = jfigure(ecc, "aggregate_uncorrected");
+    }
+    const jnode *retired = jget(obj, "retired_pages");
+    if (retired && retired->type == J_OBJ) {
+        g->has_retired = 1;
+        jnum(jget(retired, "single_bit_ecc"), &g->retired[0]);
+        jnum(jget(retired, "double_bit_ecc"), &g->retired[1]);
+        g->retired_pending = jflag(retired, "pending");
+    }
+    const jnode *remap = jget(obj, "remapped_rows");
+    if (remap && remap->type == J_OBJ) {
+        long long v = 0;
+        g->has_remap = 1;
+        g->remap_corr = jnum(jget(remap, "correctable"), &v) ? (unsigned int)v : 0;
+        g->remap_unc = jnum(jget(remap, "uncorrectable"), &v) ? (unsigned int)v : 0;
+        g->remap_pending = (unsigned int)jflag(remap, "pending");
+        g->remap_failure = (unsigned int)jflag(remap, "failure");
+    }
     const jnode *procs = jget(obj, "processes");
     for (const jnode *p = procs ? procs->child : NULL; p && g->nprocs < MAX_PROCS; p = p->next) {
         proc_t *pr = &g->procs[g->nprocs++];
@@ -393,6 +496,16 @@ static int parse_state(const char *text, state_t *s) {
     const jnode *rules = jget(root, "errors");
     for (const jnode *r = rules ? rules->child : NULL; r && s->nrules < MAX_RULES; r = r->next)
         read_rule(r, &s->rules[s->nrules++]);
+    const jnode *events = jget(root, "events");
+    for (const jnode *e = events ? events->child : NULL; e && s->nevents < MAX_EVENTS; e = e->next) {
+        event_t *ev = &s->events[s->nevents++];
+        int ok;
+        ev->id = jnum(jget(e, "id"), &v) ? v : s->nevents;
+        ev->gpu = jnum(jget(e, "gpu"), &v) ? (int)v : 0;
+        ev->type = jevent_types(jget(e, "type"), &ok);
+        if (!ok) ev->type = 0x8ULL; /* nvmlEventTypeXidCriticalError */
+        ev->data = jnum(jget(e, "data"), &v) ? (unsigned long long)v : 0;
+    }
     jfree(root);
     return 1;
 }
@@ -467,6 +580,9 @@ enum {
     F_nvmlDeviceGetPciInfo_v3, F_nvmlDeviceGetComputeMode, F_nvmlDeviceGetDisplayActive,
     F_nvmlDeviceGetPersistenceMode, F_nvmlDeviceGetPerformanceState,
     F_nvmlDeviceGetTotalEccErrors, F_nvmlDeviceGetDriverModel, F_nvmlDeviceGetDriverModel_v2,
+    F_nvmlDeviceGetRetiredPages, F_nvmlDeviceGetRetiredPagesPendingStatus,
+    F_nvmlDeviceGetRemappedRows, F_nvmlDeviceGetSupportedEventTypes, F_nvmlEventSetCreate,
+    F_nvmlDeviceRegisterEvents, F_nvmlEventSetWait_v2, F_nvmlEventSetFree,
     F_COUNT
 };
 static const char *const NAMES[F_COUNT] = {
@@ -487,6 +603,9 @@ static const char *const NAMES[F_COUNT] = {
     "nvmlDeviceGetPciInfo_v3", "nvmlDeviceGetComputeMode", "nvmlDeviceGetDisplayActive",
     "nvmlDeviceGetPersistenceMode", "nvmlDeviceGetPerformanceState",
     "nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetDriverModel", "nvmlDeviceGetDriverModel_v2",
+    "nvmlDeviceGetRetiredPages", "nvmlDeviceGetRetiredPagesPendingStatus",
+    "nvmlDeviceGetRemappedRows", "nvmlDeviceGetSupportedEventTypes", "nvmlEventSetCreate",
+    "nvmlDeviceRegisterEvents", "nvmlEventSetWait_v2", "nvmlEventSetFree",
 };
 
 _Static_assert(F_COUNT <= (int)(sizeof g_calls / sizeof g_calls[0]), "g_calls too small");
@@ -861,14 +980,189 @@ EXPORT nvmlReturn_t nvmlDeviceGetPerformanceState(nvmlDevice_t d, unsigned int *
     return constant(F_nvmlDeviceGetPerformanceState, d, state, 0); /* P0 */
 }
 
+/*
+ * errorType: NVML_MEMORY_ERROR_TYPE_CORRECTED 0, _UNCORRECTED 1; counterType:
+ * NVML_VOLATILE_ECC 0 (since the driver loaded), NVML_AGGREGATE_ECC 1 (lifetime).
+ * A counter the state leaves out is NOT_SUPPORTED, as with ECC off or on a GPU without it.
+ */
 EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, int error_type,
                                                 int counter_type, unsigned long long *count) {
-    (void)error_type;
-    (void)counter_type;
-    nvmlReturn_t r = enter_dev(F_nvmlDeviceGetTotalEccErrors, device, NULL);
+    gpu_t *g;
+    nvmlReturn_t r = enter_dev(F_nvmlDeviceGetTotalEccErrors, device, &g);
     if (r) return r;
-    if (!count) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    *count = 0;
+    if (!count || error_type < 0 || error_type > 1 || counter_type < 0 || counter_type > 1)
+        return leave(NVML_ERROR_INVALID_ARGUMENT);
+    figure_t f = g->ecc[error_type][counter_type];
+    if (!f.present) return leave(NVML_ERROR_NOT_SUPPORTED);
+    *count = (unsigned long long)f.value;
+    return leave(NVML_SUCCESS);
+}
+
+/*
+ * Page retirement (Kepler to Volta; Ampere and later remap rows instead and answer
+ * NOT_SUPPORTED). cause: NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS 0,
+ * _DOUBLE_BIT_ECC_ERROR 1. The two-call protocol of the process lists: a count too
+ * small (0 with no buffer, as pynvml's first call) answers INSUFFICIENT_SIZE and the
+ * count (SUCCESS when there are none), then the addresses are filled.
+ */
+EXPORT nvmlReturn_t nvmlDeviceGetRetiredPages(nvmlDevice_t device, int cause,
+                                              unsigned int *count, unsigned long long *addresses) {
+    gpu_t *g;
+    nvmlReturn_t r = enter_dev(F_nvmlDeviceGetRetiredPages, device, &g);
+    if (r) return r;
+    if (!count || cause < 0 || cause > 1) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (!g->has_retired) return leave(NVML_ERROR_NOT_SUPPORTED);
+    unsigned int n = (unsigned int)g->retired[cause];
+    if (!addresses || *count < n) {
+        *count = n;
+        return leave(n ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS);
+    }
+    for (unsigned int i = 0; i < n; i++)
+        addresses[i] = ((unsigned long long)(cause + 1) << 32) | ((unsigned long long)i << 12);
+    *count = n;
+    return leave(NVML_SUCCESS);
+}
+
+/* nvmlEnableState_t: 1 when retired pages wait for the next reset (or reboot) to be retired. */
+EXPORT nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t device, int *pending) {
+    gpu_t *g;
+    nvmlReturn_t r = enter_dev(F_nvmlDeviceGetRetiredPagesPendingStatus, device, &g);
+    if (r) return r;
+    if (!pending) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (!g->has_retired) return leave(NVML_ERROR_NOT_SUPPORTED);
+    *pending = g->retired_pending;
+    return leave(NVML_SUCCESS);
+}
+
+/* Row remapping (Ampere and later): rows remapped for correctable and uncorrectable
+ * errors, a remap waiting for the next reset, and whether a remap ever failed. */
+EXPORT nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t device, unsigned int *corr,
+                                              unsigned int *unc, unsigned int *pending,
+                                              unsigned int *failure) {
+    gpu_t *g;
+    nvmlReturn_t r = enter_dev(F_nvmlDeviceGetRemappedRows, device, &g);
+    if (r) return r;
+    if (!corr || !unc || !pending || !failure) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (!g->has_remap) return leave(NVML_ERROR_NOT_SUPPORTED);
+    *corr = g->remap_corr;
+    *unc = g->remap_unc;
+    *pending = g->remap_pending;
+    *failure = g->remap_failure;
+    return leave(NVML_SUCCESS);
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+static int set_valid(nvmlEventSet_t set) {
+    return set && set >= g_sets && set < g_sets + MAX_SETS && set->used;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device,
+                                                     unsigned long long *types) {
+    gpu_t *g;
+    nvmlReturn_t r = enter_dev(F_nvmlDeviceGetSupportedEventTypes, device, &g);
+    if (r) return r;
+    if (!types) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (!g->event_types.present) return leave(NVML_ERROR_NOT_SUPPORTED);
+    *types = (unsigned long long)g->event_types.value;
+    return leave(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
+    nvmlReturn_t r = enter(F_nvmlEventSetCreate, NULL, 1, NULL);
+    if (r) return r;
+    if (!set) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    for (int i = 0; i < MAX_SETS; i++) {
+        if (g_sets[i].used) continue;
+        memset(&g_sets[i], 0, sizeof g_sets[i]);
+        g_sets[i].used = 1;
+        *set = &g_sets[i];
+        return leave(NVML_SUCCESS);
+    }
+    return leave(NVML_ERROR_MEMORY);
+}
+
+/* Types the GPU does not support make the whole call NOT_SUPPORTED, as nvml.h says.
+ * Events already in the state when a GPU is first registered are never delivered. */
+EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long types,
+                                             nvmlEventSet_t set) {
+    gpu_t *g;
+    nvmlReturn_t r = enter_dev(F_nvmlDeviceRegisterEvents, device, &g);
+    if (r) return r;
+    if (!set_valid(set)) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (!g->event_types.present || (types & ~(unsigned long long)g->event_types.value))
+        return leave(NVML_ERROR_NOT_SUPPORTED);
+    int index = (int)(device - g_handles);
+    if (!set->mask[index]) {
+        long long newest = 0;
+        for (int i = 0; i < g_state.nevents; i++)
+            if (g_state.events[i].id > newest) newest = g_state.events[i].id;
+        set->seen[index] = newest;
+    }
+    set->mask[index] |= types;
+    return leave(NVML_SUCCESS);
+}
+
+/* With g_lock held: the oldest undelivered event for the set (SUCCESS), else GPU_IS_LOST
+ * when a registered GPU is lost (its pending events come first), else NOT_FOUND. */
+static nvmlReturn_t next_event(nvmlEventSet_t set, nvmlEventData_t *data) {
+    const event_t *best = NULL;
+    for (int i = 0; i < g_state.nevents; i++) {
+        const event_t *e = &g_state.events[i];
+        if (e->gpu < 0 || e->gpu >= g_state.ngpus || !(set->mask[e->gpu] & e->type)) continue;
+        if (e->id <= set->seen[e->gpu] || (best && best->id <= e->id)) continue;
+        best = e;
+    }
+    if (best) {
+        set->seen[best->gpu] = best->id;
+        memset(data, 0, sizeof *data);
+        data->device = &g_handles[best->gpu];
+        data->eventType = best->type;
+        data->eventData = best->data;
+        data->gpuInstanceId = 0xFFFFFFFFU; /* not a MIG device */
+        data->computeInstanceId = 0xFFFFFFFFU;
+        return NVML_SUCCESS;
+    }
+    for (int i = 0; i < g_state.ngpus; i++)
+        if (set->mask[i] && g_state.gpus[i].lost) return NVML_ERROR_GPU_IS_LOST;
+    return NVML_ERROR_NOT_FOUND;
+}
+
+static long elapsed_ms(const struct timespec *since) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - since->tv_sec) * 1000L + (now.tv_nsec - since->tv_nsec) / 1000000L;
+}
+
+/* Waits up to timeout_ms for an event, polling the state file every 5 ms outside the
+ * lock (other threads' calls go on); TIMEOUT when none came. Injected rules apply once
+ * per call, so {"call": "nvmlEventSetWait_v2", "delay_ms": -1} is a wait that hangs. */
+EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data,
+                                        unsigned int timeout_ms) {
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    nvmlReturn_t r = enter(F_nvmlEventSetWait_v2, NULL, 1, NULL);
+    if (r) return r;
+    if (!data || !set_valid(set)) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    for (;;) {
+        if (g_refcount == 0) return leave(NVML_ERROR_UNINITIALIZED);
+        nvmlReturn_t got = next_event(set, data);
+        if (got != NVML_ERROR_NOT_FOUND) return leave(got);
+        long left = (long)timeout_ms - elapsed_ms(&start);
+        if (left <= 0) return leave(NVML_ERROR_TIMEOUT);
+        pthread_mutex_unlock(&g_lock);
+        sleep_ms(left < 5 ? left : 5);
+        pthread_mutex_lock(&g_lock);
+        refresh();
+        if (!set->used) return leave(NVML_ERROR_INVALID_ARGUMENT); /* freed meanwhile */
+    }
+}
+
+EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    nvmlReturn_t r = enter(F_nvmlEventSetFree, NULL, 1, NULL);
+    if (r) return r;
+    if (!set_valid(set)) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    set->used = 0;
     return leave(NVML_SUCCESS);
 }
 
@@ -963,6 +1257,7 @@ EXPORT long fakeNvmlCallCount(const char *name) {
 EXPORT void fakeNvmlReset(void) {
     pthread_mutex_lock(&g_lock);
     memset(g_calls, 0, sizeof g_calls);
+    memset(g_sets, 0, sizeof g_sets);
     g_refcount = 0;
     g_state.loaded = 0;
     pthread_mutex_unlock(&g_lock);

@@ -1,8 +1,9 @@
 """The commands a training process carries out for the daemon.
 
 Each returns a dict of details (JSON-ready) or raises; the handle turns that
-into an ok/error result with its duration. ``dump_stacks`` runs on the
-background thread; the others run on the training thread inside ``step()``.
+into an ok/error result with its duration. ``dump_stacks`` and ``restart_group``
+run on the background thread (they must work while training is stuck); the
+others run on the training thread inside ``step()``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,33 @@ def dump_stacks() -> dict[str, Any]:
         "threads": threads,
         "training_thread": threading.main_thread().name,
     }
+
+
+def group_restart_refusal(
+    env: Mapping[str, str], step: int, pid: int, args: Mapping[str, Any]
+) -> str:
+    """Why this process must not exit for a group restart now; "" when it may.
+
+    The exit only helps when a launcher restarts the group: torchrun sets
+    TORCHELASTIC_MAX_RESTARTS and TORCHELASTIC_RESTART_COUNT in every worker,
+    and restarts the whole group when one worker fails while restarts remain.
+    ``args["steps"]`` maps pids to the step the daemon saw each rank stuck at:
+    a rank that has moved on since is not hung, and stays.
+    """
+    most = env.get("TORCHELASTIC_MAX_RESTARTS", "")
+    done = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if not most.isdigit() or not done.isdigit():
+        return "not started by torchrun: no launcher would restart the group, exiting ends the job"
+    if int(done) >= int(most):
+        return (
+            f"torchrun's restarts are spent ({done} of {most}): exiting would end the job "
+            "instead of restarting it"
+        )
+    steps = args.get("steps")
+    expected = steps.get(str(pid)) if isinstance(steps, dict) else None
+    if isinstance(expected, int) and not isinstance(expected, bool) and step != expected:
+        return f"training moved on: at step {step}, the daemon saw this rank stuck at {expected}"
+    return ""
 
 
 def empty_cache(device: str) -> dict[str, Any]:

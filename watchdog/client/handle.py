@@ -9,6 +9,7 @@ and training goes on.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import os
@@ -32,6 +33,9 @@ log = logging.getLogger("watchdog.client")
 DEFAULT_SOCKET = "/run/gpu-watchdog/watchdog.sock"
 RESTART_EXIT_CODE = 75
 """Exit code of ``checkpoint_and_restart`` (EX_TEMPFAIL): non-zero, so torchrun restarts."""
+
+_BACKGROUND = frozenset({"dump_stacks", "restart_group"})
+"""Commands answered on the background thread: they must work while training is stuck."""
 
 CheckpointFn = Callable[[int], Any]
 ResumeFn = Callable[[], "int | None"]
@@ -292,7 +296,7 @@ class Watchdog:
             generation,
             time.monotonic(),
         )
-        if command.command == "dump_stacks":  # answered here: works while training is stuck
+        if command.command in _BACKGROUND:  # answered here: works while training is stuck
             self._execute(command)
             return
         self._inbox.append(command)
@@ -349,6 +353,8 @@ class Watchdog:
         )
         if not error and command.command == "checkpoint_and_restart":
             self._exit_for_restart(details)
+        if not error and command.command == "restart_group":
+            self._exit_for_group_restart()
 
     def _perform(self, command: Command) -> dict[str, Any] | Deferred:
         name = command.command
@@ -365,7 +371,40 @@ class Watchdog:
             )
         if name in ("checkpoint", "checkpoint_and_restart"):
             return self.save_checkpoint()
+        if name == "restart_group":
+            refusal = commands.group_restart_refusal(
+                os.environ, self.step_count, os.getpid(), command.args
+            )
+            if refusal:
+                raise commands.CommandError(refusal)
+            return {"step": self.step_count, "exit_code": self.restart_exit_code}
         raise commands.CommandError(f"unknown command {name!r}")
+
+    def _exit_for_group_restart(self) -> None:
+        """Exit with the restart code once the result is sent, whatever the training thread does.
+
+        The training thread is most likely blocked in a collective that will never
+        complete, so neither an exception nor a checkpoint can reach it: the process
+        ends from a helper thread (this one serves the socket and must send the result).
+        torchrun sees a failed worker, stops the others and starts the group again.
+        """
+
+        def leave() -> None:
+            self.link.wait_flushed(5.0)
+            self.link.farewell = {"reason": "restart_group"}
+            log.warning(
+                "gpu-watchdog: the daemon found this job stalled; exiting with code %d at step "
+                "%d so that torchrun restarts the group",
+                self.restart_exit_code,
+                self.step_count,
+            )
+            self.close()
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(self.restart_exit_code)
+
+        threading.Thread(target=leave, name="watchdog-group-restart", daemon=True).start()
 
     def _exit_for_restart(self, details: dict[str, Any]) -> None:
         self.link.wait_flushed(5.0)
@@ -377,6 +416,7 @@ class Watchdog:
             self.step_count,
             self.restart_exit_code,
         )
+        self.link.farewell = {"reason": "restart"}
         self.close()
         if self.restart_exit == "exec":
             _exec_self()
@@ -433,6 +473,31 @@ _active: weakref.WeakSet[Watchdog] = weakref.WeakSet()
 _active_lock = threading.Lock()
 
 
+def _detach_at_exit() -> None:
+    """At interpreter exit, say goodbye to the daemon, with the exception that ends the program.
+
+    The daemon tells a rank that left on purpose from one that died: a rank killed
+    (SIGKILL, the OOM killer) sends nothing, and one that dies of an uncaught
+    exception (a CUDA out-of-memory error) names it, so the daemon can report the
+    other ranks as waiting on a dead peer at once.
+    """
+    error = _dying_of()
+    for handle in list(_active):
+        if not handle.closed:
+            handle.link.farewell = {"reason": "error", "error": error} if error else {
+                "reason": "exit"
+            }
+            handle.close()
+
+
+def _dying_of() -> str:
+    """The uncaught exception the interpreter is exiting with ("" if none)."""
+    value = getattr(sys, "last_value", None)  # set when an exception reached the top level
+    if value is None or isinstance(value, SystemExit):
+        return ""
+    return f"{type(value).__name__}: {value}"[:1000]
+
+
 def _forget_in_child() -> None:
     # A forked child (DataLoader worker) has no background thread: its copies go quiet.
     for handle in list(_active):
@@ -460,6 +525,9 @@ def attach(model: Any = None, optimizer: Any = None, **options: Any) -> Watchdog
             GPU_WATCHDOG_RESTART_MODE, else "raise"), heartbeat_s.
     """
     with _active_lock:
+        if not _active:
+            atexit.unregister(_detach_at_exit)  # at most once, however often attach() runs
+            atexit.register(_detach_at_exit)
         for old in list(_active):
             if not old.closed:
                 log.info("gpu-watchdog: a new attach() replaces the previous handle")

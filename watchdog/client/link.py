@@ -66,6 +66,9 @@ class Link:
         self.generation = 0
         self.connected = threading.Event()
         self._warned = False
+        self.farewell: dict[str, Any] = {"reason": "close"}
+        """Sent as a ``detach`` message when the link stops: the daemon then knows the
+        process left on purpose (or, with ``error``, what it died of) rather than being killed."""
         self._thread = threading.Thread(target=self._run, name="watchdog-client", daemon=True)
 
     # --- called from any thread -------------------------------------------------------------
@@ -197,6 +200,7 @@ class Link:
                             self._deliver(message, self.generation)
                 self._send_outbox(sock)
             self._send_outbox(sock)
+            self._send(sock, {"type": "detach", **self.farewell})
 
     def _send(self, sock: socket.socket, message: dict[str, Any]) -> None:
         sock.sendall(encode(message, self.max_message_bytes))

@@ -12,7 +12,9 @@ from watchdog.sources.base import Source
 from watchdog.sources.host import HostSource
 from watchdog.sources.nvml import Nvml
 from watchdog.sources.nvml_devices import DeviceHandles, NvmlDeviceSource
+from watchdog.sources.nvml_health import NvmlHealthSource
 from watchdog.sources.nvml_processes import NvmlProcessSource
+from watchdog.sources.scenarios import scenario_names
 from watchdog.sources.simulated import SimulatedSource, load_steps
 
 
@@ -32,7 +34,7 @@ def add_simulate_option(parser: argparse.ArgumentParser) -> None:
         "--simulate",
         metavar="TRACE_OR_SCENARIO",
         help="use a SIMULATED GPU playing a trace file or a built-in scenario "
-        "(healthy, leak, two-jobs-one-leak) instead of NVML",
+        f"({', '.join(scenario_names())}) instead of NVML",
     )
     parser.add_argument(
         "--speed",
@@ -111,5 +113,6 @@ def build_sources(
         NvmlDeviceSource(nvml, handles, settings.device_interval_s),
         NvmlProcessSource(nvml, handles, settings.process_interval_s, settings.max_processes),
         HostSource(gpu_pids, settings.host_interval_s, Path(settings.proc_root)),
+        NvmlHealthSource(nvml, handles, settings.health_interval_s),
     ]
     return Sources(sources, NVML, nvml)

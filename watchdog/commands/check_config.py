@@ -9,6 +9,7 @@ from typing import Any
 
 from watchdog.config import DEFAULT_PATH, Config, load_config
 from watchdog.config_docs import toml_value
+from watchdog.exporter.security import WebSecurity
 
 
 def register(subparsers: Any) -> None:
@@ -28,6 +29,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load and validate; print ``ok`` (and the effective settings with ``--show``)."""
     config = load_config(args.path)
+    # The files the settings name, too: a certificate the daemon cannot read fails here.
+    WebSecurity.from_settings(config.metrics)
     where = args.path or (DEFAULT_PATH if DEFAULT_PATH.exists() else "defaults")
     print(f"{where}: ok")
     if args.show:

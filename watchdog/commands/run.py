@@ -28,10 +28,12 @@ from watchdog.detectors.metrics import DetectionCollector
 from watchdog.errors import WatchdogError
 from watchdog.exporter.collector import StateCollector
 from watchdog.exporter.http import MetricsServer
+from watchdog.exporter.security import WebSecurity
 from watchdog.logs import configure_logging
 from watchdog.policy.engine import Policy
 from watchdog.policy.journal import Journal, ReadStats, ledger_from
 from watchdog.samples import NVML, SIMULATED
+from watchdog.sources.nvml_events import NvmlEventWatcher
 
 log = structlog.get_logger("watchdog.run")
 
@@ -58,15 +60,26 @@ def run(args: argparse.Namespace) -> int:
     origin = SIMULATED if args.simulate else NVML
     # Every log line says where its GPU figures come from, so simulated runs can't pass as real.
     configure_logging(config.daemon.log_level, config.daemon.log_format, always={"source": origin})
+    # Certificates, keys and users are read before NVML is touched: a bad file exits 2 at once.
+    security = WebSecurity.from_settings(config.metrics)
 
     state = DaemonState(origin=origin)
     pids: list[Any] = []  # the supervisor's monitored_pids, once it exists
     sources = build_sources(config, args.simulate, lambda: pids[0]() if pids else [])
+    events = _event_watcher(config, state, sources)
     try:
-        code = _serve(args, config, state, sources, pids)
+        code = _serve(args, config, state, sources, pids, security)
     except BaseException:
-        sources.close()
+        if events is None or events.stop():
+            sources.close()
         raise
+    if events is not None and not events.stop():
+        # The event wait is stuck inside the driver: as with a stuck poll (below), NVML
+        # must not be shut down under it, nor may the interpreter wait for the thread.
+        log.warning("exiting_with_event_wait_in_progress")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if any(h.running_since_mono is not None for h in state.snapshot().collectors):
         # A poll is stuck inside the driver: shutting NVML down under it can crash the
         # library, and the interpreter would wait for that thread forever at exit.
@@ -78,8 +91,29 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def _event_watcher(config: Config, state: DaemonState, sources: Any) -> NvmlEventWatcher | None:
+    """The NVML event thread (Xid errors), started; None when simulated or turned off."""
+    if sources.nvml is None or not config.sources.xid_events:
+        return None
+    watcher = NvmlEventWatcher(
+        sources.nvml,
+        state.record_gpu_event,
+        state.processes_on,
+        wait_s=config.sources.event_wait_s,
+        retry_s=config.sources.event_retry_s,
+    )
+    state.set_event_watcher(watcher.status)
+    watcher.start()
+    return watcher
+
+
 def _serve(
-    args: argparse.Namespace, config: Config, state: DaemonState, sources: Any, pids: list[Any]
+    args: argparse.Namespace,
+    config: Config,
+    state: DaemonState,
+    sources: Any,
+    pids: list[Any],
+    security: WebSecurity,
 ) -> int:
     if sources.nvml is not None:
         state.set_nvml_info(
@@ -90,10 +124,13 @@ def _serve(
         Path(config.daemon.state_dir), config.policy.journal_max_bytes, config.policy.journal_keep
     )
     stats = ReadStats()
-    policy = Policy.from_settings(config.policy, ledger_from(journal.read(stats)))
+    # A command the previous daemon sent and got no answer to holds its job as long as that
+    # daemon would have waited for it: it may still be running, and is never sent again.
+    ledger = ledger_from(journal.read(stats), config.control.command_timeout_s)
+    policy = Policy.from_settings(config.policy, ledger)
     log.info("journal_read", entries=stats.entries, skipped_lines=stats.skipped_lines)
 
-    server = ControlServer(config.control)
+    server = ControlServer(config.control, proc_root=Path(config.sources.proc_root))
     try:
         server.start()
     except ControlError as exc:
@@ -109,10 +146,13 @@ def _serve(
             state,
             server,
             restart_budget=(config.policy.max_restarts, config.policy.restart_window_s),
+            detection=config.detection,
+            proc_root=Path(config.sources.proc_root),
         )
         pids.append(supervisor.monitored_pids)
         server.on_report = supervisor.on_report
-        return _serve_metrics(args, config, state, sources, server, supervisor)
+        server.on_leave = supervisor.on_leave
+        return _serve_metrics(args, config, state, sources, server, supervisor, security)
     finally:
         server.stop()
 
@@ -124,6 +164,7 @@ def _serve_metrics(
     sources: Any,
     server: ControlServer,
     supervisor: Supervisor,
+    security: WebSecurity,
 ) -> int:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StateCollector(state.snapshot, config.sources.stall_after_s))
@@ -140,12 +181,17 @@ def _serve_metrics(
 
     try:
         metrics = MetricsServer(
-            config.metrics.listen, registry, health, config.metrics.max_concurrent_scrapes
+            config.metrics.listen,
+            registry,
+            health,
+            config.metrics.max_concurrent_scrapes,
+            security,
         )
     except OSError as exc:
         raise WatchdogError(
             f"cannot listen on {config.metrics.listen}: {exc.strerror or exc}"
         ) from None
+    registry.register(metrics.collector())
     daemon = Daemon(
         state,
         poller,
@@ -153,28 +199,43 @@ def _serve_metrics(
         config.sources.stall_after_s,
         sources.primary.name,
         notifier=Notifier.from_env(),
-        reload=lambda: _reload(args, config, supervisor),
+        reload=lambda: _reload(args, config, supervisor, metrics),
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     host, _ = parse_listen(config.metrics.listen)
+    shown = f"[{host}]" if ":" in host else host
     _announce(
-        state.snapshot().origin, args.simulate, host, metrics.port, config.control.socket_path
+        state.snapshot().origin,
+        args.simulate,
+        f"{security.scheme}://{shown}:{metrics.port}",
+        config.control.socket_path,
     )
     daemon.serve(stop)
     return 0
 
 
 # Tables whose changes take effect on SIGHUP; the others need a restart.
-RELOADABLE = ("policy", "daemon.log_level", "daemon.log_format")
+RELOADABLE = (
+    "policy",
+    "daemon.log_level",
+    "daemon.log_format",
+    "metrics.tls_",
+    "metrics.basic_auth",
+)
 
 
-def _reload(args: argparse.Namespace, current: Config, supervisor: Supervisor) -> None:
+def _reload(
+    args: argparse.Namespace, current: Config, supervisor: Supervisor, metrics: MetricsServer
+) -> None:
     """Reload the config file (SIGHUP): apply what can change live, keep the old one if invalid."""
     try:
         new = load(args, metrics__listen=args.listen)
+        # Certificate files are read again even if their names did not change (rotation);
+        # a broken one rejects the whole reload and the endpoint keeps its current TLS.
+        security = WebSecurity.from_settings(new.metrics)
     except WatchdogError as exc:
         log.error("config_reload_rejected", reason=str(exc), kept="the running configuration")
         return
@@ -183,6 +244,7 @@ def _reload(args: argparse.Namespace, current: Config, supervisor: Supervisor) -
     origin = SIMULATED if args.simulate else NVML
     configure_logging(new.daemon.log_level, new.daemon.log_format, always={"source": origin})
     supervisor.reconfigure_policy(new.policy)
+    metrics.secure(security)
     log.info("config_reloaded", changed=changed, needs_restart=needs_restart)
 
 
@@ -196,17 +258,16 @@ def _changed_keys(old: Config, new: Config) -> list[str]:
     return changed
 
 
-def _announce(origin: str, simulate: str | None, host: str, port: int, socket_path: str) -> None:
-    shown = f"[{host}]" if ":" in host else host
+def _announce(origin: str, simulate: str | None, base_url: str, socket_path: str) -> None:
     what = (
         f"SIMULATED GPU playing {simulate!r} (not real hardware)"
         if origin == SIMULATED
         else "NVML GPUs"
     )
     print(
-        f"gpu-watchdog: watching {what}; metrics on http://{shown}:{port}/metrics, "
-        f"health on http://{shown}:{port}/healthz, control socket {socket_path}",
+        f"gpu-watchdog: watching {what}; metrics on {base_url}/metrics, "
+        f"health on {base_url}/healthz, control socket {socket_path}",
         file=sys.stderr,
         flush=True,
     )
-    log.info("watching", simulate=simulate, metrics=f"http://{shown}:{port}/metrics")
+    log.info("watching", simulate=simulate, metrics=f"{base_url}/metrics")

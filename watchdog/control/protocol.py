@@ -26,7 +26,14 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 HARD_MAX_MESSAGE_BYTES = 16 << 20
 """No peer ever accepts more than this, whatever it is configured to."""
 
-COMMANDS = ("empty_cache", "dump_snapshot", "dump_stacks", "checkpoint", "checkpoint_and_restart")
+COMMANDS = (
+    "empty_cache",
+    "dump_snapshot",
+    "dump_stacks",
+    "checkpoint",
+    "checkpoint_and_restart",
+    "restart_group",
+)
 """Commands the daemon may send to a training process."""
 
 MAX_TEXT = 256

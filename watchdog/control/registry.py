@@ -1,8 +1,10 @@
 """What the daemon knows of each registered training process, and who may command it.
 
 Identity (pid, uid, gid) comes from the kernel (SO_PEERCRED), never from a
-message. Allocator figures a client cannot read (CPU-only, CUDA not yet
-initialised) are ``None``, never zero.
+message; with the process's start time (read from /proc when it connects) the
+pid names one process, not whichever process holds that pid later. Allocator
+figures a client cannot read (CPU-only, CUDA not yet initialised) are
+``None``, never zero.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class PeerCred:
     pid: int
     uid: int
     gid: int
+    started: int | None = None
+    """When the peer process started (``watchdog.identity.start_ticks``); None: unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,8 @@ class ClientInfo:
     heartbeat_age_s: float = 0.0
     commands: dict[str, int] = field(default_factory=dict)
     """Commands sent to this client, by ``"<command>:<result>"``."""
+    started: int | None = None
+    """When the process started: with ``pid``, which process this is (None: unknown)."""
 
     @property
     def job(self) -> str:

@@ -54,6 +54,7 @@ from watchdog.control.registry import (
     result_from_message,
 )
 from watchdog.errors import WatchdogError
+from watchdog.identity import start_ticks
 
 _CRED = struct.Struct("3i")
 _TICK_S = 0.2
@@ -61,6 +62,10 @@ _ACCEPTS_PER_EVENT = 64
 _SYNCED_COMMANDS = frozenset({"checkpoint", "checkpoint_and_restart"})
 
 ReportCallback = Callable[[ClientInfo, AllocatorReport], None]
+LeaveCallback = Callable[[ClientInfo, bool, str, bool], None]
+"""Called when a registered client's connection closes: (client, detached, error, peer_gone):
+``detached`` says it sent ``detach`` first, ``error`` is the exception it reported dying of,
+``peer_gone`` that the peer closed the connection (the daemon did not drop it)."""
 
 
 class ControlError(WatchdogError):
@@ -75,12 +80,12 @@ class CommandPermissionError(ControlError):
     """The requester is neither root nor the owner of the target process."""
 
 
-def peer_cred(sock: socket.socket) -> PeerCred:
-    """The kernel's view of who is on the other end of a Unix socket."""
+def peer_cred(sock: socket.socket, proc_root: Path = Path("/proc")) -> PeerCred:
+    """The kernel's view of who is on the other end of a Unix socket, and when it started."""
     pid, uid, gid = _CRED.unpack(
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
     )
-    return PeerCred(pid, uid, gid)
+    return PeerCred(pid, uid, gid, start_ticks(pid, proc_root))
 
 
 @dataclass(eq=False)
@@ -93,6 +98,7 @@ class _Client:
     reported_at: float | None = None
     steps_per_s: float | None = None
     commands: Counter[str] = field(default_factory=Counter)
+    farewell: dict[str, str] | None = None  # its `detach` message, once sent
 
     def info(self, now: float) -> ClientInfo:
         return ClientInfo(
@@ -105,6 +111,7 @@ class _Client:
             report=self.report,
             heartbeat_age_s=max(0.0, now - (self.reported_at or self.registered_at)),
             commands=dict(self.commands),
+            started=self.peer.started,
         )
 
 
@@ -120,6 +127,7 @@ class _Conn:
     client: _Client | None = None
     requests: int = 0  # `send` requests still waiting for results
     closed: bool = False
+    peer_gone: bool = False  # the peer closed (or broke) it, not the daemon
 
 
 @dataclass(eq=False)
@@ -154,9 +162,13 @@ class ControlServer:
         settings: ControlSettings,
         logger: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        proc_root: Path = Path("/proc"),
     ) -> None:
         self.settings = settings
+        # The host source's procfs: both must see the same start time for the same process.
+        self._proc_root = proc_root
         self.on_report: ReportCallback | None = None
+        self.on_leave: LeaveCallback | None = None
         self._log = logger if logger is not None else structlog.get_logger("watchdog.control")
         self._clock = clock
         self._lock = threading.Lock()
@@ -436,7 +448,7 @@ class ControlServer:
                 self._log.warning("control_accept_failed", error=str(exc))
                 return
             try:
-                peer = peer_cred(sock)
+                peer = peer_cred(sock, self._proc_root)
             except OSError as exc:
                 self._count_drop("no_credentials")
                 sock.close()
@@ -474,9 +486,11 @@ class ControlServer:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
+            conn.peer_gone = True
             self._drop(conn, "read_error", str(exc))
             return
         if not data:
+            conn.peer_gone = True
             self._close(conn, "closed by peer")
             return
         now = self._clock()
@@ -545,11 +559,14 @@ class ControlServer:
         client = conn.client
         if client is not None:
             with self._lock:
-                if self._clients.get(client.peer.pid) is client:
+                current = self._clients.get(client.peer.pid) is client
+                if current:
                     del self._clients[client.peer.pid]
             if why:
                 self._log.info("control_client_left", reason=why, job=client.registration.job,
                                **_who(client.peer))
+            if current:
+                self._left(client, conn.peer_gone)
         for command_id, pending in list(self._pending.items()):
             if pending.conn is conn:
                 del self._pending[command_id]
@@ -580,6 +597,7 @@ class ControlServer:
             "result": self._on_result,
             "list_clients": self._on_list,
             "send": self._on_send,
+            "detach": self._on_detach,
             "ping": lambda c, m: self._send(c, {"type": "pong", "id": m.get("id")}),
         }
         handler = handlers.get(kind)
@@ -593,13 +611,33 @@ class ControlServer:
         if conn.client is not None:
             raise ProtocolError("register sent twice on one connection")
         registration = Registration.from_message(message, conn.peer)
+        owners = self._job_owners(registration.job, conn.peer.pid)
+        if conn.peer.uid != 0 and owners - {conn.peer.uid}:
+            # The policy and `send JOB` act on a job by its name: a process of another user
+            # joining it could have that user's job checkpointed, restarted, or its budget
+            # spent. A job belongs to the user of its registered processes; root may join any.
+            self._send(conn, {
+                "type": "error", "id": message.get("id"), "code": "job_taken",
+                "message": f"job {registration.job!r} is registered by another user "
+                           f"(uid {min(owners - {conn.peer.uid})}); pick another job name",
+            })
+            self._log.warning("control_register_refused", job=registration.job,
+                              reason="job_taken", **_who(conn.peer))
+            self._close(conn, None)
+            return
         now = self._clock()
         client = _Client(conn.peer, registration, now, now)
         old = self._clients.get(conn.peer.pid)
         if old is not None:
+            # Its pending commands fail with it: they were meant for that connection's
+            # process, which may not be this one (a reused pid), so none is passed on.
+            reused = None not in (old.peer.started, conn.peer.started) and (
+                old.peer.started != conn.peer.started
+            )
+            why = "pid reused by a new process" if reused else "replaced by a new registration"
             for other in list(self._conns.values()):
                 if other.client is old:
-                    self._close(other, "replaced by a new registration")
+                    self._close(other, why)
         conn.client = client
         with self._lock:
             self._clients[conn.peer.pid] = client
@@ -611,6 +649,15 @@ class ControlServer:
         })
         self._log.info("control_client_registered", job=registration.job,
                        rank=registration.rank, device=registration.device, **_who(conn.peer))
+
+    def _job_owners(self, job: str, pid: int) -> set[int]:
+        """The uids of the registered processes of ``job``, other than ``pid``."""
+        with self._lock:
+            return {
+                c.peer.uid
+                for c in self._clients.values()
+                if c.registration.job == job and c.peer.pid != pid
+            }
 
     def _on_report(self, conn: _Conn, message: dict[str, Any]) -> None:
         client = _registered(conn)
@@ -635,6 +682,29 @@ class ControlServer:
                 self._report_errors += 1
                 if self._report_errors in (1, 10, 100) or self._report_errors % 1000 == 0:
                     self._log.exception("control_on_report_failed", failures=self._report_errors)
+
+    def _on_detach(self, conn: _Conn, message: dict[str, Any]) -> None:
+        """A client says goodbye before closing: it is leaving on purpose, or dying of an error."""
+        client = _registered(conn)
+        client.farewell = {
+            "reason": opt_text(message, "reason"),
+            "error": opt_text(message, "error", 4096),
+        }
+
+    def _left(self, client: _Client, peer_gone: bool) -> None:
+        """Tell ``on_leave`` that a registered client is gone, and how it went.
+
+        Not while the server stops: every connection closes then, and no client left.
+        """
+        if self.on_leave is None or self._stopping.is_set():
+            return
+        farewell = client.farewell or {}
+        try:
+            self.on_leave(client.info(self._clock()), client.farewell is not None,
+                          farewell.get("error", ""), peer_gone)
+        except Exception:
+            self._report_errors += 1
+            self._log.exception("control_on_leave_failed", **_who(client.peer))
 
     def _on_result(self, conn: _Conn, message: dict[str, Any]) -> None:
         client = _registered(conn)

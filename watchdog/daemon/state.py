@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from watchdog.samples import (
     NVML,
     DeviceSample,
+    EventWatcherStatus,
+    GpuEvent,
+    GpuHealthSample,
     GpuProcessSample,
     HostMemory,
     HostProcessSample,
@@ -53,6 +57,9 @@ class Snapshot:
     nvml_errors: dict[tuple[str, str], int] = field(default_factory=dict)
     driver_version: str = ""
     nvml_version: str = ""
+    health: tuple[GpuHealthSample, ...] = ()
+    gpu_events: dict[GpuEvent, int] = field(default_factory=dict)
+    event_watcher: EventWatcherStatus | None = None
 
     def stalled(self, collector: CollectorHealth, stall_after_s: float) -> bool:
         """True when ``collector`` has had one poll running for longer than ``stall_after_s``."""
@@ -80,6 +87,9 @@ class DaemonState:
         self._collectors: dict[str, CollectorHealth] = {}
         self._nvml_errors: Callable[[], dict[tuple[str, str], int]] = dict
         self._versions = ("", "")
+        self._health: dict[int, GpuHealthSample] = {}
+        self._gpu_events: Counter[GpuEvent] = Counter()
+        self._event_watcher: Callable[[], EventWatcherStatus | None] = lambda: None
 
     def set_nvml_info(
         self,
@@ -90,6 +100,30 @@ class DaemonState:
         """Where to read NVML error counts, and the versions found at start."""
         self._nvml_errors = errors
         self._versions = (driver_version, nvml_version)
+
+    def set_event_watcher(self, status: Callable[[], EventWatcherStatus]) -> None:
+        """Where to read how the NVML event thread is doing (NVML origin only)."""
+        self._event_watcher = status
+
+    def record_gpu_event(self, event: GpuEvent) -> None:
+        """Count one GPU event (an Xid, an ECC error event); called from the event thread."""
+        with self._lock:
+            self._gpu_events[event] += 1
+
+    def processes_on(self, gpu: int) -> list[dict[str, object]]:
+        """The processes on GPU ``gpu`` at the last poll, for the log line of a GPU event."""
+        with self._lock:
+            hosts = {sample.pid: sample for sample in self._host_processes}
+            return [
+                {
+                    "pid": process.pid,
+                    "gpu_memory_bytes": process.used_bytes,
+                    "command": hosts[process.pid].command if process.pid in hosts else "",
+                    "owner": hosts[process.pid].owner.label() if process.pid in hosts else "",
+                }
+                for process in self._processes
+                if process.gpu == gpu
+            ]
 
     def add_collector(self, name: str, interval_s: float) -> None:
         """Track the health of a source polled every ``interval_s``."""
@@ -134,6 +168,8 @@ class DaemonState:
                 self._host_processes = tuple(reading.host_processes)
             if reading.host_memory is not None:
                 self._host_memory = reading.host_memory
+            if reading.health is not None:
+                self._health = {sample.gpu: sample for sample in reading.health}
 
     def gpu_pids(self) -> list[int]:
         """Pids of the processes currently on a GPU."""
@@ -154,6 +190,9 @@ class DaemonState:
                 nvml_errors=self._nvml_errors(),
                 driver_version=self._versions[0],
                 nvml_version=self._versions[1],
+                health=tuple(self._health[gpu] for gpu in sorted(self._health)),
+                gpu_events=dict(self._gpu_events),
+                event_watcher=self._event_watcher(),
             )
 
     def _update(self, name: str, **changes: object) -> None:

@@ -3,18 +3,24 @@
 Readings go to the detection engine; its events go to the log, the journal
 and the policy; the policy's decisions go to the log, the journal and, unless
 suppressed or in dry run, to the training processes through the control
-server. All of it under one lock, since polls and client reports arrive on
-different threads. The decision logic itself lives in the pure engines.
+server. Client heartbeats and departures go to the stall detector (hung
+jobs, lost ranks), whose findings also make the daemon ask the processes
+concerned for their stacks; every poll, the latest readings go to the orphan
+detector. All of it under one lock, since polls and client reports arrive on
+different threads. The decision logic itself lives in the pure detectors and
+engines.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -22,15 +28,24 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from watchdog.daemon import hang_metrics, stacks
 from watchdog.daemon.state import DaemonState
+from watchdog.detectors.events import RAISED
+from watchdog.detectors.orphans import ORPHANED_MEMORY, OrphanDetector
+from watchdog.detectors.stall import RANK_LOST, STALLED, StallDetector
 from watchdog.policy.engine import SEND, SUPPRESSED, Decision, JobRef, Policy
 from watchdog.policy.journal import Journal, decision_entry
 from watchdog.policy.rules import Schedule
-from watchdog.samples import Reading
+from watchdog.samples import SIMULATED, Reading
+from watchdog.sources.host import process_exited, sees_host_pids
 
 log = structlog.get_logger("watchdog.supervisor")
 
 _CUDA_INDEX = re.compile(r"^cuda:(\d+)$")
+GROUP_RESTART = "restart_group"
+STACKS_TIMEOUT_S = 30.0
+"""A stack dump is answered by the client's background thread at once; a client that
+does not answer in this long has a stuck background thread too."""
 
 
 class Supervisor:
@@ -43,6 +58,11 @@ class Supervisor:
         state: The daemon state (to map CUDA devices to GPUs).
         server: The control server, or None when no client can be reached.
         wall: Wall clock for the journal and the guards.
+        restart_budget: (max_restarts, restart_window_s) of the policy, for its metrics.
+        detection: The detection settings (stall and orphan thresholds); defaults if None.
+        clock: Monotonic clock of the stall and orphan detectors.
+        proc_root: procfs, to tell whether the host's pid namespace is visible.
+        exited: Whether a process (pid, start time) has exited (or does so in a moment).
     """
 
     def __init__(
@@ -54,6 +74,10 @@ class Supervisor:
         server: Any = None,
         wall: Callable[[], float] = time.time,
         restart_budget: tuple[int, float] = (3, 86400.0),
+        detection: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        proc_root: Path = Path("/proc"),
+        exited: Callable[[int, int | None], bool] = process_exited,
     ) -> None:
         self._engine = engine
         self._policy = policy
@@ -68,6 +92,13 @@ class Supervisor:
         self._suppressed: Counter[tuple[str, str]] = Counter()
         self._results: Counter[tuple[str, str]] = Counter()
         self._restart_budget = restart_budget
+        self._clock = clock
+        self._exited = exited
+        self._stalls, self._orphans = _hang_detectors(detection, proc_root)
+        # Orphans are judged on the state's latest readings, but only on kinds that some
+        # source has reported: an empty process list that nobody polled explains nothing.
+        self._reported: set[str] = set()
+        self._stack_requests: list[tuple[int, Any]] = []
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -77,21 +108,46 @@ class Supervisor:
             self._last_t = max(self._last_t, reading.t)
             events = self._engine.observe(reading)
             self._take_events(events)
+            now = self._clock()
+            self._take_events(self._stalls.tick(now))
+            self._take_events(self._judge_orphans(reading, now))
             decisions = self._policy.decide(reading.t, self._wall(), self._jobs)
+        self._request_stacks()
         self._carry_out(decisions)
 
     def on_report(self, client: Any, report: Any) -> None:
-        """A client's heartbeat: feed its allocator figures to detection."""
-        if report.allocated_bytes is None or report.reserved_bytes is None:
-            return
+        """A client's heartbeat: its step to stall detection, its allocator figures to leaks."""
         gpu = self._gpu_of(client)
-        if gpu is None:
-            return
+        registration = client.registration
         with self._lock:
-            events = self._engine.observe_allocator(
-                self._last_t, gpu, client.pid, report.allocated_bytes, report.reserved_bytes
-            )
-            self._take_events(events)
+            self._take_events(self._stalls.heartbeat(
+                self._clock(), client.pid, client.job, report.step, rank=registration.rank,
+                world_size=registration.world_size, gpu=-1 if gpu is None else gpu,
+            ))
+            if gpu is not None and None not in (report.allocated_bytes, report.reserved_bytes):
+                events = self._engine.observe_allocator(
+                    self._last_t, gpu, client.pid, report.allocated_bytes, report.reserved_bytes
+                )
+                self._take_events(events)
+        self._request_stacks()
+
+    def on_leave(
+        self, client: Any, detached: bool, error: str, peer_gone: bool = True
+    ) -> None:
+        """A client's connection closed: a rank of a multi-rank job may have died.
+
+        ``peer_gone``: the process closed it (False: the daemon dropped a live, misbehaving
+        or silent client, which is no death).
+        """
+        # A clean goodbye needs no look at the process; without one, wait a moment for it to die.
+        gone = peer_gone and not detached and self._exited(client.pid, client.started)
+        with self._lock:
+            self._take_events(self._stalls.left(
+                self._clock(), client.pid, detached=detached, gone=gone, error=error
+            ))
+            decisions = self._policy.decide(self._last_t, self._wall(), self._jobs)
+        self._request_stacks()
+        self._carry_out(decisions)
 
     def detection_status(self) -> list[Any]:
         """The detection engine's per-series status, read under the lock."""
@@ -167,9 +223,14 @@ class Supervisor:
     def _take_events(self, events: list[Any]) -> None:
         for event in events:
             self._findings[(event.kind, event.state)] += 1
-            self._policy.observe(event)
+            if event.kind != ORPHANED_MEMORY:  # held by no job: nothing for the policy to act on
+                self._policy.observe(event)
             entry = {"type": "finding", "wall": self._wall(), **event.to_json()}
             self._journal.append(entry)
+            if hasattr(event, "log_fields"):  # hangs and orphans: no memory-series figures
+                log.warning(f"{event.kind}_{event.state}", **event.log_fields())
+                self._want_stacks(event)
+                continue
             log.warning(
                 f"{event.kind}_{event.state}",
                 gpu=event.gpu,
@@ -187,7 +248,13 @@ class Supervisor:
             return []
         clients = self._server.clients()
         if pid is not None:
-            chosen = [c for c in clients if c.pid == pid]
+            # Only the process the finding is about: one that got its pid after it exited
+            # (both start times known, and different) is another process, maybe another job.
+            known = self._engine.process_started(pid)
+            chosen = [c for c in clients if c.pid == pid and _same_process(known, c.started)]
+            lost_job = self._stalls.job_of_lost(pid)
+            if not chosen and lost_job is not None:  # a dead rank: act on the ranks left
+                chosen = [c for c in clients if c.job == lost_job]
         else:
             chosen = [c for c in clients if self._gpu_of(c) == gpu]
         refs = {c.job: JobRef(c.job, _user(c.uid)) for c in chosen}
@@ -225,8 +292,88 @@ class Supervisor:
         if self._server is None:
             self._finished(decision, [], "no control server")
             return
-        future: Future[Any] = self._server.send_command_async(decision.job, decision.action, 0)
+        args = self._command_args(decision)
+        future: Future[Any] = self._server.send_command_async(
+            decision.job, decision.action, 0, **({"args": args} if args else {})
+        )
         future.add_done_callback(lambda done: self._on_done(decision, done))
+
+    def _command_args(self, decision: Decision) -> dict[str, Any]:
+        """Arguments of a command: for a group restart, the step each rank was seen stuck at.
+
+        A rank that has stepped on by the time the command arrives refuses it, so a job
+        that recovers in the meantime is not restarted.
+        """
+        if decision.action != GROUP_RESTART or self._server is None:
+            return {}
+        with self._lock:
+            steps = {
+                str(c.pid): step
+                for c in self._server.clients()
+                if c.job == decision.job and (step := self._stalls.step_of(c.pid)) is not None
+            }
+        return {"steps": steps}
+
+    # --- hung jobs and orphaned memory ----------------------------------------------------
+
+    def _judge_orphans(self, reading: Reading, now: float) -> list[Any]:
+        """Orphan detection on the latest readings of every source (under the lock)."""
+        kinds = {"processes": reading.processes, "host": reading.host_processes}
+        self._reported.update(kind for kind, value in kinds.items() if value is not None)
+        snapshot = self._state.snapshot()
+        live = [c.pid for c in self._server.clients()] if self._server is not None else []
+        # A simulated GPU's pids are made up: no host process can tell anything about them.
+        hosted = "host" in self._reported and snapshot.origin != SIMULATED
+        return list(self._orphans.observe(
+            now,
+            snapshot.devices,
+            snapshot.processes if "processes" in self._reported else None,
+            snapshot.host_processes if hosted else None,
+            live,
+        ))
+
+    def _want_stacks(self, event: Any) -> None:
+        """Ask for the stacks of a stalled process, or of the ranks left waiting on a dead one.
+
+        Once per raised finding: a stall that lasts an hour is dumped once.
+        """
+        if event.state != RAISED or self._server is None:
+            return
+        if event.kind == STALLED:
+            self._stack_requests.append((event.pid, event))
+        elif event.kind == RANK_LOST:
+            self._stack_requests += [(pid, event) for pid in event.waiting]
+
+    def _request_stacks(self) -> None:
+        """Send the ``dump_stacks`` requests gathered under the lock (never under it)."""
+        with self._lock:
+            requests, self._stack_requests = self._stack_requests, []
+        for pid, event in requests:
+            future: Future[Any] = self._server.send_command_async(
+                pid, "dump_stacks", 0, timeout_s=STACKS_TIMEOUT_S
+            )
+            future.add_done_callback(functools.partial(self._log_stacks, pid, event))
+
+    def _log_stacks(self, pid: int, event: Any, future: Future[Any]) -> None:
+        """Log (and journal) where each thread of ``pid`` is, compactly."""
+        try:
+            results = future.result()
+        except Exception as exc:  # the client left meanwhile
+            log.warning("stacks_unavailable", pid=pid, job=event.job, error=str(exc))
+            return
+        for result in results:
+            if not result.ok:
+                log.warning("stacks_unavailable", pid=pid, job=event.job, error=result.error)
+                continue
+            threads = stacks.summarize(result.details)
+            log.warning(
+                "stacks", finding=event.kind, job=event.job, pid=pid, rank=result.rank,
+                threads=threads,
+            )
+            self._journal.append({
+                "type": "stacks", "wall": self._wall(), "finding": event.kind,
+                "job": event.job, "pid": pid, "rank": result.rank, "threads": threads,
+            })
 
     def _on_done(self, decision: Decision, future: Future[Any]) -> None:
         try:
@@ -261,7 +408,8 @@ class Supervisor:
     # --- metrics --------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        """Findings, actions, suppressions, command results, restart budgets, journal errors."""
+        """Findings, actions, suppressions, command results, restart budgets, journal errors,
+        stalls, lost ranks and orphaned memory."""
         with self._lock:
             findings, actions = dict(self._findings), dict(self._actions)
             suppressed, results = dict(self._suppressed), dict(self._results)
@@ -310,6 +458,14 @@ class Supervisor:
         )
         errors.add_metric([], self._journal.write_errors)
         yield errors
+        clients = self._server.clients() if self._server is not None else []
+        with self._lock:
+            now = self._clock()
+            hangs = (self._stalls.clients(now), self._stalls.lost_ranks())
+            orphans = (self._orphans.active(), self._orphans.unattributed_bytes())
+        yield from hang_metrics.families(
+            clients, *hangs, *orphans, origin=self._state.snapshot().origin
+        )
 
 
 def _counter(
@@ -319,6 +475,25 @@ def _counter(
     for key, value in sorted(values.items()):
         family.add_metric(list(key), value)
     return family
+
+
+def _hang_detectors(detection: Any, proc_root: Path) -> tuple[StallDetector, OrphanDetector]:
+    """The stall and orphan detectors as the detection settings ask (defaults without)."""
+    if detection is None:
+        return StallDetector(), OrphanDetector(unattributed=sees_host_pids(proc_root))
+    claim = detection.orphan_unattributed
+    unattributed = claim == "on" or (claim == "auto" and sees_host_pids(proc_root))
+    return (
+        StallDetector(detection.stall_step_factor, detection.stall_min_s),
+        OrphanDetector(
+            detection.orphan_min_age_s, detection.orphan_unattributed_min_bytes, unattributed
+        ),
+    )
+
+
+def _same_process(started: int | None, other: int | None) -> bool:
+    """False only when both start times are known and differ: the pid was reused."""
+    return started is None or other is None or started == other
 
 
 def _user(uid: int) -> str:

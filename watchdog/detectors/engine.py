@@ -4,6 +4,13 @@ Pure: it is handed samples with their times and returns events. The daemon
 calls ``observe`` with each source's ``Reading``; ``gpu-watchdog replay``
 calls ``observe_step`` with the rows of a trace, which is what ``observe``
 itself calls, so a replay decides exactly what the live daemon decided.
+
+A pid names one process only while that process lives: the kernel reuses
+pids. The host source reports when each process started; a pid seen with
+another start time is a new process, and everything learnt under that pid
+is forgotten first: its series, their findings (cleared) and their history.
+``process_started`` tells which process a pid's series belong to, so that
+the daemon never takes a new process with that pid for the old one.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class DetectionEngine:
         self._others: dict[Key, Series] = {}
         self._pids: dict[int, frozenset[int]] = {}
         self._gpu_of_pid: dict[int, int] = {}
+        self._started: dict[int, int] = {}
+        """pid -> start time of the process whose series are kept under that pid."""
         self._next_sweep = 0.0
 
     # -- input
@@ -152,6 +161,7 @@ class DetectionEngine:
         host_processes = reading.host_processes or []
         present = set()
         for sample in host_processes:
+            self._identify(reading.t, sample.pid, sample.started)
             rss = sample.total_rss_bytes
             if rss is None or memory is None:
                 continue
@@ -167,6 +177,7 @@ class DetectionEngine:
             series.add(reading.t, rss, memory.total_bytes)
         for gone in [k for k in self._others if k[0] == HOST_RSS and k[2] not in present]:
             self._others.pop(gone).forget(reading.t, "process exited")
+            self._release(gone[2])
         events = self._out[:]
         self._out.clear()
         return events
@@ -198,6 +209,44 @@ class DetectionEngine:
             series = self._others.pop((kind, gpu, pid), None)
             if series is not None:
                 series.forget(t, "process exited")
+        self._release(pid)
+
+    # -- process identity
+
+    def _identify(self, t: float, pid: int, started: int | None) -> None:
+        """Note which process ``pid`` names; if another than before, forget the old one."""
+        if started is None:
+            return  # unknown: the pid alone has to do
+        known = self._started.get(pid)
+        if known == started:
+            return
+        if known is not None:
+            self._forget_pid(t, pid, "pid reused by a new process")
+        self._started[pid] = started
+
+    def _forget_pid(self, t: float, pid: int, why: str) -> None:
+        """Forget every series of ``pid``: nothing of the old process carries over."""
+        for gpu, other in [key for key in self._processes if key[1] == pid]:
+            self._processes.pop((gpu, other)).forget(t, why)
+            # The GPU's sum now holds another process: judge it afresh on the next poll.
+            self._pids[gpu] = self._pids.get(gpu, frozenset()) - {pid}
+        for key in [key for key in self._others if key[2] == pid]:
+            self._others.pop(key).forget(t, why)
+        self._gpu_of_pid.pop(pid, None)
+
+    def process_started(self, pid: int) -> int | None:
+        """Start time of the process whose series are kept under ``pid`` (None: unknown)."""
+        return self._started.get(pid)
+
+    def _release(self, pid: int | None) -> None:
+        """Drop the identity of ``pid`` once no series of it is left (the process is gone)."""
+        if pid is None or pid not in self._started:
+            return
+        if any(key[1] == pid for key in self._processes) or any(
+            key[2] == pid for key in self._others
+        ):
+            return
+        del self._started[pid]
 
     def _sweep(self, t: float) -> None:
         """Forget series not seen for ``forget_after_s`` (GPU gone, process list not reported)."""
@@ -209,6 +258,9 @@ class DetectionEngine:
             self._forget_process(t, gpu, pid)
         for key in [k for k, s in self._others.items() if s.last_t < horizon]:
             self._others.pop(key).forget(t, "no samples")
+        # Identities of pids with no series left (gone, or never with a figure): bounded memory.
+        kept = {pid for _, pid in self._processes} | {key[2] for key in self._others}
+        self._started = {pid: at for pid, at in self._started.items() if pid in kept}
 
     # -- growth kind
 

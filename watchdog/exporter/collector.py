@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from watchdog import __version__
 from watchdog.daemon.state import Snapshot
+from watchdog.exporter.gpu_faults import gpu_faults
 
 PREFIX = "gpu_watchdog_"
 
@@ -57,6 +58,7 @@ class StateCollector(Collector):
         yield from _host(snap)
         yield from _collectors(snap, self._stall_after_s)
         yield from _nvml_errors(snap)
+        yield from gpu_faults(snap)
 
 
 def _gauge(name: str, documentation: str, labels: Iterable[str]) -> GaugeMetricFamily:

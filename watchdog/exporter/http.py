@@ -3,21 +3,34 @@
 Scrapes are served from the daemon's last snapshot (collectors never call
 NVML), on a bounded number of threads with a per-connection timeout, so a
 hung driver or a flood of scrapers cannot take the daemon down.
+
+Only GET and HEAD of those two paths (and ``/``) are served: nothing over
+HTTP changes the daemon. With TLS configured the handshake runs on the
+connection's own thread, never the accepting one, so a client that connects
+and says nothing, or speaks plain HTTP, holds one slot for at most
+``REQUEST_TIMEOUT_S`` and costs nobody else anything. docs/security.md has the
+threat model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
+import sys
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from watchdog.config import parse_listen
+from watchdog.exporter.security import WebSecurity
 
 log = structlog.get_logger("watchdog.exporter.http")
 
@@ -25,6 +38,13 @@ HealthCheck = Callable[[], tuple[bool, str]]
 """Returns (healthy, one-line reason)."""
 
 REQUEST_TIMEOUT_S = 10.0
+REJECTIONS = ("tls_handshake", "no_credentials", "bad_credentials", "method_not_allowed")
+"""Why a request was refused; the label values of ``gpu_watchdog_http_requests_rejected_total``."""
+ALLOWED_METHODS = "GET, HEAD"
+_PLAIN_HTTP_REPLY = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\n\r\nThis endpoint speaks HTTPS: use https://\n"
+)
 
 
 class _BoundedServer(ThreadingHTTPServer):
@@ -38,10 +58,24 @@ class _BoundedServer(ThreadingHTTPServer):
         handler: type[BaseHTTPRequestHandler],
         slots: int,
         family: socket.AddressFamily,
+        security: WebSecurity,
     ) -> None:
         self.address_family = family
+        self.security = security
+        self._rejected: Counter[str] = Counter(dict.fromkeys(REJECTIONS, 0))
         self._slots = threading.BoundedSemaphore(slots)
+        self._count_lock = threading.Lock()
         super().__init__(address, handler)
+
+    def reject(self, reason: str) -> None:
+        """Count a refused request."""
+        with self._count_lock:
+            self._rejected[reason] += 1
+
+    def rejections(self) -> dict[str, int]:
+        """Refused requests so far, by reason (every reason, zeros included)."""
+        with self._count_lock:
+            return dict(self._rejected)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Waiting here keeps extra connections in the kernel's backlog instead of
@@ -59,6 +93,46 @@ class _BoundedServer(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver would print a traceback to stderr for a client that hung up or sent
+        # a bad TLS record mid-request: that is the client's problem, not the daemon's.
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.debug("http_connection_failed", client=client_address[0], error=str(error))
+        else:
+            log.exception("http_handler_failed", client=client_address[0])
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # Read once: a SIGHUP that swaps the context mid-connection never mixes configs.
+        context = self.security.tls
+        if context is None:
+            super().finish_request(request, client_address)
+            return
+        secured = self._handshake(context, request, client_address)
+        if secured is None:
+            return
+        try:
+            super().finish_request(secured, client_address)
+        finally:
+            secured.close()
+
+    def _handshake(
+        self, context: ssl.SSLContext, request: socket.socket, client_address: Any
+    ) -> ssl.SSLSocket | None:
+        """The TLS connection, or None (counted, logged at debug) when there is none."""
+        request.settimeout(REQUEST_TIMEOUT_S)
+        try:
+            if request.recv(1, socket.MSG_PEEK).isalpha():  # "GET ...": forgot https://
+                request.sendall(_PLAIN_HTTP_REPLY)
+                error = "plain HTTP sent to the TLS port"
+            else:
+                return context.wrap_socket(request, server_side=True)
+        except OSError as exc:  # SSLError, timeouts and resets are all OSErrors
+            error = str(exc)
+        self.reject("tls_handshake")
+        log.debug("tls_handshake_failed", client=client_address[0], error=error)
+        return None
+
 
 class MetricsServer:
     """Serves ``registry`` on ``/metrics`` and ``health`` on ``/healthz``.
@@ -68,6 +142,7 @@ class MetricsServer:
         registry: The daemon's own registry (never the global one).
         health: Called for ``/healthz``.
         max_concurrent: Requests handled at once.
+        security: TLS and basic auth; plain, open HTTP when None.
     """
 
     def __init__(
@@ -76,11 +151,14 @@ class MetricsServer:
         registry: CollectorRegistry,
         health: HealthCheck,
         max_concurrent: int = 8,
+        security: WebSecurity | None = None,
     ) -> None:
         host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         handler = _make_handler(registry, health)
-        self._server = _BoundedServer((host, port), handler, max_concurrent, family)
+        self._server = _BoundedServer(
+            (host, port), handler, max_concurrent, family, security or WebSecurity()
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True
         )
@@ -89,6 +167,15 @@ class MetricsServer:
     def port(self) -> int:
         """The port actually bound."""
         return int(self._server.server_address[1])
+
+    @property
+    def security(self) -> WebSecurity:
+        """The TLS and auth settings in force."""
+        return self._server.security
+
+    def secure(self, security: WebSecurity) -> None:
+        """Use ``security`` from the next connection on (SIGHUP: new certificates or users)."""
+        self._server.security = security
 
     def start(self) -> None:
         """Serve in a background thread."""
@@ -100,34 +187,94 @@ class MetricsServer:
             self._server.shutdown()
         self._server.server_close()
 
+    def collector(self) -> _RejectionCollector:
+        """A collector of ``gpu_watchdog_http_requests_rejected_total``."""
+        return _RejectionCollector(self._server)
+
+
+class _RejectionCollector:
+    def __init__(self, server: _BoundedServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "gpu_watchdog_http_requests_rejected",
+            "Requests to /metrics and /healthz refused, by reason.",
+            labels=["reason"],
+        )
+        counts = self._server.rejections()
+        for reason in REJECTIONS:
+            family.add_metric([reason], counts[reason])
+        yield family
+
 
 def _make_handler(registry: CollectorRegistry, health: HealthCheck) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = REQUEST_TIMEOUT_S
         server_version = "gpu-watchdog"
+        server: _BoundedServer
+
+        def version_string(self) -> str:
+            # Not the default "gpu-watchdog Python/3.x": the interpreter is nobody's business.
+            return self.server_version
 
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                self._reply(200, content_type, encoder(registry))
-            elif path == "/healthz":
-                ok, reason = health()
-                self._reply(
-                    200 if ok else 503, "text/plain; charset=utf-8", (reason + "\n").encode()
-                )
-            elif path == "/":
-                body = b"gpu-watchdog: see /metrics and /healthz\n"
-                self._reply(200, "text/plain; charset=utf-8", body)
-            else:
-                self._reply(404, "text/plain; charset=utf-8", b"not found\n")
+            self._serve(body=True)
 
-        def _reply(self, status: int, content_type: str, body: bytes) -> None:
+        def do_HEAD(self) -> None:
+            self._serve(body=False)
+
+        def _refuse_method(self) -> None:
+            self.server.reject("method_not_allowed")
+            self._reply(405, "text/plain; charset=utf-8", b"method not allowed\n",
+                        headers={"Allow": ALLOWED_METHODS})
+
+        # Every method HTTP defines besides GET and HEAD; unknown ones get 501.
+        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse_method
+        do_OPTIONS = do_TRACE = do_CONNECT = _refuse_method
+
+        def _serve(self, body: bool) -> None:
+            path = self.path.split("?", 1)[0]
+            auth = self.server.security.auth
+            header = self.headers.get("Authorization")
+            authorized = auth is None or auth.check(header)
+            if path == "/healthz":
+                # Probes (kubelet, load balancers) carry no credentials: they get the
+                # verdict; only an authorized caller gets the reason, which names sources.
+                ok, reason = health()
+                text = reason if authorized else reason.split(":", 1)[0]
+                self._reply(200 if ok else 503, "text/plain; charset=utf-8",
+                            (text + "\n").encode(), body)
+            elif not authorized:
+                self.server.reject("no_credentials" if header is None else "bad_credentials")
+                self._reply(401, "text/plain; charset=utf-8", b"unauthorized\n", body,
+                            {"WWW-Authenticate": 'Basic realm="gpu-watchdog", charset="UTF-8"'})
+            elif path == "/metrics":
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                self._reply(200, content_type, encoder(registry), body)
+            elif path == "/":
+                index = b"gpu-watchdog: see /metrics and /healthz\n"
+                self._reply(200, "text/plain; charset=utf-8", index, body)
+            else:
+                self._reply(404, "text/plain; charset=utf-8", b"not found\n", body)
+
+        def _reply(
+            self,
+            status: int,
+            content_type: str,
+            payload: bytes,
+            body: bool = True,
+            headers: dict[str, str] | None = None,
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body)
+            if body:
+                with contextlib.suppress(ConnectionError):  # the client left: nothing to do
+                    self.wfile.write(payload)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("http_request", client=self.client_address[0], line=format % args)

@@ -13,11 +13,12 @@ replay) and predicts the time to OOM; ``wall`` is seconds since the epoch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from watchdog.policy.rules import RESTART, LadderStep
+from watchdog.policy.rules import RESTARTS, LadderStep, effective_ladder
 
 SEND = "send"
 DRY_RUN = "dry_run"
@@ -103,21 +104,38 @@ class Ledger:
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], float] = {}
         self._restarts: dict[str, list[float]] = {}
-        self._in_flight: dict[str, str] = {}
+        self._in_flight: dict[str, tuple[str, float]] = {}
+        """job -> (action, wall time after which it no longer counts as in flight)."""
 
     def record(self, decision: Decision) -> None:
         """Remember a sent (or dry-run) decision."""
         if decision.outcome == SUPPRESSED:
             return
         self._last[(decision.job, decision.action)] = decision.wall
-        if decision.action == RESTART:
+        if decision.action in RESTARTS:
             self._restarts.setdefault(decision.job, []).append(decision.wall)
         if decision.outcome == SEND:
-            self._in_flight[decision.job] = decision.action
+            self._in_flight[decision.job] = (decision.action, math.inf)
 
     def finished(self, job: str) -> None:
         """The job's command in flight answered (or its client went away)."""
         self._in_flight.pop(job, None)
+
+    def unanswered(self, for_s: float) -> None:
+        """Let the commands now in flight count as such for ``for_s`` more after being sent.
+
+        For a ledger read back from the journal: a command the previous daemon sent
+        and got no result for may still be running (a checkpoint takes minutes), and
+        its result went to a connection that is gone. Holding the job for as long as
+        that daemon would have waited keeps a restarted daemon from sending the job
+        another command meanwhile, or the same one again.
+        """
+        for job, (action, _) in list(self._in_flight.items()):
+            sent = self._last.get((job, action))
+            if sent is None or for_s <= 0:
+                del self._in_flight[job]
+            else:
+                self._in_flight[job] = (action, sent + for_s)
 
     def last(self, job: str, action: str) -> float | None:
         """Wall time ``action`` was last taken on ``job``."""
@@ -127,9 +145,12 @@ class Ledger:
         """Restarts of ``job`` at or after ``since_wall``."""
         return sum(1 for when in self._restarts.get(job, ()) if when >= since_wall)
 
-    def in_flight(self, job: str) -> str | None:
-        """The command in flight for ``job``, if any."""
-        return self._in_flight.get(job)
+    def in_flight(self, job: str, wall: float = -math.inf) -> str | None:
+        """The command in flight for ``job`` at wall time ``wall``, if any."""
+        entry = self._in_flight.get(job)
+        if entry is None or wall >= entry[1]:
+            return None
+        return entry[0]
 
 
 FindingKey = tuple[str, str, int, "int | None"]
@@ -176,7 +197,7 @@ class Policy:
     def from_settings(cls, settings: Any, ledger: Ledger | None = None) -> Policy:
         """A policy from a ``PolicySettings``."""
         return cls(
-            settings.ladder,
+            effective_ladder(settings),
             settings.cooldown_s,
             settings.max_restarts,
             settings.restart_window_s,
@@ -186,7 +207,7 @@ class Policy:
 
     def reconfigure(self, settings: Any) -> None:
         """Take new ladder and guard settings; findings and history are kept."""
-        self._ladder = tuple(settings.ladder)
+        self._ladder = effective_ladder(settings)
         self._cooldown_s = settings.cooldown_s
         self._max_restarts = settings.max_restarts
         self._restart_window_s = settings.restart_window_s
@@ -308,11 +329,11 @@ class Policy:
         last = self.ledger.last(job, action)
         if last is not None and wall - last < self._cooldown_s:
             return "cooldown"
-        if action == RESTART:
+        if action in RESTARTS:
             since = wall - self._restart_window_s
             if self.ledger.restarts_since(job, since) >= self._max_restarts:
                 return "restart_budget"
-        if self.ledger.in_flight(job):
+        if self.ledger.in_flight(job, wall):
             return "in_flight"
         return ""
 

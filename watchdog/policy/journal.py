@@ -2,8 +2,10 @@
 
 Every entry is appended with one ``write`` and fsynced, so a crash loses at
 most the line being written; a torn last line is skipped when the journal is
-read back. A journal that cannot be written (disk full, read-only) is
-reported and counted, and the daemon carries on.
+read back, and ended with a newline before the next entry is appended, so
+that entry starts a line of its own instead of being glued to the torn one
+(and lost with it). A journal that cannot be written (disk full, read-only)
+is reported and counted, and the daemon carries on.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Journal:
         self._keep = keep
         self._lock = threading.Lock()
         self.write_errors = 0
+        self._tail_ok = False
+        """The file is known to end with a whole line (checked once, and after any error)."""
 
     def append(self, entry: dict[str, Any]) -> bool:
         """Append one entry; False (logged and counted) if it could not be written."""
@@ -58,8 +62,11 @@ class Journal:
             try:
                 self._directory.mkdir(parents=True, exist_ok=True)
                 self._rotate_if_needed(len(line))
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
                 try:
+                    if not self._tail_ok:
+                        _end_torn_line(fd)
+                        self._tail_ok = True
                     written = os.write(fd, line)
                     if written != len(line):
                         raise OSError(f"short write ({written} of {len(line)} bytes)")
@@ -67,6 +74,7 @@ class Journal:
                 finally:
                     os.close(fd)
             except OSError as exc:
+                self._tail_ok = False  # a failed write may have left part of a line
                 self.write_errors += 1
                 log.error("journal_write_failed", path=str(self.path), error=str(exc))
                 return False
@@ -115,6 +123,13 @@ class Journal:
                     stats.skipped_lines += 1
 
 
+def _end_torn_line(fd: int) -> None:
+    """End the last line if it is torn (its writer killed mid-line), so the next starts anew."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        os.write(fd, b"\n")
+
+
 def _fsync_directory(directory: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
@@ -129,15 +144,20 @@ def decision_entry(decision: Decision) -> dict[str, Any]:
     return {"type": "decision", "wall": decision.wall, **decision.to_json()}
 
 
-def ledger_from(entries: Iterator[dict[str, Any]]) -> Ledger:
+def ledger_from(entries: Iterator[dict[str, Any]], unanswered_for_s: float = 0.0) -> Ledger:
     """Rebuild the guards' memory from journal entries.
 
-    A command still in flight when the daemon stopped is not carried over: its
-    client re-registers with the new daemon, and the command is never resent
-    on its own (no command runs twice).
+    Cooldowns and restart budgets come back as they were. A command sent with no
+    result journalled after it (the daemon died first) is never resent: it
+    counts for its cooldown and budget, and it keeps its job in flight until
+    ``unanswered_for_s`` after it was sent (the command timeout: how long the
+    old daemon would have waited), since the process may still be running it.
     """
     ledger = Ledger()
     for entry in entries:
+        if entry.get("type") == "result" and isinstance(entry.get("job"), str):
+            ledger.finished(entry["job"])
+            continue
         if entry.get("type") != "decision" or entry.get("outcome") == SUPPRESSED:
             continue
         try:
@@ -156,5 +176,5 @@ def ledger_from(entries: Iterator[dict[str, Any]]) -> Ledger:
         except (KeyError, TypeError, ValueError):
             continue
         ledger.record(decision)
-        ledger.finished(decision.job)
+    ledger.unanswered(unanswered_for_s)
     return ledger

@@ -8,10 +8,20 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-ACTIONS = ("empty_cache", "dump_snapshot", "dump_stacks", "checkpoint", "checkpoint_and_restart")
-FINDINGS = ("leak", "near_oom", "*")
+ACTIONS = (
+    "empty_cache",
+    "dump_snapshot",
+    "dump_stacks",
+    "checkpoint",
+    "checkpoint_and_restart",
+    "restart_group",
+)
+FINDINGS = ("leak", "near_oom", "stalled", "rank_lost", "*")
 CAUSES = ("tensors_kept_alive", "allocator_cache", "outside_pytorch", "unknown", "*")
 RESTART = "checkpoint_and_restart"
+GROUP_RESTART = "restart_group"
+RESTARTS = (RESTART, GROUP_RESTART)
+"""Actions that restart a job: both spend its restart budget."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,21 @@ DEFAULT_LADDER = (
     # Near OOM without a leak: free the cache and let the alert tell a human.
     LadderStep(finding="near_oom", action="empty_cache"),
 )
+
+
+# policy.group_restart adds this rung: a job whose ranks stopped stepping is restarted by
+# its launcher. A hung rank blocks its training thread in a collective, so no checkpoint can
+# be taken there; each rank exits from its background thread with the restart exit code and
+# torchrun (--max-restarts) starts the whole group again from its last checkpoint.
+GROUP_RESTART_LADDER = (LadderStep(finding="stalled", action=GROUP_RESTART),)
+
+
+def effective_ladder(settings: Any) -> tuple[LadderStep, ...]:
+    """The configured ladder, plus the group-restart rung when ``policy.group_restart`` is on."""
+    ladder = tuple(settings.ladder)
+    if getattr(settings, "group_restart", False):
+        ladder += GROUP_RESTART_LADDER
+    return ladder
 
 
 def _table(value: Any, what: str) -> dict[str, Any]:

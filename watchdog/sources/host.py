@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import psutil
 import structlog
 
+from watchdog.identity import start_ticks
 from watchdog.samples import NVML, HostMemory, HostProcessSample, Owner, Reading
 from watchdog.sources.attribution import owner_of
 
@@ -81,10 +83,22 @@ class HostSource:
                     rss: int | None = int(process.memory_info().rss)
                 except psutil.AccessDenied:
                     rss = None
+        except psutil.ZombieProcess:
+            # A zombie may still hold a GPU context (orphan detection needs it): keep the pid.
+            return HostProcessSample(
+                pid=pid,
+                started=start_ticks(pid, self._proc_root),
+                **_parent_and_state(self._proc_root, pid),
+            )
         except _GONE:
             return None
         except psutil.AccessDenied:
-            return HostProcessSample(pid=pid, owner=owner_of(pid, self._proc_root))
+            return HostProcessSample(
+                pid=pid,
+                owner=owner_of(pid, self._proc_root),
+                started=start_ticks(pid, self._proc_root),
+                **_parent_and_state(self._proc_root, pid),
+            )
         return HostProcessSample(
             pid=pid,
             command=command,
@@ -92,6 +106,8 @@ class HostSource:
             rss_bytes=rss,
             children_rss_bytes=self._descendants_rss(pid, children),
             owner=self._owner(pid, started),
+            started=start_ticks(pid, self._proc_root),
+            **_parent_and_state(self._proc_root, pid),
         )
 
     def _children(self, pids: list[int]) -> dict[int, list[int]]:
@@ -172,6 +188,36 @@ def _statm_rss(proc_root: Path, pid: int) -> int | None:
         return None
 
 
+_STATES = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "disk-sleep",
+    "Z": "zombie",
+    "T": "stopped",
+    "t": "tracing-stop",
+    "X": "dead",
+    "I": "idle",
+}
+
+
+def _parent_and_state(proc_root: Path, pid: int) -> dict[str, Any]:
+    """``ppid`` and ``state`` of ``pid`` from ``stat`` (readable for any process, zombies too).
+
+    What cannot be read is left out, so the sample keeps "unknown" rather than a guess.
+    """
+    try:
+        with open(proc_root / str(pid) / "stat", "rb") as stream:
+            data = stream.read()
+    except OSError:
+        return {}
+    # The command name sits in parentheses and may itself hold spaces or parentheses.
+    fields = data[data.rfind(b")") + 1 :].split()
+    try:
+        return {"state": _STATES.get(fields[0].decode(), ""), "ppid": int(fields[1])}
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return {}
+
+
 def _parent_map() -> dict[int, int]:
     """pid -> parent pid for every process on the host."""
     parents = {}
@@ -201,3 +247,43 @@ def _or_empty(read: Callable[[], str]) -> str:
         return read()
     except (psutil.AccessDenied, KeyError):  # KeyError: uid with no passwd entry
         return ""
+
+
+def process_exited(pid: int, started: int | None, within_s: float = 0.25) -> bool:
+    """True when process ``pid`` has exited (gone, or a zombie) or does so within ``within_s``.
+
+    A peer's socket closes while the kernel tears the process down, a moment
+    before it turns into a zombie, so a check at that instant can still see it
+    running: wait on a pidfd (readable once the process exits) for a short
+    while. A pid now held by another process (its start time differs from
+    ``started``) counts as exited. A pid the daemon cannot see (0: another pid
+    namespace) never does: nothing is claimed about it.
+    """
+    if pid <= 0:
+        return False
+    if started is not None and start_ticks(pid) not in (None, started):
+        return True
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except (OSError, AttributeError):  # no pidfds (old kernel): one look at its state
+        return _parent_and_state(Path("/proc"), pid).get("state", "zombie") in ("zombie", "dead")
+    try:
+        readable, _, _ = select.select([fd], [], [], within_s)
+        return bool(readable)
+    finally:
+        os.close(fd)
+
+
+def sees_host_pids(proc_root: Path = Path("/proc")) -> bool:
+    """True when this procfs shows the host's pid namespace (kernel threads are visible).
+
+    kthreadd (pid 2) exists only in the initial pid namespace: inside a container's
+    own namespace it is absent, and so may be the processes of other containers.
+    """
+    try:
+        with open(proc_root / "2" / "stat", "rb") as stream:
+            return b"(kthreadd)" in stream.read(64)
+    except OSError:
+        return False

@@ -140,6 +140,21 @@ class Nvml:
         """
         return self._invoke(name, args, kwargs, tolerated=frozenset())
 
+    def call_quiet(self, name: str, quiet: frozenset[str], *args: Any) -> Any:
+        """Call ``name``; a failure named in ``quiet`` is an expected answer, not counted.
+
+        For an event wait, Timeout means "nothing happened"; for a registration,
+        NotSupported is the device's answer. Both still raise NvmlCallError.
+
+        Raises:
+            NvmlCallError: the call failed; ``error`` names the NVML error.
+        """
+        return self._invoke(name, args, {}, tolerated=frozenset(), quiet=quiet)
+
+    def has(self, name: str) -> bool:
+        """Whether the binding has function ``name`` (an older nvidia-ml-py may lack it)."""
+        return hasattr(self.module, name)
+
     def optional(self, name: str, *args: Any, **kwargs: Any) -> Any | None:
         """Call ``name``; ``None`` when the driver or device does not support it.
 
@@ -158,7 +173,12 @@ class Nvml:
             return None
 
     def _invoke(
-        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], tolerated: frozenset[str]
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        tolerated: frozenset[str],
+        quiet: frozenset[str] = frozenset(),
     ) -> Any:
         module = self.module
         # pynvml's unversioned wrappers call the newest C function and raise
@@ -171,8 +191,9 @@ class Nvml:
             error = "LibraryMismatch" if mismatch and isinstance(exc, mismatch) else error_name(exc)
             if error in tolerated:
                 raise _Unsupported(name, error, str(exc)) from None
-            with self._lock:
-                self._errors[(name, error)] += 1
+            if error not in quiet:
+                with self._lock:
+                    self._errors[(name, error)] += 1
             raise NvmlCallError(name, error, str(exc)) from None
 
     def error_counts(self) -> dict[tuple[str, str], int]:

@@ -118,9 +118,14 @@ def _to_reading(step: TraceStep, t: float) -> Reading:
         )
         for row in step.devices
     ]
+    # As in replay: a step with process rows lists every process (a pid left out has
+    # exited; the same pid later is a new process), a step without any did not sample
+    # them (recorded traces sample processes less often than devices), so it ends none.
     processes = [
         GpuProcessSample(gpu=row.gpu, pid=row.pid, used_bytes=row.used_bytes)
         for row in step.processes
         if row.pid is not None
     ]
-    return Reading(t=t, origin=SIMULATED, devices=devices, processes=processes)
+    return Reading(
+        t=t, origin=SIMULATED, devices=devices, processes=processes if step.processes else None
+    )
