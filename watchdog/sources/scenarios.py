@@ -54,6 +54,42 @@ def _build(
     return rows
 
 
+FLEET_GPUS = 8
+FLEET_PROCESSES_PER_GPU = 8
+FLEET_PERIOD_S = 600
+"""Two sawtooth periods: the fleet trace ends where it began, so it loops without a jump."""
+
+
+def fleet_pid(gpu: int, process: int) -> int:
+    """The pid of process ``process`` on GPU ``gpu`` in the fleet scenario (4_000_1GP)."""
+    return 4_000_100 + 10 * gpu + process
+
+
+def _build_fleet() -> list[TraceRow]:
+    """A full node in steady state: every card busy with eight healthy processes.
+
+    Trace time is shifted past the warm-up and each card gets its own sawtooth
+    phase, so the 600 s trace is periodic (``simulation.loop`` plays it for
+    as long as wanted) and the cards do not all empty their caches at once.
+    """
+    rng = random.Random(1234)
+    rows: list[TraceRow] = []
+    for step in range(FLEET_PERIOD_S):
+        t = float(step)
+        for gpu in range(FLEET_GPUS):
+            steady_t = 3600.0 + t + 37.0 * gpu  # warm-up long over; phase differs per card
+            per_process = [
+                _quantised(_training_memory(steady_t, rng, 5 * GIB))
+                for _ in range(FLEET_PROCESSES_PER_GPU)
+            ]
+            rows.append(TraceRow(t, gpu, None, min(CARD_BYTES, sum(per_process)), CARD_BYTES))
+            rows.extend(
+                TraceRow(t, gpu, fleet_pid(gpu, index), memory, None)
+                for index, memory in enumerate(per_process)
+            )
+    return rows
+
+
 def _no_leak(t: float) -> float:
     return 0.0
 
@@ -74,6 +110,11 @@ SCENARIOS: dict[str, tuple[str, Callable[[], list[TraceRow]]]] = {
     "two-jobs-one-leak": (
         "two jobs on one card, the second leaking 15 MiB/s from minute 5",
         lambda: _build(7200, (_no_leak, _steady_leak(300, 15 * MIB)), (20 * GIB, 20 * GIB)),
+    ),
+    "fleet": (
+        "eight 80 GiB cards with eight healthy processes each, in steady state "
+        "(10 minutes that loop seamlessly with simulation.loop)",
+        _build_fleet,
     ),
 }
 
