@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from array import array
 from collections.abc import Callable
 
 from watchdog.config import DetectionSettings
@@ -35,6 +36,8 @@ from watchdog.detectors.trend import SEGMENTS, Trend, analyze_window
 WINDOWS = (18, 12)
 """Window lengths judged at each level, in buckets of that level (longest first)."""
 KEEP = max(WINDOWS)
+CAPACITY = 2 * KEEP
+"""Buckets a level stores before dropping its oldest ``KEEP`` at once."""
 DROPS_KEPT = 6
 DROP_NOISES = 6.0
 """A fall counts as a sawtooth drop when it is this many typical bucket-to-bucket changes."""
@@ -49,7 +52,16 @@ MIB = float(1 << 20)
 
 
 class _Level:
-    __slots__ = ("has", "hi", "idx", "lo", "maxs", "mins", "result", "starts", "width")
+    """One time scale: its open bucket and its last closed buckets, oldest first.
+
+    The closed buckets live in three preallocated ``array('d')`` of ``CAPACITY``
+    (start, minimum, maximum), filled up to ``count``: a series allocates all of
+    its history when it is created and never again, so a daemon's memory does
+    not creep as its levels fill over the first day (no float object per bucket,
+    no list growing and shrinking).
+    """
+
+    __slots__ = ("count", "has", "hi", "idx", "lo", "maxs", "mins", "result", "starts", "width")
 
     def __init__(self, width: float) -> None:
         self.width = width
@@ -57,10 +69,31 @@ class _Level:
         self.lo = 0.0
         self.hi = 0.0
         self.has = False
-        self.starts: list[float] = []
-        self.mins: list[float] = []
-        self.maxs: list[float] = []
+        self.count = 0
+        self.starts = array("d", bytes(8 * CAPACITY))
+        self.mins = array("d", bytes(8 * CAPACITY))
+        self.maxs = array("d", bytes(8 * CAPACITY))
         self.result: _Verdict | None = None
+
+    def push(self, start: float, lo: float, hi: float) -> None:
+        """Store a closed bucket."""
+        n = self.count
+        if n == CAPACITY:
+            # Drop the oldest half in one copy within each array (no reallocation).
+            # Windows look back at most KEEP buckets, so what is dropped never
+            # changes a verdict.
+            for values in (self.starts, self.mins, self.maxs):
+                values[:KEEP] = values[CAPACITY - KEEP :]
+            n = KEEP
+        self.starts[n] = start
+        self.mins[n] = lo
+        self.maxs[n] = hi
+        self.count = n + 1
+
+    def recent_mins(self, count: int) -> array[float]:
+        """The minima of the newest ``count`` closed buckets (fewer if there are not as many)."""
+        n = self.count
+        return self.mins[max(0, n - count) : n]
 
 
 class _Verdict:
@@ -239,9 +272,7 @@ class Series:
         for level in self.levels:
             level.idx = -1
             level.has = False
-            level.starts.clear()
-            level.mins.clear()
-            level.maxs.clear()
+            level.count = 0
             level.result = None
         self.start_t = t
         self.last_t = t
@@ -297,13 +328,7 @@ class Series:
         start = idx * level.width
         if n == 0:
             self._floor_closed(start, lo, hi)
-        level.starts.append(start)
-        level.mins.append(lo)
-        level.maxs.append(hi)
-        if len(level.starts) > 2 * KEEP:
-            # Trim in batches: cheaper than one deletion per bucket. Windows look back
-            # at most KEEP buckets, so the extra history never changes a verdict.
-            del level.starts[:KEEP], level.mins[:KEEP], level.maxs[:KEEP]
+        level.push(start, lo, hi)
         self._judge(level, start + level.width)
         if n + 1 == len(self.levels):
             return
@@ -321,9 +346,9 @@ class Series:
 
     def _floor_closed(self, start: float, lo: float, hi: float) -> None:
         """A finest bucket closed: update the reset threshold and the sawtooth record."""
-        mins = self.levels[0].mins
-        if mins:
-            step = lo - mins[-1]
+        first = self.levels[0]
+        if first.count:
+            step = lo - first.mins[first.count - 1]
             size = abs(step)
             if size <= self.min_rise or size <= DROP_NOISES * self._noise():
                 self.tooth_climb = max(0.0, self.tooth_climb + step)
@@ -338,7 +363,7 @@ class Series:
                 self.tooth_climb = 0.0
             elif start - self.start_t >= self.settings.warmup_s:
                 self.tooth_jumps += step  # the model load and warm-up steps are no spikes
-            floor = min(*mins[-KEEP:], lo)
+            floor = min(*first.recent_mins(KEEP), lo)
         else:
             floor = lo
         s = self.settings
@@ -346,7 +371,7 @@ class Series:
 
     def _noise(self) -> float:
         """Typical change between consecutive finest-bucket minima (their median)."""
-        mins = self.levels[0].mins[-KEEP:]
+        mins = self.levels[0].recent_mins(KEEP)
         steps = sorted(abs(b - a) for a, b in itertools.pairwise(mins))
         return steps[len(steps) // 2] if steps else 0.0
 
@@ -369,21 +394,23 @@ class Series:
             self.saw_cycle = max(b[0] - a[0] for a, b in itertools.pairwise(drops))
         self.saw_tooth = max(h for _, h in drops)
 
+    def recent_peak(self) -> float:
+        """The highest sample of the open finest bucket and the one before it."""
+        first = self.levels[0]
+        return max(self.b_hi, first.maxs[first.count - 1]) if first.count else self.b_hi
+
     def headroom(self) -> float:
         """Bytes left before the limit, measured from the recent peak."""
         if self.headroom_of is not None:
             return self.headroom_of()
-        maxs = self.levels[0].maxs
-        peak = max(self.b_hi, maxs[-1]) if maxs else self.b_hi
-        return self.limit - peak
+        return self.limit - self.recent_peak()
 
     # -- judging
 
     def _judge(self, level: _Level, end_t: float) -> None:
-        mins = level.mins
-        min_rise = self.min_rise
+        n = level.count
         best: _Verdict | None = None
-        if len(mins) >= SEGMENTS and mins[-1] - min(mins[-KEEP:]) >= min_rise:
+        if n >= SEGMENTS and level.mins[n - 1] - min(level.recent_mins(KEEP)) >= self.min_rise:
             best = self._best_window(level, end_t)
         if best is not None or level.result is not None:
             level.result = best
@@ -394,7 +421,6 @@ class Series:
     def _best_window(self, level: _Level, end_t: float) -> _Verdict | None:
         """The most confident rising window of ``level`` ending at ``end_t``, if any."""
         s = self.settings
-        mins = level.mins
         cycle = tooth = -1.0
         best: _Verdict | None = None
         for count in WINDOWS:
@@ -406,15 +432,25 @@ class Series:
             min_rise = self.min_rise
             if cycle and window_s < SAWTOOTH_CYCLES * cycle:
                 min_rise = max(min_rise, SAWTOOTH_MARGIN * tooth)
-                if end_t - window_s >= self.drops[-1][0] and self.tooth_climb < min_rise:
-                    continue  # inside one tooth: only a gradual climb beyond a tooth counts
+                # Inside one tooth (or across drops the troughs did not climb) only a
+                # climb beyond a tooth counts, and beyond as many teeth as cycles have
+                # passed since the last drop: a drop hidden under a spike lets a normal
+                # tooth climb on.
+                since_drop = end_t - self.drops[-1][0]
+                inside = since_drop >= window_s
+                if (
+                    inside or not self._troughs_rise(level, end_t - window_s, end_t)
+                ) and self.tooth_climb < min_rise * max(1.0, since_drop / cycle):
+                    continue
             # Cheap necessary condition: the newest sixth sits materially above the lowest point.
-            if min(mins[-(count // 6) :]) - min(mins[-count:]) < min_rise:
+            if min(level.recent_mins(count // 6)) - min(level.recent_mins(count)) < min_rise:
                 continue
+            # A window holds at most ``count`` buckets: hand over only those.
+            first, n = max(0, level.count - count), level.count
             trend = analyze_window(
-                level.starts,
-                mins,
-                level.maxs,
+                level.starts[first:n],
+                level.mins[first:n],
+                level.maxs[first:n],
                 end_t,
                 window_s,
                 level.width,
@@ -432,13 +468,33 @@ class Series:
                 break  # the longer window is the stronger evidence; the shorter adds nothing
         return best
 
+    def _troughs_rise(self, level: _Level, start_t: float, end_t: float) -> bool:
+        """Whether the sawtooth's lowest point rose at every drop in the window, twice or more."""
+        bounds = [start_t, *(t for t, _ in self.drops if start_t < t < end_t), end_t]
+        troughs = [math.inf] * (len(bounds) - 1)
+        stretch = 0
+        for i in range(level.count):
+            start = level.starts[i]
+            if start < start_t:
+                continue
+            # A bucket that holds a drop holds the trough after it.
+            while start + level.width > bounds[stretch + 1]:
+                stretch += 1
+            troughs[stretch] = min(troughs[stretch], level.mins[i])
+        rises = [b - a for a, b in itertools.pairwise(t for t in troughs if t != math.inf)]
+        # One higher trough is a step (an eval spike landing on a tooth); a trend
+        # lifts trough after trough.
+        return len(rises) >= 2 and min(rises) > 0
+
     def _verdict(self, trend: Trend) -> _Verdict:
         s = self.settings
         headroom = self.headroom()
         if self.headroom_of is None:
             headroom = min(headroom, self.limit - trend.peak)
         else:
-            headroom -= max(0.0, trend.peak - self.x)
+            # What runs out is measured from its own recent peak, which holds this
+            # series' recent peak already: only a higher peak of the trend is more.
+            headroom -= max(0.0, trend.peak - self.recent_peak())
         time_to_oom = max(0.0, headroom) / trend.rate  # inf when the limit is unknown
         reach = (
             extrapolation(trend.window_s, s.leak_extrapolation_short, s.leak_extrapolation)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from watchdog.detectors.events import SAWTOOTH, STAIRCASE, STEADY
@@ -59,7 +60,7 @@ def _median(values: list[float]) -> float:
     return (ordered[middle - 1] + ordered[middle]) / 2.0
 
 
-def _pattern(mins: list[float], sawtooth: bool) -> str:
+def _pattern(mins: Sequence[float], sawtooth: bool) -> str:
     """Sawtooth if the series drops regularly; staircase if a few big steps carry the rise."""
     if sawtooth:
         return SAWTOOTH
@@ -74,7 +75,12 @@ def _pattern(mins: list[float], sawtooth: bool) -> str:
 
 
 def _floors(
-    starts: list[float], mins: list[float], first: int, start_t: float, window_s: float, count: int
+    starts: Sequence[float],
+    mins: Sequence[float],
+    first: int,
+    start_t: float,
+    window_s: float,
+    count: int,
 ) -> tuple[list[float], list[float]] | None:
     """The floor of each of ``count`` equal stretches of time, and when it was reached."""
     segment_s = window_s / count
@@ -92,7 +98,7 @@ def _floors(
 
 
 def _floors_contiguous(
-    starts: list[float], mins: list[float], first: int, count: int
+    starts: Sequence[float], mins: Sequence[float], first: int, count: int
 ) -> tuple[list[float], list[float]]:
     """``_floors`` for a window with no missing bucket: slices, no Python loop per bucket."""
     n = len(mins) - first
@@ -127,9 +133,9 @@ def _consistent(
 
 
 def analyze_window(
-    starts: list[float],
-    mins: list[float],
-    maxs: list[float],
+    starts: Sequence[float],
+    mins: Sequence[float],
+    maxs: Sequence[float],
     end_t: float,
     window_s: float,
     width: float,
