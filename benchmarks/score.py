@@ -76,6 +76,8 @@ class Tally:
     false_alarms: int = 0
     early: int = 0
     leads: list[float] = field(default_factory=list)
+    per_leak: list[float | None] = field(default_factory=list)
+    """The lead on every leak trace in order, None where it was missed."""
     missed: list[str] = field(default_factory=list)
     false: list[str] = field(default_factory=list)
 
@@ -84,6 +86,7 @@ class Tally:
         if label.leak:
             self.leaks += 1
             self.early += outcome.early
+            self.per_leak.append(outcome.lead_s if outcome.caught else None)
             if outcome.caught:
                 self.caught += 1
                 assert outcome.lead_s is not None
@@ -204,6 +207,12 @@ def project_intervals(
     return sorted(found), near
 
 
+def _median_min(leads: list[float | None] | list[float]) -> str:
+    """Median lead in minutes, a miss (None) counted as no lead at all."""
+    values = [lead or 0.0 for lead in leads]
+    return f"{statistics.median(values) / 60:.0f} min" if values else "-"
+
+
 def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.0f}"
 
@@ -254,14 +263,28 @@ def score(  # noqa: PLR0915 - the report is one long sequence of prints
     print(f"{count} traces (seed {seed}), {samples_total:,} samples, {elapsed:.1f} s\n")
     print(
         "| method | leaks caught in time | false alarms (healthy traces) "
-        "| early alarms (leak traces) | median lead before OOM |"
+        "| early alarms (leak traces) | median lead before OOM | same, a miss as 0 |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for name, tally in tallies.items():
         lead = statistics.median(tally.leads) / 60 if tally.leads else float("nan")
         print(
             f"| {name} | {tally.caught}/{tally.leaks} | {tally.false_alarms}/{tally.healthy} "
-            f"| {tally.early}/{tally.leaks} | {lead:.0f} min |"
+            f"| {tally.early}/{tally.leaks} | {lead:.0f} min | {_median_min(tally.per_leak)} |"
+        )
+    print("\nLead on the leaks both caught (paired with the project):\n")
+    project_leads = tallies["project"].per_leak
+    for name in names[2:]:
+        pairs = [
+            (ours, theirs)
+            for ours, theirs in zip(project_leads, tallies[name].per_leak, strict=True)
+            if ours is not None and theirs is not None
+        ]
+        longer = sum(1 for ours, theirs in pairs if ours > theirs)
+        print(
+            f"- {name}: {len(pairs)} of {len(project_leads)} leaks; median lead project "
+            f"{_median_min([o for o, _ in pairs])}, {name} {_median_min([t for _, t in pairs])}; "
+            f"project longer on {longer}"
         )
     print("\nProject by scenario:\n")
     print("| scenario | traces | caught / false alarms | median lead |")
