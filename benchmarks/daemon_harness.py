@@ -6,10 +6,7 @@
 - ``ProcWatch`` samples a process's RSS (``/proc/<pid>/status``) and CPU time
   (``/proc/<pid>/stat``) from outside, as an operator's tools would see them;
 - ``scrape`` / ``metric`` read ``/metrics`` the way Prometheus does;
-- ``Check`` rows make the pass/fail table each benchmark prints;
-- ``detector_history_mib`` measures how much of a short run's RSS growth the
-  detectors' bounded history explains (``python daemon_harness.py
-  --detector-history fleet 60 600 3600`` prints it per series).
+- ``Check`` rows make the pass/fail table each benchmark prints.
 
 Every long-lived child process is started with ``PR_SET_PDEATHSIG`` so that it dies with
 the benchmark even when the benchmark itself is killed with SIGKILL, and
@@ -129,8 +126,6 @@ class DaemonRun:
         self.socket_path = self.env["GPU_WATCHDOG_SOCKET"]
         self.log_path = workdir / "daemon.log"
         self.url = f"http://127.0.0.1:{self.port}"
-        self.started = time.monotonic()
-        """When the daemon was started: the simulated trace's time 0, near enough."""
         command = [
             python,
             "-m",
@@ -314,70 +309,11 @@ def missed_runs(scrape_: Scrape, collector: str) -> float:
     return scrape_.metric("gpu_watchdog_collector_missed_runs_total", collector=collector)
 
 
-# -- the detectors' history: bounded, but still filling during a short run -------------------
-
-
 def tracked_series(scrape_: Scrape) -> int:
     """Memory series the daemon's detectors track (one growth gauge each)."""
     return sum(
         1 for name, _ in scrape_.values if name == "gpu_watchdog_memory_growth_bytes_per_second"
     )
-
-
-def detector_history_mib(ages_s: Sequence[float], scenario: str = "fleet") -> list[float]:
-    """RSS per detector series at each age (seconds of trace), in MiB, from a fresh process.
-
-    Only the differences mean something: the interpreter's own RSS is in every figure.
-
-    Each series keeps its floor at ten time scales, from 10 s buckets to
-    about 1.4 h ones, the last 18 to 36 buckets of each (``detectors/series.py``):
-    bounded, but a level only fills after 18-36 of its buckets, so the history
-    grows, ever more slowly, for the first two days (the last level is full after
-    about 51 h). A short run sees that filling as RSS growth. This measures it
-    the way the benchmarks measure the daemon: RSS of a process that does
-    nothing but play ``scenario`` through a ``DetectionEngine``, at each age,
-    divided by the number of series it tracks.
-    """
-    done = subprocess.run(
-        [sys.executable, __file__, "--detector-history", scenario, *map(str, ages_s)],
-        capture_output=True, text=True, check=True, timeout=600,
-    )  # fmt: skip
-    return [float(value) for value in done.stdout.split()]
-
-
-def history_growth_mib_per_h(
-    watch: ProcWatch, started: float, series: int, scenario: str = "fleet"
-) -> float:
-    """The RSS growth that ``series`` detector series filling their history explain, in MiB/h,
-    over the window ``growth_mib_per_h`` judges (ages counted from ``started``)."""
-    half = watch.second_half()
-    if len(half) < 2 or series == 0:
-        return 0.0
-    first, last = half[0].t - started, half[-1].t - started
-    before, after = detector_history_mib([first, last], scenario)
-    return (after - before) * series * 3600.0 / max(1.0, last - first)
-
-
-def _play_detector(scenario: str, ages_s: list[float]) -> None:
-    """Print the per-series RSS at each age (the child side of ``detector_history_mib``)."""
-    import gc
-
-    sys.path.insert(0, str(REPO))
-    from watchdog.detectors import DetectionEngine
-    from watchdog.sources.simulated import SimulatedSource, load_steps
-
-    now = [0.0]
-    source = SimulatedSource(load_steps(scenario), loop=True, clock=lambda: now[0])
-    engine = DetectionEngine()
-    marks = sorted(ages_s)
-    second = 0
-    for age in marks:
-        while second <= age:
-            now[0] = float(second)
-            engine.observe(source.poll())
-            second += 1
-        gc.collect()
-        print(read_proc(os.getpid()).rss_bytes / MIB / max(1, engine.series_count()), flush=True)
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -428,8 +364,3 @@ def all_passed(rows: Sequence[Check]) -> bool:
     """True when no row with a target failed."""
     return all(row.passed is not False for row in rows)
 
-
-if __name__ == "__main__":
-    if sys.argv[1:2] != ["--detector-history"] or len(sys.argv) < 4:
-        sys.exit(f"usage: {sys.argv[0]} --detector-history SCENARIO AGE_S [AGE_S ...]")
-    _play_detector(sys.argv[2], [float(age) for age in sys.argv[3:]])
