@@ -106,6 +106,31 @@ def test_fast_leak_is_raised_within_the_quarter_rule() -> None:
     assert start < first <= deadline(start, oom)
 
 
+def test_leak_from_the_start_is_judged_on_all_the_history_past_the_warm_up() -> None:
+    """A leak from the job's start is raised from the whole history past the warm-up.
+
+    The longest window of a level is 18 buckets; while fewer than that lie past the
+    warm-up, it is as many as there are. With only the standard windows this leak
+    (OOM about 2 h after the start) waits for a 48-minute window to clear the
+    warm-up and is raised at 58 min; the 37 minutes of it that the history already
+    holds at 48 min cover the prediction.
+    """
+    rate = 4 * MIB  # bytes per second
+
+    def memory(t: float) -> float:
+        return warm(t, 10 * GIB) + rate * t
+
+    events, oom, _ = run(memory, 4 * 3600)
+    assert oom is not None
+    raised = leaks(events)
+    assert {e.pid for e in raised} == {None, PID}
+    first = min(e.t for e in raised)
+    assert DetectionSettings().warmup_s < first <= 3000.0
+    assert oom - first > 75 * 60
+    gpu = next(e for e in raised if e.pid is None)
+    assert gpu.rate_bytes_per_s == pytest.approx(rate, rel=0.25)
+
+
 def test_slow_creep_over_many_hours_is_raised_early() -> None:
     """A creep that takes more than 10 hours to OOM is raised hours ahead of it."""
 

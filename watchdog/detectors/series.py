@@ -36,6 +36,7 @@ from watchdog.detectors.trend import SEGMENTS, Trend, analyze_window
 WINDOWS = (18, 12)
 """Window lengths judged at each level, in buckets of that level (longest first)."""
 KEEP = max(WINDOWS)
+MIN_WINDOW = min(WINDOWS)
 CAPACITY = 2 * KEEP
 """Buckets a level stores before dropping its oldest ``KEEP`` at once."""
 DROPS_KEPT = 6
@@ -207,7 +208,7 @@ class Series:
         self.cause_of: Callable[[Series], str | None] | None = None
         width = settings.bucket_s
         self.levels: list[_Level] = []
-        while not self.levels or min(WINDOWS) * width <= settings.max_window_s:
+        while not self.levels or MIN_WINDOW * width <= settings.max_window_s:
             self.levels.append(_Level(width))
             width *= 2
         self.leak_active = False
@@ -423,7 +424,15 @@ class Series:
         s = self.settings
         cycle = tooth = -1.0
         best: _Verdict | None = None
-        for count in WINDOWS:
+        # Buckets of this level that lie wholly after the warm-up. While the series is
+        # too young for the longest window, that window is all of them instead: as
+        # much evidence as the history holds, not just the shorter window's (a leak
+        # from the job's start would wait for the whole longest window to pass the
+        # warm-up, up to half as long again as the evidence it already has).
+        after_warmup = int((end_t - self.start_t - s.warmup_s) / level.width + 1e-9)
+        for index, standard in enumerate(WINDOWS):
+            young = index == 0 and MIN_WINDOW < after_warmup < standard
+            count = after_warmup if young else standard
             window_s = count * level.width
             if window_s > s.max_window_s or end_t - window_s < self.start_t + s.warmup_s:
                 continue
