@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from watchdog.identity import proc_file
 from watchdog.samples import Owner
 
 _HEX64 = r"[0-9a-f]{64}"
@@ -53,13 +54,14 @@ def parse_environ(data: bytes) -> dict[str, str]:
 def owner_of(pid: int, proc_root: Path = Path("/proc")) -> Owner:
     """The owner of ``pid``; fields that cannot be read stay empty (never an exception)."""
     try:
-        owner = parse_cgroup((proc_root / str(pid) / "cgroup").read_text(errors="replace"))
+        with open(proc_file(proc_root, pid, "cgroup"), encoding="utf-8", errors="replace") as text:
+            owner = parse_cgroup(text.read())
     except OSError:
         owner = Owner()
     if owner.slurm_job_id:
         return owner
     try:
-        with (proc_root / str(pid) / "environ").open("rb") as stream:
+        with open(proc_file(proc_root, pid, "environ"), "rb") as stream:
             environ = parse_environ(stream.read(_ENV_LIMIT))
     except OSError:  # another user's environ is unreadable without privileges
         return owner

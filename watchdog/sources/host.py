@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import structlog
 
-from watchdog.identity import start_ticks
+from watchdog.identity import proc_file, start_ticks
 from watchdog.samples import NVML, HostMemory, HostProcessSample, Owner, Reading
 from watchdog.sources.attribution import owner_of
 
@@ -162,16 +162,16 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 def _kernel_children(proc_root: Path, pid: int) -> list[int] | None:
     """Children of ``pid`` from ``task/*/children``; [] if it is gone, None if unsupported."""
     try:
-        tasks = os.listdir(proc_root / str(pid) / "task")
+        tasks = os.listdir(proc_file(proc_root, pid, "task"))
     except OSError:
         return []
     found: list[int] = []
     for tid in tasks:
         try:
-            with open(proc_root / str(pid) / "task" / tid / "children", "rb") as stream:
+            with open(proc_file(proc_root, pid, "task", tid, "children"), "rb") as stream:
                 found.extend(int(child) for child in stream.read().split())
         except FileNotFoundError:
-            if tid == tasks[0] and not (proc_root / str(pid) / "task" / tid).exists():
+            if tid == tasks[0] and not os.path.exists(proc_file(proc_root, pid, "task", tid)):
                 continue  # the thread exited meanwhile
             return None if tid == tasks[0] else found
         except (OSError, ValueError):
@@ -182,7 +182,7 @@ def _kernel_children(proc_root: Path, pid: int) -> list[int] | None:
 def _statm_rss(proc_root: Path, pid: int) -> int | None:
     """Resident set size of ``pid`` from ``statm`` (one small read), or None if unreadable."""
     try:
-        with open(proc_root / str(pid) / "statm", "rb") as stream:
+        with open(proc_file(proc_root, pid, "statm"), "rb") as stream:
             return int(stream.read().split()[1]) * _PAGE_SIZE
     except (OSError, ValueError, IndexError):
         return None
@@ -206,7 +206,7 @@ def _parent_and_state(proc_root: Path, pid: int) -> dict[str, Any]:
     What cannot be read is left out, so the sample keeps "unknown" rather than a guess.
     """
     try:
-        with open(proc_root / str(pid) / "stat", "rb") as stream:
+        with open(proc_file(proc_root, pid, "stat"), "rb") as stream:
             data = stream.read()
     except OSError:
         return {}
@@ -283,7 +283,7 @@ def sees_host_pids(proc_root: Path = Path("/proc")) -> bool:
     own namespace it is absent, and so may be the processes of other containers.
     """
     try:
-        with open(proc_root / "2" / "stat", "rb") as stream:
+        with open(proc_file(proc_root, 2, "stat"), "rb") as stream:
             return b"(kthreadd)" in stream.read(64)
     except OSError:
         return False
