@@ -178,10 +178,15 @@ class DaemonState:
 
     def snapshot(self) -> Snapshot:
         """A consistent copy for readers."""
+        # tuple([...]), not tuple(genexpr): a tuple built from a generator is sized
+        # by guess and shrunk in place, so it bypasses CPython's tuple free list when
+        # made and joins it when freed. At every poll and scrape that filled the
+        # free list of 8-tuples (one per GPU) to its cap of 2000, 128-byte blocks
+        # the daemon's RSS crept by over its first quarter hour (docs/performance.md).
         with self._lock:
             return Snapshot(
                 origin=self._origin,
-                devices=tuple(self._devices[gpu] for gpu in sorted(self._devices)),
+                devices=tuple([self._devices[gpu] for gpu in sorted(self._devices)]),
                 processes=self._processes,
                 host_processes=self._host_processes,
                 host_memory=self._host_memory,
@@ -190,7 +195,7 @@ class DaemonState:
                 nvml_errors=self._nvml_errors(),
                 driver_version=self._versions[0],
                 nvml_version=self._versions[1],
-                health=tuple(self._health[gpu] for gpu in sorted(self._health)),
+                health=tuple([self._health[gpu] for gpu in sorted(self._health)]),
                 gpu_events=dict(self._gpu_events),
                 event_watcher=self._event_watcher(),
             )
