@@ -595,3 +595,57 @@ def test_recorded_eval_hiding_a_sawtooth_drop_does_not_restart_a_healthy_job() -
     result = replay_lines(trace.read_text().splitlines(), trace.name, DetectionSettings())
     assert [e for e in result.events if e.kind == "leak"] == []
     assert any(e.kind == "near_oom" for e in result.events)  # the eval does come near the top
+
+
+def test_a_staircase_of_big_blocks_an_hour_apart_is_raised_after_three_steps() -> None:
+    """Three like steps, evenly spaced, make a staircase even when no window's stretches line up.
+
+    Blocks of 4 GiB every 50 minutes: the fourth runs out of memory. The stretches of a
+    window cut in four or six hold a step each only when the window happens to line up
+    with the epochs; the steps themselves show the staircase after the third.
+    """
+    epoch, block, first = 3000.0, 4 * GIB, 4200.0
+
+    def memory(t: float) -> float:
+        return warm(t, 24 * GIB) + block * max(0, math.floor((t - first) / epoch) + 1)
+
+    events, oom, _ = run(memory, 6 * 3600, noise=0)
+    assert oom is not None
+    raised = leaks(events)
+    assert raised, "the staircase was never raised"
+    assert first + 2 * epoch < min(e.t for e in raised) <= deadline(first, oom)
+    assert {e.pattern for e in raised} == {"staircase"}
+
+
+def test_steps_each_half_the_last_are_no_staircase() -> None:
+    """Three steps up 50 minutes apart, each half the one before: growth that saturates."""
+
+    def memory(t: float) -> float:
+        return warm(t) + sum(4 * GIB / 2**k for k in range(3) if t >= 3000 * (k + 1))
+
+    events, _, _ = run(memory, 8 * 3600, noise=0)
+    assert leaks(events) == []
+
+
+def test_a_long_eval_over_a_noise_free_sawtooth_is_not_a_leak() -> None:
+    """An eval longer than a tooth lifts one stretch's floor; a flat stretch is no rise.
+
+    Teeth of 2.7 GiB every 141 s, a 4.7 GiB eval of 190 s every 1532 s, no noise (a
+    scenario the scorer once raised a leak on). Without noise the tolerance is zero, so
+    a 4-way cut whose first step was a rounding error of a few MiB counted as rising
+    three times over, with the eval's lift and the tooth after it for the other two.
+    """
+    card = 32 * GIB
+
+    def memory(t: float) -> float:
+        tooth = 2733 * MIB * ((t % 141.4) / 141.4)
+        in_eval = t > 1532 and t % 1532 < 190
+        return 23406 * MIB + tooth + (4668 * MIB if in_eval else 0.0)
+
+    engine = DetectionEngine()
+    events: list[Event] = []
+    for step in range(4 * 3600 // 2):
+        t = step * 2.0
+        process = int(memory(t)) // MIB * MIB
+        events += engine.observe_step(t, [(0, process + 394 * MIB, card)], [(0, PID, process)])
+    assert leaks(events) == []

@@ -9,6 +9,10 @@ than the noise, the total rise is material, and the later half rises at least
 that saturates fails this). Its rate is the Theil-Sen slope through the
 stretch floors: the median of the pairwise slopes, which one odd stretch
 cannot drag.
+
+A staircase whose steps are too far apart for every stretch to hold one (a
+block kept alive each hour-long epoch) is judged on its steps instead: three
+or more like steps, evenly spaced (``_stairs``).
 """
 
 from __future__ import annotations
@@ -26,8 +30,16 @@ LARGEST_STEP_SHARE = 0.6
 """No one stretch-to-stretch step may carry more than this share of the rise."""
 NOISE_MADS = 3.0
 """A stretch counts as higher when it beats the one before by this many MADs of bucket steps."""
+SMALLEST_STEP_SHARE = 0.05
+"""In a 4-way cut, a step under this share of an even split of the rise is flat, noise or not."""
 STAIRCASE_SHARE = 0.7
 """A rise is a staircase when its big steps (over half the largest) carry this share of it."""
+STAIR_STEPS = 3
+"""Steps up the floor that make a staircase on their own, whatever the stretches show."""
+STAIR_SPREAD = 2.0
+"""In such a staircase no step is more than this many times another, nor any gap between them."""
+STAIR_HOLD = 2
+"""Buckets the memory must stay up after a step before it counts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +72,12 @@ def _median(values: list[float]) -> float:
     return (ordered[middle - 1] + ordered[middle]) / 2.0
 
 
-def _pattern(mins: Sequence[float], sawtooth: bool) -> str:
+def _pattern(mins: Sequence[float], sawtooth: bool, stairs: bool) -> str:
     """Sawtooth if the series drops regularly; staircase if a few big steps carry the rise."""
     if sawtooth:
         return SAWTOOTH
+    if stairs:
+        return STAIRCASE
     steps = [b - a for a, b in itertools.pairwise(mins)]
     rise = mins[-1] - min(mins)
     if rise <= 0 or not steps:
@@ -113,13 +127,67 @@ def _floors_contiguous(
     return floors, times
 
 
+def _stairs(
+    starts: Sequence[float],
+    mins: Sequence[float],
+    first: int,
+    end_t: float,
+    least: float,
+    tolerance: float,
+) -> tuple[list[float], list[float]] | None:
+    """The floor after each step of a regular staircase, and when each step came.
+
+    The floor here is the lowest the memory went from each bucket on, so a spike
+    or a sawtooth's tooth never makes a step, and a step shows only once the
+    memory has stayed up after it. Rises in consecutive buckets are one step
+    (a steady climb is one long step, not a staircase). A staircase is
+    ``STAIR_STEPS`` or more steps of at least ``least`` each, alike in height and
+    spacing within ``STAIR_SPREAD`` (growth that saturates comes in smaller and
+    rarer steps), the last not longer ago than the spacing allows. None if not.
+    """
+    floor = list(mins[first:])
+    for i in range(len(floor) - 2, -1, -1):
+        floor[i] = min(floor[i], floor[i + 1])
+    levels: list[float] = []
+    times: list[float] = []
+    climbing = False
+    for j in range(1, len(floor) - STAIR_HOLD + 1):
+        step = floor[j] - floor[j - 1]
+        if step <= tolerance:  # never negative: a rise, or no step
+            climbing = False
+            continue
+        if climbing:
+            levels[-1] = floor[j]
+        else:
+            levels.append(floor[j])
+            times.append(starts[first + j])
+        climbing = True
+    heights = [b - a for a, b in itertools.pairwise([floor[0], *levels])]
+    if len(heights) < STAIR_STEPS or min(heights) < least:
+        return None
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    if (
+        max(heights) > STAIR_SPREAD * min(heights)
+        or max(gaps) > STAIR_SPREAD * min(gaps)
+        or end_t - times[-1] > STAIR_SPREAD * max(gaps)
+    ):
+        return None
+    return levels, times
+
+
 def _consistent(
-    floors: list[float], tolerance: float, saturation_ratio: float
+    floors: list[float], tolerance: float, saturation_ratio: float, share: float = 0.0
 ) -> tuple[int, bool, bool]:
-    """(steps above the noise, consistent rise, saturating) for one set of stretch floors."""
+    """(steps above the noise, consistent rise, saturating) for one set of stretch floors.
+
+    A step counts as rising above the noise ``tolerance`` and, with ``share``, above that
+    share of an even split of the rise: without noise the tolerance is zero, and a
+    stretch a rounding error higher than the last would count.
+    """
     increments = [b - a for a, b in itertools.pairwise(floors)]
-    rising = sum(1 for inc in increments if inc > tolerance)
     rise = floors[-1] - floors[0]
+    climb = max(tolerance, share * rise / len(increments))
+    rising = sum(1 for inc in increments if inc > climb)
     third = max(1, len(floors) // 3)
     early = floors[third] - floors[0]
     late = floors[-1] - floors[-1 - third]
@@ -178,12 +246,13 @@ def analyze_window(
     if present < SEGMENTS:
         return None
     contiguous = present == round(window_s / width)
-    if contiguous:
-        fine: tuple[list[float], list[float]] | None = _floors_contiguous(
-            starts, mins, first, SEGMENTS
-        )
-    else:
-        fine = _floors(starts, mins, first, start_t, window_s, SEGMENTS)
+
+    def cut(count: int) -> tuple[list[float], list[float]] | None:
+        if contiguous:
+            return _floors_contiguous(starts, mins, first, count)
+        return _floors(starts, mins, first, start_t, window_s, count)
+
+    fine = cut(SEGMENTS)
     if fine is None or fine[0][-1] - min(fine[0]) < min_rise:
         return None  # a stretch without data, or the last is not materially above the lowest
     window_mins = mins[first:]
@@ -198,18 +267,22 @@ def analyze_window(
     rising_segments, consistent, saturating = _consistent(fine[0], tolerance, saturation_ratio)
     floors, times = fine
     if not consistent:
-        if contiguous:
-            coarse: tuple[list[float], list[float]] | None = _floors_contiguous(
-                starts, mins, first, COARSE_SEGMENTS
-            )
-        else:
-            coarse = _floors(starts, mins, first, start_t, window_s, COARSE_SEGMENTS)
+        coarse = cut(COARSE_SEGMENTS)
         if coarse is not None:
-            _, consistent, saturating = _consistent(coarse[0], tolerance, saturation_ratio)
+            _, consistent, saturating = _consistent(
+                coarse[0], tolerance, saturation_ratio, SMALLEST_STEP_SHARE
+            )
             if consistent:
                 floors, times = coarse
                 rising_segments = SEGMENTS - 1
-    rise = floors[-1] - floors[0]
+    stairs = None
+    if not consistent:
+        stairs = _stairs(starts, mins, first, end_t, 0.5 * min_rise, tolerance)
+        if stairs is not None:
+            consistent, saturating = True, False
+            floors, times = stairs
+            rising_segments = min(SEGMENTS - 1, len(floors) + 1)
+    rise = floors[-1] - (min(window_mins) if stairs else floors[0])
     peak = max(maxs[i] for i in range(first, len(starts)) if starts[i] >= end_t - window_s / 4)
     slopes = [
         (floors[j] - floors[i]) / (times[j] - times[i])
@@ -228,6 +301,6 @@ def analyze_window(
         peak=peak,
         rising_segments=rising_segments,
         saturating=saturating,
-        pattern=_pattern(window_mins, sawtooth) if rising else STEADY,
+        pattern=_pattern(window_mins, sawtooth, stairs is not None) if rising else STEADY,
         rising=rising,
     )
