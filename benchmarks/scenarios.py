@@ -158,6 +158,15 @@ def leak_fn(kind: str, start: float, rate: float, rng: random.Random) -> Memory:
     return lambda t: rate * (t - start) if t > start else 0.0
 
 
+def no_leak(t: float) -> float:
+    """No memory held: the leak of a healthy trace, or of a leak trace's twin."""
+    return 0.0
+
+
+def _plus(memory: Memory, extra: Memory) -> Memory:
+    return lambda t: memory(t) + extra(t)
+
+
 def _noise_model(rng: random.Random) -> tuple[float, float]:
     sigma = rng.choice((0.0, 2.0, 8.0, 32.0, 64.0)) * MIB
     quantum = rng.choice((1.0, 2.0 * MIB, MIB, 64 * 1024.0))
@@ -165,9 +174,20 @@ def _noise_model(rng: random.Random) -> tuple[float, float]:
 
 
 def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one place
-    scenario: str, seed: int, name: str | None = None
+    scenario: str,
+    seed: int,
+    name: str | None = None,
+    *,
+    with_leak: bool = True,
+    until: float | None = None,
 ) -> tuple[list[str], Label]:
-    """Build one trace: CSV lines (header first) and its label."""
+    """Build one trace: CSV lines (header first) and its label.
+
+    ``with_leak=False`` builds a leak trace's twin: the same jobs, noise and
+    sample times, with the leak left out (every random draw is made all the
+    same, so the two traces are equal until the leak begins). ``until`` stops
+    the trace after that time.
+    """
     rng = random.Random(f"{scenario}:{seed}")
     card_gib = rng.choice(CARDS_GIB)
     total = card_gib * GIB
@@ -255,7 +275,7 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
         )
 
     baseline = rng.uniform(0, 500) * MIB
-    leak: Memory = lambda t: 0.0  # noqa: E731
+    leak: Memory = no_leak
     if leak_kind:
         assert oom_after is not None
         probe = next(j for j in jobs if j.pid == leak_pid)
@@ -268,13 +288,13 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
         peak, trough = max(around), min(around)
         if total - peak < 0.03 * total:
             # The healthy job alone would run out before the leak begins: draw another.
-            return build(scenario, seed + 1_000_000, name)
+            return build(scenario, seed + 1_000_000, name, with_leak=with_leak, until=until)
         rate = (total - peak) / oom_after
-        leak = leak_fn(leak_kind, leak_start, rate, rng)
+        drawn = leak_fn(leak_kind, leak_start, rate, rng)  # drawn for the twin too: same noise
+        leak = drawn if with_leak else no_leak
         label.leak_start_t = leak_start
         label.rate_bytes_per_s = rate
-        inner = probe.memory
-        probe.memory = lambda t, inner=inner: inner(t) + leak(t)
+        probe.memory = _plus(probe.memory, leak)
         # The peaks (eval spikes) may be rare: run on until the floor alone reaches the total.
         longer = leak_start + max(oom_after * 1.5, (total - trough) / rate * 1.1) + 600
         for job in jobs:
@@ -285,7 +305,7 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
     label.device_only = scenario in ("restart", "warmup_flat") and rng.random() < 0.5
     lines = ["t,gpu,pid,used_bytes,total_bytes"]
     t = 0.0
-    end = duration
+    end = duration if until is None else min(duration, until)
     total_int = int(total)
     while t <= end:
         live = [(j.pid, j.memory(t)) for j in jobs if j.start <= t < j.end]
@@ -308,6 +328,12 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
     if label.leak and label.oom_t is None:
         label.oom_t = None  # never ran out: counted as a miss only if the leak is never raised
     return lines, label
+
+
+def twin(label: Label) -> list[str]:
+    """The leak-free twin of a leak trace, up to the leak trace's OOM (see ``build``)."""
+    lines, _ = build(label.scenario, label.seed, label.name, with_leak=False, until=label.oom_t)
+    return lines
 
 
 def generate(

@@ -19,12 +19,17 @@ For each trace from ``benchmarks/scenarios.py`` it runs:
 
 The deadline is 5 minutes before the OOM, or a quarter of the time from the
 leak's start to the OOM if that is less. One rule for every method: the alarm
-that counts for a leak is the one standing at the deadline, and only if it
-was raised after the leak began. One already firing before (say, since the
-warm-up) says nothing about the leak (such early alarms are counted apart);
-one raised after the leak began but cleared again before the deadline warned
-nobody in time. A false alarm is a healthy trace on which the method alarmed
-at all. The lead is the OOM time minus the time the counted alarm was raised.
+that counts for a leak is the one standing at the deadline, and it counts
+from the moment it was about the leak: not before the leak began, and not
+while the same method alarmed on the trace's *twin*, the same trace without
+the leak (``scenarios.twin``). An alarm standing since the warm-up of a job
+whose leak began with it says nothing about the leak until the healthy
+job's alarm would have stopped; one the twin raises as well all along
+(``predict_linear`` on a long warm-up, say) does not catch the leak. One
+raised after the leak began but cleared again before the deadline warned
+nobody in time. Alarms raised before the leak began are also counted apart
+("early alarms"). A false alarm is a healthy trace on which the method
+alarmed at all. The lead is the OOM time minus that moment.
 """
 
 from __future__ import annotations
@@ -34,16 +39,17 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scenarios import LEAKS, SCENARIOS, Label, generate
+from scenarios import LEAKS, SCENARIOS, Label, generate, twin
 
 from watchdog.config import DetectionSettings
+from watchdog.detectors.events import Event
 from watchdog.detectors.replay import replay_lines
 
 Interval = tuple[float, float]
@@ -108,15 +114,22 @@ def device_series(lines: list[str]) -> Iterator[tuple[float, int, int]]:
             yield float(t), int(used), int(total)
 
 
-def judge(label: Label, intervals: list[Interval]) -> Outcome:
+def judge(
+    label: Label, intervals: list[Interval], twin: Sequence[Interval] | None = None
+) -> Outcome:
     """Turn the intervals during which a method alarmed into an outcome.
 
     The same rule for every method: a leak is caught by the alarm that is
-    standing at the deadline, if it was raised after the leak began; its lead
-    is the OOM time minus the time it was raised. An alarm raised after the
-    leak began but gone again by the deadline (one sawtooth tooth projected
-    too far, say) warned nobody in time; one standing since before the leak
-    began (the warm-up) is an early alarm and says nothing about the leak.
+    standing at the deadline; its lead is the OOM time minus the moment from
+    which that alarm was about the leak. That moment is the alarm's raise, but
+    never before the leak began, and never while the method alarmed on the
+    leak trace's twin (``twin``: its intervals on the same trace without the
+    leak): an alarm standing since the warm-up says nothing about a leak until
+    it stands where the healthy job's alarm would have stopped. An alarm gone
+    again by the deadline (one sawtooth tooth projected too far) warned nobody
+    in time; an alarm raised before the leak began counts as early. Without
+    the twin's alarms, every alarm raised before the leak began is taken to
+    stand on the twin all along (the twin is the same trace until then).
     """
     outcome = Outcome(alarmed=bool(intervals))
     if not label.leak:
@@ -124,14 +137,27 @@ def judge(label: Label, intervals: list[Interval]) -> Outcome:
     start = label.leak_start_t or 0.0
     deadline = label.deadline()
     outcome.early = any(a < start for a, _ in intervals)
+    if twin is None:
+        twin = [(a, b) for a, b in intervals if a < start]
     for a, b in intervals:
         standing = deadline is None or (a <= deadline < b)
-        if a < start or not standing:
+        if not standing:
             continue
+        about = _past(max(a, start), twin)
+        if deadline is not None and about > deadline:
+            break  # the healthy twin alarmed all along: nothing here is about the leak
         outcome.caught = True
-        outcome.lead_s = (label.oom_t - a) if label.oom_t is not None else None
+        outcome.lead_s = (label.oom_t - about) if label.oom_t is not None else None
         break
     return outcome
+
+
+def _past(t: float, intervals: Sequence[Interval]) -> float:
+    """The first moment from ``t`` on that lies in none of ``intervals`` (sorted)."""
+    for a, b in intervals:
+        if a <= t < b:
+            t = b
+    return t
 
 
 def intervals_of(flags: Iterator[tuple[float, bool]], end: float) -> list[Interval]:
@@ -184,7 +210,7 @@ def predict_linear(samples: list[tuple[float, int, int]]) -> Iterator[tuple[floa
 
 
 def project_intervals(
-    events: list, label: Label, end: float, kinds: tuple[str, ...] = ("leak",)
+    events: list[Event], label: Label, end: float, kinds: tuple[str, ...] = ("leak",)
 ) -> tuple[list[Interval], bool]:
     """Intervals of findings of ``kinds`` on the series that must report them.
 
@@ -205,6 +231,30 @@ def project_intervals(
     for flags in by_series.values():
         found += intervals_of(iter(flags), end)
     return sorted(found), near
+
+
+@dataclass
+class TwinAlarms:
+    """Every method's alarms on a leak trace's twin: the same trace without the leak."""
+
+    project: list[Interval] = field(default_factory=list)
+    either: list[Interval] = field(default_factory=list)
+    static: list[Interval] = field(default_factory=list)
+    predicted: list[Interval] = field(default_factory=list)
+
+
+def twin_alarms(label: Label, settings: DetectionSettings) -> TwinAlarms:
+    """Run every method on the twin of the leak trace ``label`` names."""
+    lines = twin(label)
+    result = replay_lines(lines, label.name, settings)
+    end = result.duration_s
+    device = list(device_series(lines))
+    return TwinAlarms(
+        project=project_intervals(result.events, label, end)[0],
+        either=project_intervals(result.events, label, end, ("leak", "near_oom"))[0],
+        static=intervals_of(static_threshold(device), end),
+        predicted=intervals_of(predict_linear(device), end),
+    )
 
 
 def _median_min(leads: list[float | None] | list[float]) -> str:
@@ -232,13 +282,16 @@ def score(  # noqa: PLR0915 - the report is one long sequence of prints
         result = replay_lines(lines, label.name, settings)
         samples_total += result.device_samples + result.process_samples
         end = result.duration_s
+        healthy = twin_alarms(label, settings) if label.leak else TwinAlarms()
         intervals, near = project_intervals(result.events, label, end)
-        outcome = judge(label, intervals)
+        outcome = judge(label, intervals, healthy.project)
         tallies["project"].add(label, outcome)
         # Any finding that lets the policy checkpoint: leak or near_oom on the leaking series.
         # On healthy traces only a leak is a false alarm (near_oom on a full card is right).
         either, _ = project_intervals(result.events, label, end, ("leak", "near_oom"))
-        tallies[ANY_FINDING].add(label, judge(label, either) if label.leak else outcome)
+        tallies[ANY_FINDING].add(
+            label, judge(label, either, healthy.either) if label.leak else outcome
+        )
         per_scenario[label.scenario].add(label, outcome)
         if label.scenario == "flat_95":
             flat95_total += 1
@@ -246,8 +299,8 @@ def score(  # noqa: PLR0915 - the report is one long sequence of prints
         elif not label.leak and near:
             near_healthy.append(label.name)
         device = list(device_series(lines))
-        static = judge(label, intervals_of(static_threshold(device), end))
-        predicted = judge(label, intervals_of(predict_linear(device), end))
+        static = judge(label, intervals_of(static_threshold(device), end), healthy.static)
+        predicted = judge(label, intervals_of(predict_linear(device), end), healthy.predicted)
         tallies["static >= 95%"].add(label, static)
         tallies["predict_linear 1h/4h"].add(label, predicted)
         if verbose:
@@ -293,11 +346,11 @@ def score(  # noqa: PLR0915 - the report is one long sequence of prints
         tally = per_scenario[scenario]
         if scenario in LEAKS:
             result_text = f"caught {tally.caught}/{tally.leaks}"
-            lead = f"{statistics.median(tally.leads) / 60:.0f} min" if tally.leads else "-"
+            lead_text = f"{statistics.median(tally.leads) / 60:.0f} min" if tally.leads else "-"
         else:
             result_text = f"false alarms {tally.false_alarms}/{tally.healthy}"
-            lead = "-"
-        print(f"| {scenario} | {tally.leaks + tally.healthy} | {result_text} | {lead} |")
+            lead_text = "-"
+        print(f"| {scenario} | {tally.leaks + tally.healthy} | {result_text} | {lead_text} |")
     print(
         f"\nnear_oom raised on the flat 95% job: {flat95_near}/{flat95_total}; "
         f"on other healthy traces: {len(near_healthy)}"

@@ -91,3 +91,28 @@ def test_the_rising_side_of_a_tooth_is_no_leak_on_generated_traces(
     assert not label.leak
     result = replay_lines(lines, label.name)
     assert [e for e in result.events if e.kind == "leak"] == []
+
+
+def test_a_leak_traces_twin_is_the_same_trace_until_the_leak_begins() -> None:
+    """The twin has the leak trace's jobs, noise and sample times, and no leak."""
+    lines, label = scenarios.build("steady_late", 21)
+    twin = scenarios.twin(label)
+    assert label.leak_start_t is not None
+    before = [line for line in lines[1:] if float(line.split(",")[0]) < label.leak_start_t]
+    assert twin[: len(before) + 1] == lines[: len(before) + 1]
+    assert float(twin[-1].split(",")[0]) <= (label.oom_t or 0)
+    peak = max(int(line.split(",")[3]) for line in twin[1:] if not line.split(",")[2])
+    assert peak < label.card_gib * 2**30  # without the leak the card never fills
+
+
+def test_an_alarm_counts_only_from_when_the_healthy_twin_would_not_have_raised_it() -> None:
+    """A warm-up alarm that stands on into a leak from the start counts from the twin's clear."""
+    label = scenarios.Label("x", "steady_from_start", 1, leak=True, leak_start_t=0.0, oom_t=5000.0)
+    warmup_alarm = [(60.0, 5001.0)]
+    healthy_twin_alarm = [(60.0, 3600.0)]
+    outcome = score.judge(label, warmup_alarm, healthy_twin_alarm)
+    assert outcome.caught
+    assert outcome.lead_s == 5000.0 - 3600.0
+    all_along = score.judge(label, warmup_alarm, [(60.0, 5001.0)])
+    assert not all_along.caught
+    assert score.judge(label, warmup_alarm).lead_s == 5000.0 - 60.0
