@@ -35,6 +35,8 @@ alarmed at all. The lead is the OOM time minus that moment.
 from __future__ import annotations
 
 import argparse
+import importlib
+import multiprocessing
 import statistics
 import sys
 import time
@@ -42,11 +44,12 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scenarios import LEAKS, SCENARIOS, Label, generate, twin
+from scenarios import Label
 
 from watchdog.config import DetectionSettings
 from watchdog.detectors.events import Event
@@ -59,6 +62,7 @@ PREDICT_AHEAD_S = 4 * 3600.0
 RULE_EVERY_S = 60.0
 STATIC_RATIO = 0.95
 ANY_FINDING = "project, leak or near_oom"
+GENERATORS = ("scenarios", "field_scenarios")
 
 
 @dataclass
@@ -243,9 +247,9 @@ class TwinAlarms:
     predicted: list[Interval] = field(default_factory=list)
 
 
-def twin_alarms(label: Label, settings: DetectionSettings) -> TwinAlarms:
+def twin_alarms(label: Label, settings: DetectionSettings, generator: ModuleType) -> TwinAlarms:
     """Run every method on the twin of the leak trace ``label`` names."""
-    lines = twin(label)
+    lines = generator.twin(label)
     result = replay_lines(lines, label.name, settings)
     end = result.duration_s
     device = list(device_series(lines))
@@ -267,67 +271,100 @@ def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.0f}"
 
 
-def score(  # noqa: PLR0915 - the report is one long sequence of prints
-    count: int, seed: int, settings: DetectionSettings, verbose: bool
-) -> int:
-    """Run everything, print the tables; return the exit status (1 if the target is missed)."""
-    names = ("project", ANY_FINDING, "static >= 95%", "predict_linear 1h/4h")
-    tallies = {name: Tally() for name in names}
-    per_scenario: dict[str, Tally] = defaultdict(Tally)
-    near_healthy: list[str] = []
-    flat95_near = flat95_total = 0
-    samples_total = 0
-    started = time.perf_counter()
-    for lines, label in generate(count, seed):
-        result = replay_lines(lines, label.name, settings)
-        samples_total += result.device_samples + result.process_samples
-        end = result.duration_s
-        healthy = twin_alarms(label, settings) if label.leak else TwinAlarms()
-        intervals, near = project_intervals(result.events, label, end)
-        outcome = judge(label, intervals, healthy.project)
-        tallies["project"].add(label, outcome)
-        # Any finding that lets the policy checkpoint: leak or near_oom on the leaking series.
-        # On healthy traces only a leak is a false alarm (near_oom on a full card is right).
-        either, _ = project_intervals(result.events, label, end, ("leak", "near_oom"))
-        tallies[ANY_FINDING].add(
-            label, judge(label, either, healthy.either) if label.leak else outcome
-        )
-        per_scenario[label.scenario].add(label, outcome)
-        if label.scenario == "flat_95":
-            flat95_total += 1
-            flat95_near += near
-        elif not label.leak and near:
-            near_healthy.append(label.name)
-        device = list(device_series(lines))
-        static = judge(label, intervals_of(static_threshold(device), end), healthy.static)
-        predicted = judge(label, intervals_of(predict_linear(device), end), healthy.predicted)
-        tallies["static >= 95%"].add(label, static)
-        tallies["predict_linear 1h/4h"].add(label, predicted)
+METHODS = ("project", ANY_FINDING, "static >= 95%", "predict_linear 1h/4h")
+
+
+@dataclass
+class Record:
+    """Every method's outcome on one trace."""
+
+    label: Label
+    outcomes: dict[str, Outcome]
+    near_oom: bool
+    """The project raised near_oom somewhere on the trace."""
+    samples: int
+    seed: int = 0
+    """The seed the trace was generated from."""
+
+
+def evaluate(
+    lines: list[str], label: Label, settings: DetectionSettings, generator: ModuleType
+) -> Record:
+    """Run the project and both baselines on one trace (and on its twin, for a leak)."""
+    result = replay_lines(lines, label.name, settings)
+    end = result.duration_s
+    healthy = twin_alarms(label, settings, generator) if label.leak else TwinAlarms()
+    intervals, near = project_intervals(result.events, label, end)
+    outcome = judge(label, intervals, healthy.project)
+    # Any finding that lets the policy checkpoint: leak or near_oom on the leaking series.
+    # On healthy traces only a leak is a false alarm (near_oom on a full card is right).
+    either, _ = project_intervals(result.events, label, end, ("leak", "near_oom"))
+    device = list(device_series(lines))
+    outcomes = {
+        "project": outcome,
+        ANY_FINDING: judge(label, either, healthy.either) if label.leak else outcome,
+        "static >= 95%": judge(label, intervals_of(static_threshold(device), end), healthy.static),
+        "predict_linear 1h/4h": judge(
+            label, intervals_of(predict_linear(device), end), healthy.predicted
+        ),
+    }
+    return Record(label, outcomes, near, result.device_samples + result.process_samples)
+
+
+def run_seed(
+    count: int, seed: int, settings: DetectionSettings, generator_name: str, verbose: bool
+) -> list[Record]:
+    """Evaluate the ``count`` traces of one seed."""
+    generator = importlib.import_module(generator_name)
+    records = []
+    for lines, label in generator.generate(count, seed):
+        record = evaluate(lines, label, settings, generator)
+        record.seed = seed
+        records.append(record)
         if verbose:
             span = (label.oom_t or 0) - (label.leak_start_t or 0)
+            leads = " ".join(
+                f"{name.split()[0]}={_minutes(record.outcomes[name].lead_s)}"
+                for name in (METHODS[0], *METHODS[2:])
+            )
             print(
-                f"{label.name:28s} leak={label.leak!s:5s} caught={outcome.caught!s:5s} "
-                f"alarm={outcome.alarmed!s:5s} leak-to-oom={span / 60:.0f}min lead(min) "
-                f"project={_minutes(outcome.lead_s)} static={_minutes(static.lead_s)} "
-                f"predict_linear={_minutes(predicted.lead_s)}",
+                f"{seed:3d} {label.name:28s} leak={label.leak!s:5s} "
+                f"caught={record.outcomes['project'].caught!s:5s} "
+                f"alarm={record.outcomes['project'].alarmed!s:5s} "
+                f"leak-to-oom={span / 60:.0f}min lead(min) {leads}",
                 file=sys.stderr,
             )
-    elapsed = time.perf_counter() - started
-    print(f"{count} traces (seed {seed}), {samples_total:,} samples, {elapsed:.1f} s\n")
+    return records
+
+
+def tally(records: list[Record], method: str) -> Tally:
+    """One method's totals over ``records``."""
+    total = Tally()
+    for record in records:
+        total.add(record.label, record.outcomes[method])
+    return total
+
+
+def _lead(tally_: Tally) -> str:
+    return f"{statistics.median(tally_.leads) / 60:.0f} min" if tally_.leads else "-"
+
+
+def report(records: list[Record], generator: ModuleType, seeds: list[int]) -> int:
+    """Print the tables; return the exit status (1 if the target is missed)."""
+    tallies = {name: tally(records, name) for name in METHODS}
     print(
         "| method | leaks caught in time | false alarms (healthy traces) "
         "| early alarms (leak traces) | median lead before OOM | same, a miss as 0 |"
     )
     print("|---|---|---|---|---|---|")
-    for name, tally in tallies.items():
-        lead = statistics.median(tally.leads) / 60 if tally.leads else float("nan")
+    for name, each in tallies.items():
         print(
-            f"| {name} | {tally.caught}/{tally.leaks} | {tally.false_alarms}/{tally.healthy} "
-            f"| {tally.early}/{tally.leaks} | {lead:.0f} min | {_median_min(tally.per_leak)} |"
+            f"| {name} | {each.caught}/{each.leaks} | {each.false_alarms}/{each.healthy} "
+            f"| {each.early}/{each.leaks} | {_lead(each)} | {_median_min(each.per_leak)} |"
         )
     print("\nLead on the leaks both caught (paired with the project):\n")
     project_leads = tallies["project"].per_leak
-    for name in names[2:]:
+    for name in METHODS[2:]:
         pairs = [
             (ours, theirs)
             for ours, theirs in zip(project_leads, tallies[name].per_leak, strict=True)
@@ -339,21 +376,27 @@ def score(  # noqa: PLR0915 - the report is one long sequence of prints
             f"{_median_min([o for o, _ in pairs])}, {name} {_median_min([t for _, t in pairs])}; "
             f"project longer on {longer}"
         )
+    if len(seeds) > 1:
+        _per_seed(records, seeds)
     print("\nProject by scenario:\n")
     print("| scenario | traces | caught / false alarms | median lead |")
     print("|---|---|---|---|")
-    for scenario in SCENARIOS:
-        tally = per_scenario[scenario]
-        if scenario in LEAKS:
-            result_text = f"caught {tally.caught}/{tally.leaks}"
-            lead_text = f"{statistics.median(tally.leads) / 60:.0f} min" if tally.leads else "-"
+    for scenario in generator.SCENARIOS:
+        each = tally([r for r in records if r.label.scenario == scenario], "project")
+        if scenario in generator.LEAKS:
+            traces, verdict, lead = each.leaks, f"caught {each.caught}/{each.leaks}", _lead(each)
         else:
-            result_text = f"false alarms {tally.false_alarms}/{tally.healthy}"
-            lead_text = "-"
-        print(f"| {scenario} | {tally.leaks + tally.healthy} | {result_text} | {lead_text} |")
+            traces, verdict, lead = each.healthy, f"false alarms {each.false_alarms}", "-"
+        print(f"| {scenario} | {traces} | {verdict} | {lead} |")
+    expected = [r for r in records if r.label.near_oom_expected]
+    near_healthy = [
+        r.label.name
+        for r in records
+        if r.near_oom and not r.label.leak and not r.label.near_oom_expected
+    ]
     print(
-        f"\nnear_oom raised on the flat 95% job: {flat95_near}/{flat95_total}; "
-        f"on other healthy traces: {len(near_healthy)}"
+        f"\nnear_oom raised on jobs sized near the card: {sum(r.near_oom for r in expected)}"
+        f"/{len(expected)}; on other healthy traces: {len(near_healthy)}"
     )
     project = tallies["project"]
     if project.missed:
@@ -365,14 +408,72 @@ def score(  # noqa: PLR0915 - the report is one long sequence of prints
     return 0 if not project.missed and not project.false else 1
 
 
+def _per_seed(records: list[Record], seeds: list[int]) -> None:
+    """One row per seed: caught, false alarms and the two median leads of each method."""
+    print("\nBy seed (caught, false alarms, median lead over caught / a miss as 0):\n")
+    print("| seed | " + " | ".join(n for n in METHODS if n != ANY_FINDING) + " |")
+    print("|---|---|---|---|")
+    for seed in seeds:
+        mine = [r for r in records if r.seed == seed]
+        cells = []
+        for name in METHODS:
+            if name == ANY_FINDING:
+                continue
+            each = tally(mine, name)
+            cells.append(
+                f"{each.caught}/{each.leaks}, {each.false_alarms}/{each.healthy}, "
+                f"{_lead(each)} / {_median_min(each.per_leak)}"
+            )
+        print(f"| {seed} | " + " | ".join(cells) + " |")
+
+
+def _seeds(text: str) -> list[int]:
+    """``3`` or ``1-10``."""
+    first, _, last = text.partition("-")
+    try:
+        low, high = int(first), int(last or first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a seed or a range of seeds: {text!r}") from None
+    if high < low:
+        raise argparse.ArgumentTypeError(f"empty range of seeds: {text!r}")
+    return list(range(low, high + 1))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=140)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--count", type=int, default=140, help="traces per seed")
+    parser.add_argument(
+        "--seed", type=_seeds, default=[1], help="a seed, or a range such as 1-10 (pooled)"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="seeds scored in parallel")
+    parser.add_argument("--verbose", action="store_true", help="one line per trace on stderr")
+    parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        default=GENERATORS[0],
+        help="scenarios: the generator the detector was developed with; "
+        "field_scenarios: an independent one written without looking at the detector",
+    )
     args = parser.parse_args(argv)
-    return score(args.count, args.seed, DetectionSettings(), args.verbose)
+    generator = importlib.import_module(args.generator)
+    settings = DetectionSettings()
+    started = time.perf_counter()
+    work = [(args.count, seed, settings, args.generator, args.verbose) for seed in args.seed]
+    if args.jobs > 1:
+        with multiprocessing.Pool(args.jobs) as pool:
+            batches = pool.starmap(run_seed, work)
+    else:
+        batches = [run_seed(*item) for item in work]
+    records = [record for batch in batches for record in batch]
+    elapsed = time.perf_counter() - started
+    samples = sum(r.samples for r in records)
+    seeds = ", ".join(map(str, args.seed))
+    print(
+        f"{len(records)} traces from {args.generator} (seeds {seeds}), {samples:,} samples, "
+        f"{elapsed:.1f} s\n"
+    )
+    return report(records, generator, args.seed)
 
 
 if __name__ == "__main__":
