@@ -428,10 +428,13 @@ class Series:
         # too young for the longest window, that window is all of them instead: as
         # much evidence as the history holds, not just the shorter window's (a leak
         # from the job's start would wait for the whole longest window to pass the
-        # warm-up, up to half as long again as the evidence it already has).
+        # warm-up, up to half as long again as the evidence it already has). That is
+        # so from the moment the history past the warm-up is longer than the finer
+        # level's longest window (KEEP of its buckets, half as wide): no history is
+        # left unjudged between the two levels.
         after_warmup = int((end_t - self.start_t - s.warmup_s) / level.width + 1e-9)
         for index, standard in enumerate(WINDOWS):
-            young = index == 0 and MIN_WINDOW < after_warmup < standard
+            young = index == 0 and KEEP // 2 < after_warmup < standard
             count = after_warmup if young else standard
             window_s = count * level.width
             if window_s > s.max_window_s or end_t - window_s < self.start_t + s.warmup_s:

@@ -40,6 +40,8 @@ STAIR_SPREAD = 2.0
 """In such a staircase no step is more than this many times another, nor any gap between them."""
 STAIR_HOLD = 2
 """Buckets the memory must stay up after a step before it counts."""
+STAIR_MIN_GAP = 3
+"""Buckets between two steps of such a staircase at the least: steps closer are a climb."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +134,10 @@ def _stairs(
     mins: Sequence[float],
     first: int,
     end_t: float,
+    width: float,
     least: float,
     tolerance: float,
+    saturation_ratio: float,
 ) -> tuple[list[float], list[float]] | None:
     """The floor after each step of a regular staircase, and when each step came.
 
@@ -142,8 +146,11 @@ def _stairs(
     memory has stayed up after it. Rises in consecutive buckets are one step
     (a steady climb is one long step, not a staircase). A staircase is
     ``STAIR_STEPS`` or more steps of at least ``least`` each, alike in height and
-    spacing within ``STAIR_SPREAD`` (growth that saturates comes in smaller and
-    rarer steps), the last not longer ago than the spacing allows. None if not.
+    spacing within ``STAIR_SPREAD``, ``STAIR_MIN_GAP`` buckets apart or more (closer
+    steps are a climb, which the stretches judge), the last not longer ago than the
+    spacing allows, and not slowing down: the last step's rate (its height over the
+    time since the step before) at least ``saturation_ratio`` of the second's, as
+    growth that saturates comes in smaller and rarer steps. None if not.
     """
     floor = list(mins[first:])
     for i in range(len(floor) - 2, -1, -1):
@@ -167,7 +174,9 @@ def _stairs(
         return None
     gaps = [b - a for a, b in itertools.pairwise(times)]
     if (
-        max(heights) > STAIR_SPREAD * min(heights)
+        min(gaps) < STAIR_MIN_GAP * width
+        or heights[-1] / gaps[-1] < saturation_ratio * heights[1] / gaps[0]
+        or max(heights) > STAIR_SPREAD * min(heights)
         or max(gaps) > STAIR_SPREAD * min(gaps)
         or end_t - times[-1] > STAIR_SPREAD * max(gaps)
     ):
@@ -277,7 +286,9 @@ def analyze_window(
                 rising_segments = SEGMENTS - 1
     stairs = None
     if not consistent:
-        stairs = _stairs(starts, mins, first, end_t, 0.5 * min_rise, tolerance)
+        stairs = _stairs(
+            starts, mins, first, end_t, width, 0.5 * min_rise, tolerance, saturation_ratio
+        )
         if stairs is not None:
             consistent, saturating = True, False
             floors, times = stairs
@@ -291,6 +302,12 @@ def analyze_window(
         if times[j] > times[i]
     ]
     rate = _median(slopes) if slopes else 0.0
+    pattern = _pattern(window_mins, sawtooth, stairs is not None)
+    if pattern == STAIRCASE and stairs is None and times[-1] > times[0]:
+        # The median pairwise slope of stretches that hold a few steps overstates the
+        # rate when the steps bunch (flat stretches, then two steps): a staircase's rate
+        # is what it rose over the time it took.
+        rate = min(rate, (floors[-1] - floors[0]) / (times[-1] - times[0]))
     rising = consistent and rise >= min_rise and rise > tolerance and not saturating and rate > 0
     return Trend(
         end_t=end_t,
@@ -301,6 +318,6 @@ def analyze_window(
         peak=peak,
         rising_segments=rising_segments,
         saturating=saturating,
-        pattern=_pattern(window_mins, sawtooth, stairs is not None) if rising else STEADY,
+        pattern=pattern if rising else STEADY,
         rising=rising,
     )
