@@ -84,3 +84,21 @@ def test_steps_slowing_down_are_no_staircase() -> None:
 def test_steps_a_bucket_or_two_apart_are_a_climb_not_a_staircase() -> None:
     """Three like steps two buckets apart at the window's end are judged by the stretches."""
     assert not judge_floor([10.0] * 12 + [10.5, 10.5, 11.0, 11.0, 11.5, 11.5], width=20.0)
+
+
+def test_a_climb_that_stopped_is_no_leak() -> None:
+    """A ramp that fills the window's stretches, then holds for a stretch and more.
+
+    An evaluation's batches arriving, or a checkpoint loaded in pieces: every
+    stretch of the window is higher than the one before, yet the floor has not
+    risen for 50 s, five times as long as it ever went between rises.
+    """
+    climb = [0.2 * i for i in range(14)]
+    assert not judge_floor(climb + [climb[-1]] * 4, width=10.0)
+
+
+def test_the_same_climb_still_going_is_a_leak() -> None:
+    """The same ramp up to the window's end: a fast leak, raised while it climbs."""
+    assert judge_floor([0.2 * i for i in range(18)], width=10.0)
+    climb = [0.2 * i for i in range(16)]
+    assert judge_floor(climb + [climb[-1]] * 2, width=10.0)  # quiet for under a stretch

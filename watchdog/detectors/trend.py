@@ -13,6 +13,10 @@ cannot drag.
 A staircase whose steps are too far apart for every stretch to hold one (a
 block kept alive each hour-long epoch) is judged on its steps instead: three
 or more like steps, evenly spaced (``_stairs``).
+
+A rise that has stopped is no leak, however well it filled the stretches: a
+window whose floor has not risen for longer than it ever went between rises
+(and longer than one stretch) is judged flat (``_stopped``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ STAIR_HOLD = 2
 """Buckets the memory must stay up after a step before it counts."""
 STAIR_MIN_GAP = 3
 """Buckets between two steps of such a staircase at the least: steps closer are a climb."""
+STOPPED_SHARE = 0.02
+"""The floor rises (``_stopped``) in steps of this share of the window's rise, or the noise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,14 @@ def _floors_contiguous(
     return floors, times
 
 
+def _lowest_from(mins: Sequence[float], first: int) -> list[float]:
+    """The lowest the memory went from each bucket on (from ``first``): spikes never lift it."""
+    floor = list(mins[first:])
+    for i in range(len(floor) - 2, -1, -1):
+        floor[i] = min(floor[i], floor[i + 1])
+    return floor
+
+
 def _stairs(
     starts: Sequence[float],
     mins: Sequence[float],
@@ -152,9 +166,7 @@ def _stairs(
     time since the step before) at least ``saturation_ratio`` of the second's, as
     growth that saturates comes in smaller and rarer steps. None if not.
     """
-    floor = list(mins[first:])
-    for i in range(len(floor) - 2, -1, -1):
-        floor[i] = min(floor[i], floor[i + 1])
+    floor = _lowest_from(mins, first)
     levels: list[float] = []
     times: list[float] = []
     climbing = False
@@ -182,6 +194,37 @@ def _stairs(
     ):
         return None
     return levels, times
+
+
+def _stopped(
+    starts: Sequence[float],
+    mins: Sequence[float],
+    first: int,
+    end_t: float,
+    window_s: float,
+    least: float,
+) -> bool:
+    """Whether the floor has not risen for longer than it ever went between rises.
+
+    The floor here is the lowest the memory went from each bucket on (a spike
+    never lifts it); it rises each time it passes the level of its last rise by
+    more than ``least``, so a climb in steps under the noise still rises. A
+    phase that ramps up in steps and then holds (an evaluation's batches
+    arriving, curriculum steps that ended) fills the stretches of a window as a
+    leak would; that it stopped is what tells. A silence up to one stretch of
+    the window (``window_s / SEGMENTS``) always passes.
+    """
+    floor = _lowest_from(mins, first)
+    level = floor[0]
+    rises = []
+    for j in range(1, len(floor)):
+        if floor[j] - level > least:
+            rises.append(starts[first + j])
+            level = floor[j]
+    if not rises:
+        return True
+    longest = max((b - a for a, b in itertools.pairwise(rises)), default=0.0)
+    return end_t - rises[-1] > max(longest, window_s / SEGMENTS)
 
 
 def _consistent(
@@ -284,6 +327,15 @@ def analyze_window(
             if consistent:
                 floors, times = coarse
                 rising_segments = SEGMENTS - 1
+    if consistent and _stopped(
+        starts,
+        mins,
+        first,
+        end_t,
+        window_s,
+        max(tolerance, STOPPED_SHARE * (floors[-1] - floors[0])),
+    ):
+        consistent = False
     stairs = None
     if not consistent:
         stairs = _stairs(
