@@ -345,22 +345,32 @@ def generate(
         yield build(scenario, seed * 100_000 + i, f"{i:04d}-{scenario}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write traces and labels.jsonl to a folder."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+Generate = Callable[[int, int, tuple[str, ...]], Iterator[tuple[list[str], Label]]]
+
+
+def write_traces(
+    argv: list[str] | None, description: str, scenarios: tuple[str, ...], generate: Generate
+) -> int:
+    """Command line of a generator: write its traces and labels.jsonl to a folder."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--count", type=int, default=len(SCENARIOS))
+    parser.add_argument("--count", type=int, default=len(scenarios))
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--scenario", action="append", choices=SCENARIOS)
+    parser.add_argument("--scenario", action="append", choices=scenarios)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    chosen = tuple(args.scenario) if args.scenario else SCENARIOS
+    chosen = tuple(args.scenario) if args.scenario else scenarios
     with (args.out / "labels.jsonl").open("w") as labels:
         for lines, label in generate(args.count, args.seed, chosen):
             (args.out / f"{label.name}.csv").write_text("\n".join(lines) + "\n")
             labels.write(json.dumps(asdict(label)) + "\n")
     print(f"wrote {args.count} traces to {args.out}", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write traces and labels.jsonl to a folder."""
+    return write_traces(argv, __doc__.split("\n\n")[0], SCENARIOS, generate)
 
 
 if __name__ == "__main__":

@@ -91,8 +91,9 @@ class Tally:
     missed: list[str] = field(default_factory=list)
     false: list[str] = field(default_factory=list)
 
-    def add(self, label: Label, outcome: Outcome) -> None:
-        """Count one trace."""
+    def add(self, label: Label, outcome: Outcome, name: str = "") -> None:
+        """Count one trace (``name`` it in the lists of misses and false alarms)."""
+        name = name or label.name
         if label.leak:
             self.leaks += 1
             self.early += outcome.early
@@ -102,12 +103,12 @@ class Tally:
                 assert outcome.lead_s is not None
                 self.leads.append(outcome.lead_s)
             else:
-                self.missed.append(label.name)
+                self.missed.append(name)
         else:
             self.healthy += 1
             if outcome.alarmed:
                 self.false_alarms += 1
-                self.false.append(label.name)
+                self.false.append(name)
 
 
 def device_series(lines: list[str]) -> Iterator[tuple[float, int, int]]:
@@ -341,7 +342,7 @@ def tally(records: list[Record], method: str) -> Tally:
     """One method's totals over ``records``."""
     total = Tally()
     for record in records:
-        total.add(record.label, record.outcomes[method])
+        total.add(record.label, record.outcomes[method], f"{record.seed}:{record.label.name}")
     return total
 
 
@@ -390,7 +391,7 @@ def report(records: list[Record], generator: ModuleType, seeds: list[int]) -> in
         print(f"| {scenario} | {traces} | {verdict} | {lead} |")
     expected = [r for r in records if r.label.near_oom_expected]
     near_healthy = [
-        r.label.name
+        f"{r.seed}:{r.label.name}"
         for r in records
         if r.near_oom and not r.label.leak and not r.label.near_oom_expected
     ]
