@@ -409,9 +409,10 @@ class Series:
     # -- judging
 
     def _judge(self, level: _Level, end_t: float) -> None:
-        n = level.count
+        n, mins = level.count, level.mins
         best: _Verdict | None = None
-        if n >= SEGMENTS and level.mins[n - 1] - min(level.recent_mins(KEEP)) >= self.min_rise:
+        # Slices inline, not through recent_mins: this runs at every bucket close.
+        if n >= SEGMENTS and mins[n - 1] - min(mins[max(0, n - KEEP) : n]) >= self.min_rise:
             best = self._best_window(level, end_t)
         if best is not None or level.result is not None:
             level.result = best
@@ -442,8 +443,14 @@ class Series:
             if cycle < 0:
                 cycle, tooth = self._sawtooth(end_t)
             min_rise = self.min_rise
-            if cycle and window_s < SAWTOOTH_CYCLES * cycle:
+            short_of_cycles = cycle and window_s < SAWTOOTH_CYCLES * cycle
+            if short_of_cycles:
                 min_rise = max(min_rise, SAWTOOTH_MARGIN * tooth)
+            # Cheap necessary condition: the newest sixth sits materially above the lowest point.
+            n, mins = level.count, level.mins
+            if min(mins[max(0, n - count // 6) : n]) - min(mins[max(0, n - count) : n]) < min_rise:
+                continue
+            if short_of_cycles:
                 # Inside one tooth (or across drops the troughs did not climb) only a
                 # climb beyond a tooth counts, and beyond as many teeth as cycles have
                 # passed since the last drop: a drop hidden under a spike lets a normal
@@ -454,9 +461,6 @@ class Series:
                     inside or not self._troughs_rise(level, end_t - window_s, end_t)
                 ) and self.tooth_climb < min_rise * max(1.0, since_drop / cycle):
                     continue
-            # Cheap necessary condition: the newest sixth sits materially above the lowest point.
-            if min(level.recent_mins(count // 6)) - min(level.recent_mins(count)) < min_rise:
-                continue
             # A window holds at most ``count`` buckets: hand over only those.
             first, n = max(0, level.count - count), level.count
             trend = analyze_window(
