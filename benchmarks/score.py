@@ -1,8 +1,10 @@
 """Score the detector against two common alerts on the same labelled traces.
 
-    python benchmarks/score.py --count 140 --seed 1
+    python benchmarks/score.py --count 140 --seed 1-10 --jobs 2
+    python benchmarks/score.py --generator field_scenarios --count 136 --seed 1-8 --jobs 2
 
-For each trace from ``benchmarks/scenarios.py`` it runs:
+For each trace from ``benchmarks/scenarios.py`` (the development set) or
+``benchmarks/field_scenarios.py`` (a held-out set) it runs:
 
 - **project**: ``gpu-watchdog replay`` (the same engine as the daemon); a leak
   counts when a ``leak`` finding is raised on the leaking GPU (on the leaking
