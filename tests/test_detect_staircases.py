@@ -39,6 +39,11 @@ def replayed(name: str) -> list[Event]:
         # An evaluation's ramp with a batch-shape step inside it at a window's end: three
         # steps 40-60 s apart passed for a staircase 6 minutes from an OOM.
         "field_mixed_300077",
+        # Curriculum steps of 3 and 4 planned steps, 1.5-4 h apart, then flat: the steps
+        # projected four times the window ahead made an OOM 20 h away, raised 1-2 h
+        # after the last step. A few steps foretell no more than the time they took.
+        "field_curriculum_growth_5000037",
+        "field_curriculum_growth_8000063",
     ],
 )
 def test_healthy_growth_that_once_passed_for_a_staircase_is_no_leak(name: str) -> None:
@@ -102,3 +107,23 @@ def test_the_same_climb_still_going_is_a_leak() -> None:
     assert judge_floor([0.2 * i for i in range(18)], width=10.0)
     climb = [0.2 * i for i in range(16)]
     assert judge_floor(climb + [climb[-1]] * 2, width=10.0)  # quiet for under a stretch
+
+
+def test_a_few_steps_carry_the_time_they_took() -> None:
+    """Three steps 5 buckets apart: judged on 3 spacings (one before the first step).
+
+    Many steps are evidence enough to be projected as a climb is: no span then.
+    """
+    width = 640.0
+    levels = [0.0] * 4 + [1.0] * 5 + [2.0] * 5 + [3.0] * 4
+    mins = [level * GIB for level in levels]
+    starts = [i * width for i in range(len(mins))]
+    end = len(mins) * width
+    trend = analyze_window(starts, mins, mins, end, end, width, 0.5 * GIB, 0.5)
+    assert trend is not None and trend.rising
+    assert trend.steps_span_s == pytest.approx(end - 4 * width + 5 * width)
+    many = [float(i // 2) for i in range(18)]  # a step every other bucket: 8 steps
+    mins = [level * GIB for level in many]
+    trend = analyze_window(starts, mins, mins, end, end, width, 0.5 * GIB, 0.5)
+    assert trend is not None and trend.rising
+    assert trend.steps_span_s == 0.0

@@ -48,6 +48,9 @@ SAWTOOTH_CYCLES = 3
 """Inside a sawtooth, a window shorter than this many cycles is a short window."""
 SHORT_EXTRAPOLATION_S = 1800.0
 LONG_EXTRAPOLATION_S = 7200.0
+STEPS_REACH = 1.0
+"""A staircase of a few steps (``trend.FEW_STEPS``) is projected this many times the time
+they took at most: a planned step or two more and a leak's next steps look alike."""
 UPDATE_RATE_CHANGE = 0.25
 MIB = float(1 << 20)
 
@@ -516,6 +519,9 @@ class Series:
             extrapolation(trend.window_s, s.leak_extrapolation_short, s.leak_extrapolation)
             * trend.window_s
         )
+        if trend.steps_span_s:
+            # A few steps are a few points: as many again is as far as they foretell.
+            reach = min(reach, STEPS_REACH * trend.steps_span_s)
         evidence = reach / time_to_oom if time_to_oom > 0 else math.inf
         confidence = min(0.99, (1.0 - math.exp(-evidence)) * trend.rising_segments / 5.0)
         leak = time_to_oom <= reach and time_to_oom <= s.leak_max_time_to_oom_s

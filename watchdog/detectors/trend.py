@@ -17,6 +17,9 @@ or more like steps, evenly spaced (``_stairs``).
 A rise that has stopped is no leak, however well it filled the stretches: a
 window whose floor has not risen for longer than it ever went between rises
 (and longer than one stretch) is judged flat (``_stopped``).
+
+A staircase of a few steps is a few points: the verdict carries the time
+they took (``steps_span_s``), and the series projects it no further.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ SMALLEST_STEP_SHARE = 0.05
 """In a 4-way cut, a step under this share of an even split of the rise is flat, noise or not."""
 STAIRCASE_SHARE = 0.7
 """A rise is a staircase when its big steps (over half the largest) carry this share of it."""
+FEW_STEPS = 4
+"""A staircase of this many steps or fewer is judged on how long they took (``steps_span_s``)."""
 STAIR_STEPS = 3
 """Steps up the floor that make a staircase on their own, whatever the stretches show."""
 STAIR_SPREAD = 2.0
@@ -70,6 +75,9 @@ class Trend:
     pattern: str
     rising: bool
     """Consistent, material, not saturating: a candidate leak."""
+    steps_span_s: float = 0.0
+    """For a staircase of ``FEW_STEPS`` steps or fewer: the time they took, one
+    spacing before the first step to the window's end. 0 otherwise."""
 
 
 def _median(values: list[float]) -> float:
@@ -94,6 +102,24 @@ def _pattern(mins: Sequence[float], sawtooth: bool, stairs: bool) -> str:
     if sum(big) >= STAIRCASE_SHARE * rise and len(big) <= len(steps) // 2:
         return STAIRCASE
     return STEADY
+
+
+def _few_steps_span(steps: Sequence[float], end_t: float) -> float:
+    """The time ``FEW_STEPS`` or fewer steps took: one spacing before the first to ``end_t``.
+
+    0 for more steps (or none): they are evidence enough to be projected as a climb is.
+    """
+    if not steps or len(steps) > FEW_STEPS:
+        return 0.0
+    spacing = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 0.0
+    return end_t - steps[0] + spacing
+
+
+def _big_steps(starts: Sequence[float], mins: Sequence[float]) -> list[float]:
+    """When the floor took its big steps (over half the largest), as ``_pattern`` sees them."""
+    steps = [b - a for a, b in itertools.pairwise(mins)]
+    largest = max(steps, default=0.0)
+    return [starts[i + 1] for i, step in enumerate(steps) if step > 0.5 * largest]
 
 
 def _floors(
@@ -361,7 +387,11 @@ def analyze_window(
         # is what it rose over the time it took.
         rate = min(rate, (floors[-1] - floors[0]) / (times[-1] - times[0]))
     rising = consistent and rise >= min_rise and rise > tolerance and not saturating and rate > 0
+    span = 0.0
+    if rising and (stairs or pattern == STAIRCASE):
+        span = _few_steps_span(times if stairs else _big_steps(starts[first:], window_mins), end_t)
     return Trend(
+        steps_span_s=span,
         end_t=end_t,
         window_s=window_s,
         rate=rate,
