@@ -120,10 +120,12 @@ def test_a_few_steps_carry_the_time_they_took() -> None:
     starts = [i * width for i in range(len(mins))]
     end = len(mins) * width
     trend = analyze_window(starts, mins, mins, end, end, width, 0.5 * GIB, 0.5)
-    assert trend is not None and trend.rising
+    assert trend is not None
+    assert trend.rising
     assert trend.steps_span_s == pytest.approx(end - 4 * width + 5 * width)
     many = [float(i // 2) for i in range(18)]  # a step every other bucket: 8 steps
     mins = [level * GIB for level in many]
     trend = analyze_window(starts, mins, mins, end, end, width, 0.5 * GIB, 0.5)
-    assert trend is not None and trend.rising
+    assert trend is not None
+    assert trend.rising
     assert trend.steps_span_s == 0.0
