@@ -465,7 +465,7 @@ class Series:
                 ) and self.tooth_climb < min_rise * max(1.0, since_drop / cycle):
                     continue
             # A window holds at most ``count`` buckets: hand over only those.
-            first, n = max(0, level.count - count), level.count
+            first = max(0, n - count)
             trend = analyze_window(
                 level.starts[first:n],
                 level.mins[first:n],

@@ -94,12 +94,11 @@ def _pattern(mins: Sequence[float], sawtooth: bool, stairs: bool) -> str:
         return SAWTOOTH
     if stairs:
         return STAIRCASE
-    steps = [b - a for a, b in itertools.pairwise(mins)]
+    steps, big = _big_steps(mins)
     rise = mins[-1] - min(mins)
     if rise <= 0 or not steps:
         return STEADY
-    big = [step for step in steps if step > 0.5 * max(steps)]
-    if sum(big) >= STAIRCASE_SHARE * rise and len(big) <= len(steps) // 2:
+    if sum(steps[i] for i in big) >= STAIRCASE_SHARE * rise and len(big) <= len(steps) // 2:
         return STAIRCASE
     return STEADY
 
@@ -115,11 +114,11 @@ def _few_steps_span(steps: Sequence[float], end_t: float) -> float:
     return end_t - steps[0] + spacing
 
 
-def _big_steps(starts: Sequence[float], mins: Sequence[float]) -> list[float]:
-    """When the floor took its big steps (over half the largest), as ``_pattern`` sees them."""
+def _big_steps(mins: Sequence[float]) -> tuple[list[float], list[int]]:
+    """The bucket-to-bucket steps of ``mins``, and which are big (over half the largest)."""
     steps = [b - a for a, b in itertools.pairwise(mins)]
     largest = max(steps, default=0.0)
-    return [starts[i + 1] for i, step in enumerate(steps) if step > 0.5 * largest]
+    return steps, [i for i, step in enumerate(steps) if step > 0.5 * largest]
 
 
 def _floors(
@@ -171,7 +170,7 @@ def _lowest_from(mins: Sequence[float], first: int) -> list[float]:
 
 def _stairs(
     starts: Sequence[float],
-    mins: Sequence[float],
+    floor: Sequence[float],
     first: int,
     end_t: float,
     width: float,
@@ -181,10 +180,11 @@ def _stairs(
 ) -> tuple[list[float], list[float]] | None:
     """The floor after each step of a regular staircase, and when each step came.
 
-    The floor here is the lowest the memory went from each bucket on, so a spike
-    or a sawtooth's tooth never makes a step, and a step shows only once the
-    memory has stayed up after it. Rises in consecutive buckets are one step
-    (a steady climb is one long step, not a staircase). A staircase is
+    ``floor`` is the lowest the memory went from each bucket on (``_lowest_from``,
+    from ``starts[first]``), so a spike or a sawtooth's tooth never makes a step,
+    and a step shows only once the memory has stayed up after it. Rises in
+    consecutive buckets are one step (a steady climb is one long step, not a
+    staircase). A staircase is
     ``STAIR_STEPS`` or more steps of at least ``least`` each, alike in height and
     spacing within ``STAIR_SPREAD``, ``STAIR_MIN_GAP`` buckets apart or more (closer
     steps are a climb, which the stretches judge), the last not longer ago than the
@@ -192,7 +192,6 @@ def _stairs(
     time since the step before) at least ``saturation_ratio`` of the second's, as
     growth that saturates comes in smaller and rarer steps. None if not.
     """
-    floor = _lowest_from(mins, first)
     levels: list[float] = []
     times: list[float] = []
     climbing = False
@@ -224,7 +223,7 @@ def _stairs(
 
 def _stopped(
     starts: Sequence[float],
-    mins: Sequence[float],
+    floor: Sequence[float],
     first: int,
     end_t: float,
     window_s: float,
@@ -232,15 +231,14 @@ def _stopped(
 ) -> bool:
     """Whether the floor has not risen for longer than it ever went between rises.
 
-    The floor here is the lowest the memory went from each bucket on (a spike
-    never lifts it); it rises each time it passes the level of its last rise by
+    ``floor`` is the lowest the memory went from each bucket on (``_lowest_from``;
+    a spike never lifts it); it rises each time it passes the level of its last rise by
     more than ``least``, so a climb in steps under the noise still rises. A
     phase that ramps up in steps and then holds (an evaluation's batches
     arriving, curriculum steps that ended) fills the stretches of a window as a
     leak would; that it stopped is what tells. A silence up to one stretch of
     the window (``window_s / SEGMENTS``) always passes.
     """
-    floor = _lowest_from(mins, first)
     level = floor[0]
     rises = []
     for j in range(1, len(floor)):
@@ -353,9 +351,10 @@ def analyze_window(
             if consistent:
                 floors, times = coarse
                 rising_segments = SEGMENTS - 1
+    lowest = _lowest_from(mins, first)
     if consistent and _stopped(
         starts,
-        mins,
+        lowest,
         first,
         end_t,
         window_s,
@@ -365,7 +364,7 @@ def analyze_window(
     stairs = None
     if not consistent:
         stairs = _stairs(
-            starts, mins, first, end_t, width, 0.5 * min_rise, tolerance, saturation_ratio
+            starts, lowest, first, end_t, width, 0.5 * min_rise, tolerance, saturation_ratio
         )
         if stairs is not None:
             consistent, saturating = True, False
@@ -389,7 +388,8 @@ def analyze_window(
     rising = consistent and rise >= min_rise and rise > tolerance and not saturating and rate > 0
     span = 0.0
     if rising and (stairs or pattern == STAIRCASE):
-        span = _few_steps_span(times if stairs else _big_steps(starts[first:], window_mins), end_t)
+        steps = times if stairs else [starts[first + i + 1] for i in _big_steps(window_mins)[1]]
+        span = _few_steps_span(steps, end_t)
     return Trend(
         steps_span_s=span,
         end_t=end_t,
