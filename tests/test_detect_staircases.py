@@ -1,8 +1,8 @@
 """Staircases: blocks kept each epoch are a leak; planned steps and saturating growth are not.
 
-The recorded traces in ``tests/data/field_*.csv.gz`` come from a first
-version of the held-out generator (``benchmarks/field_scenarios.py``); the
-detector once got each of them wrong.
+The recorded traces in ``tests/data/field_*.csv.gz`` come from the held-out
+generator (``benchmarks/field_scenarios.py``; the first ones from an earlier
+version of it); the detector once got each of them wrong.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from watchdog.detectors import Event
 from watchdog.detectors.replay import replay_lines
-from watchdog.detectors.trend import analyze_window
+from watchdog.detectors.trend import Trend, analyze_window
 
 GIB = float(1 << 30)
 DATA = Path(__file__).resolve().parent / "data"
@@ -44,6 +44,15 @@ def replayed(name: str) -> list[Event]:
         # after the last step. A few steps foretell no more than the time they took.
         "field_curriculum_growth_5000037",
         "field_curriculum_growth_8000063",
+        # Four curriculum steps of uneven height (5-20 %): to the stretches and the bucket
+        # minima a climb, so the few-steps limit passed them by, and an OOM 21 and 28 h
+        # away was projected from a window of 7-8 h. The floor's own steps tell.
+        "field_curriculum_growth_2000028",
+        "field_curriculum_growth_3000031",
+        # Three steps 3.6 and 1.4 h apart: the level before the first was taken to hold
+        # for one (mean) spacing, 2.5 h, where the window showed 0.7 h of it, and the
+        # steps foretold an OOM 10.5 h away. The window is all the evidence there is.
+        "field_curriculum_growth_8000148",
     ],
 )
 def test_healthy_growth_that_once_passed_for_a_staircase_is_no_leak(name: str) -> None:
@@ -67,12 +76,25 @@ def test_a_young_staircase_is_judged_on_all_its_history() -> None:
     assert raised[0].t <= 15476.7
 
 
-def judge_floor(levels: list[float], width: float = 640.0) -> bool:
-    """Whether one window whose bucket minima are ``levels`` (GiB) is a rising floor."""
+def analyze_levels(levels: list[float], width: float = 640.0, buckets: int = 0) -> Trend | None:
+    """The verdict on the window of the last ``buckets`` (all) of ``levels`` (GiB minima)."""
     mins = [level * GIB for level in levels]
     starts = [i * width for i in range(len(mins))]
     end = len(mins) * width
-    trend = analyze_window(starts, mins, mins, end, end, width, 0.5 * GIB, 0.5)
+    window = (buckets or len(mins)) * width
+    return analyze_window(starts, mins, mins, end, window, width, 0.5 * GIB, 0.5)
+
+
+def window_trend(levels: list[float], buckets: int = 0) -> Trend:
+    """``analyze_levels`` of a window that has a verdict."""
+    trend = analyze_levels(levels, buckets=buckets)
+    assert trend is not None
+    return trend
+
+
+def judge_floor(levels: list[float], width: float = 640.0) -> bool:
+    """Whether one window whose bucket minima are ``levels`` (GiB) is a rising floor."""
+    trend = analyze_levels(levels, width)
     return trend is not None and trend.rising
 
 
@@ -110,22 +132,37 @@ def test_the_same_climb_still_going_is_a_leak() -> None:
 
 
 def test_a_few_steps_carry_the_time_they_took() -> None:
-    """Three steps 5 buckets apart: judged on 3 spacings (one before the first step).
+    """Three steps 4 buckets apart: judged on 4 spacings (one before the first step).
 
+    The level before the first step counts only as far as the window shows it.
     Many steps are evidence enough to be projected as a climb is: no span then.
     """
     width = 640.0
-    levels = [0.0] * 4 + [1.0] * 5 + [2.0] * 5 + [3.0] * 4
-    mins = [level * GIB for level in levels]
-    starts = [i * width for i in range(len(mins))]
-    end = len(mins) * width
-    trend = analyze_window(starts, mins, mins, end, end, width, 0.5 * GIB, 0.5)
-    assert trend is not None
+    trend = window_trend([0.0] * 6 + [1.0] * 4 + [2.0] * 4 + [3.0] * 4)
     assert trend.rising
-    assert trend.steps_span_s == pytest.approx(end - 4 * width + 5 * width)
-    many = [float(i // 2) for i in range(18)]  # a step every other bucket: 8 steps
-    mins = [level * GIB for level in many]
-    trend = analyze_window(starts, mins, mins, end, end, width, 0.5 * GIB, 0.5)
-    assert trend is not None
+    assert trend.steps_span_s == pytest.approx((18 - 6 + 4) * width)
+    # 4 buckets of the level before the first step, steps 5 apart: the window's 18.
+    trend = window_trend([0.0] * 4 + [1.0] * 5 + [2.0] * 5 + [3.0] * 4)
+    assert trend.steps_span_s == pytest.approx(18 * width)
+    trend = window_trend([float(i // 2) for i in range(18)])  # a step every other bucket: 8
     assert trend.rising
     assert trend.steps_span_s == 0.0
+
+
+def test_a_few_uneven_steps_that_read_as_a_climb_carry_their_span() -> None:
+    """Steps of 0.5, 1, 0.45 and 0.9 GiB: no staircase of like steps, yet four steps.
+
+    The big ones carry under 70 % of the rise, so the bucket minima call the
+    pattern steady; the floor's four steps carry all of it, so the window still
+    foretells only as long as they took: from one spacing (3.7 buckets) before
+    the first step, here the window's start 3 buckets before it.
+    """
+    width = 640.0
+    levels = [0.0] * 3 + [0.5] * 4 + [1.5] * 4 + [1.95] * 3 + [2.85] * 4
+    trend = window_trend(levels)
+    assert trend.rising
+    assert trend.pattern == "steady"
+    assert trend.steps_span_s == pytest.approx(18 * width)
+    trend = window_trend(levels, buckets=17)  # a bucket less of the level before
+    assert trend.rising
+    assert trend.steps_span_s == pytest.approx(17 * width)

@@ -18,8 +18,10 @@ A rise that has stopped is no leak, however well it filled the stretches: a
 window whose floor has not risen for longer than it ever went between rises
 (and longer than one stretch) is judged flat (``_stopped``).
 
-A staircase of a few steps is a few points: the verdict carries the time
-they took (``steps_span_s``), and the series projects it no further.
+A rise that a few steps of the floor carry is a few points, whatever the
+stretches make of it: the verdict carries the time they took
+(``steps_span_s``, from one spacing before the first step, as far as the
+window shows that level), and the series projects it no further.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ STAIR_MIN_GAP = 3
 """Buckets between two steps of such a staircase at the least: steps closer are a climb."""
 STOPPED_SHARE = 0.02
 """The floor rises (``_stopped``) in steps of this share of the window's rise, or the noise."""
+FEW_STEP_SHARE = 0.1
+"""A floor step of at least this share of the rise counts towards a rise carried by few steps."""
+FEW_STEPS_CARRY = 0.8
+"""... and ``FEW_STEPS`` or fewer such steps that carry this share of the rise are all it is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +82,9 @@ class Trend:
     rising: bool
     """Consistent, material, not saturating: a candidate leak."""
     steps_span_s: float = 0.0
-    """For a staircase of ``FEW_STEPS`` steps or fewer: the time they took, one
-    spacing before the first step to the window's end. 0 otherwise."""
+    """For a rise of ``FEW_STEPS`` steps or fewer: the time they took, one spacing
+    before the first step (or the window's start, if later) to the window's end.
+    0 otherwise."""
 
 
 def _median(values: list[float]) -> float:
@@ -103,15 +110,71 @@ def _pattern(mins: Sequence[float], sawtooth: bool, stairs: bool) -> str:
     return STEADY
 
 
-def _few_steps_span(steps: Sequence[float], end_t: float) -> float:
+def _few_steps_span(steps: Sequence[float], start_t: float, end_t: float) -> float:
     """The time ``FEW_STEPS`` or fewer steps took: one spacing before the first to ``end_t``.
 
-    0 for more steps (or none): they are evidence enough to be projected as a climb is.
+    The level before the first step counts only as far as the window (from
+    ``start_t``) shows it. 0 for more steps (or none): they are evidence enough
+    to be projected as a climb is.
     """
     if not steps or len(steps) > FEW_STEPS:
         return 0.0
     spacing = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 0.0
-    return end_t - steps[0] + spacing
+    return end_t - max(start_t, steps[0] - spacing)
+
+
+def _steps_span(
+    starts: Sequence[float],
+    mins: Sequence[float],
+    floor: Sequence[float],
+    first: int,
+    start_t: float,
+    end_t: float,
+    stairs: tuple[list[float], list[float]] | None,
+    pattern: str,
+    tolerance: float,
+) -> float:
+    """``Trend.steps_span_s`` of a rising window: the time its steps took, if a few carry it.
+
+    ``mins`` are the window's bucket minima, ``floor`` the lowest the memory
+    went from each of them on (both from ``starts[first]``). A staircase of
+    like steps (``stairs``) has its steps; any other window the floor's own
+    (``_floor_steps``: a curriculum's uneven steps read as a climb to the
+    stretches and the bucket minima), or where more than a few make its rise,
+    the big bucket-to-bucket steps of a ``pattern`` that a few of them carry.
+    """
+    if stairs is not None:
+        return _few_steps_span(stairs[1], start_t, end_t)
+    span = _few_steps_span(_floor_steps(starts, floor, first, tolerance), start_t, end_t)
+    if not span and pattern == STAIRCASE:
+        big = _big_steps(mins)[1]
+        span = _few_steps_span([starts[first + i + 1] for i in big], start_t, end_t)
+    return span
+
+
+def _floor_steps(
+    starts: Sequence[float], floor: Sequence[float], first: int, tolerance: float
+) -> list[float]:
+    """When the floor took the steps that carry its rise, if ``FEW_STEPS`` or fewer do.
+
+    ``floor`` is the lowest the memory went from each bucket on (``_lowest_from``).
+    A step is a bucket-to-bucket rise of at least ``FEW_STEP_SHARE`` of the whole
+    rise (and above the noise ``tolerance``); when a few such steps carry
+    ``FEW_STEPS_CARRY`` of it, the rise is those steps, whatever the stretches
+    or the bucket minima make of it. Empty when the rise is not a few steps.
+    """
+    rise = floor[-1] - floor[0]
+    least = max(tolerance, FEW_STEP_SHARE * rise)
+    times: list[float] = []
+    carried = 0.0
+    for j in range(1, len(floor)):
+        step = floor[j] - floor[j - 1]
+        if step >= least:
+            if len(times) == FEW_STEPS:
+                return []
+            times.append(starts[first + j])
+            carried += step
+    return times if rise > 0 and carried >= FEW_STEPS_CARRY * rise else []
 
 
 def _big_steps(mins: Sequence[float]) -> tuple[list[float], list[int]]:
@@ -386,12 +449,14 @@ def analyze_window(
         # is what it rose over the time it took.
         rate = min(rate, (floors[-1] - floors[0]) / (times[-1] - times[0]))
     rising = consistent and rise >= min_rise and rise > tolerance and not saturating and rate > 0
-    span = 0.0
-    if rising and (stairs or pattern == STAIRCASE):
-        steps = times if stairs else [starts[first + i + 1] for i in _big_steps(window_mins)[1]]
-        span = _few_steps_span(steps, end_t)
     return Trend(
-        steps_span_s=span,
+        steps_span_s=(
+            _steps_span(
+                starts, window_mins, lowest, first, start_t, end_t, stairs, pattern, tolerance
+            )
+            if rising
+            else 0.0
+        ),
         end_t=end_t,
         window_s=window_s,
         rate=rate,
