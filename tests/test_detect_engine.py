@@ -144,6 +144,23 @@ def test_slow_creep_over_many_hours_is_raised_early() -> None:
     assert oom - first > 3 * 3600
 
 
+def test_a_trend_of_hours_is_projected_five_times_its_history() -> None:
+    """The same creep is raised once its OOM is within 5x the history past the warm-up.
+
+    ``leak_extrapolation`` (5) for windows of 2 h and more: at 4x it would
+    have waited another half hour, for an OOM 10.1 h away instead of 10.6 h.
+    """
+
+    def memory(t: float) -> float:
+        return warm(t) + t * 450_000
+
+    events, _, _ = run(memory, 4 * 3600, interval=10.0)
+    first = min(leaks(events), key=lambda e: e.t)
+    history = first.t - DetectionSettings().warmup_s
+    assert first.time_to_oom_s is not None
+    assert 4 * history < first.time_to_oom_s <= 5 * history
+
+
 def sawtooth(t: float, period: float = 600.0, height: float = 3 * GIB) -> float:
     """Caches grow linearly, ``empty_cache`` every ``period``."""
     return warm(t) + height * ((t % period) / period)
