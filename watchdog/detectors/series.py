@@ -47,7 +47,7 @@ SAWTOOTH_MARGIN = 1.5
 SAWTOOTH_CYCLES = 3
 """Inside a sawtooth, a window shorter than this many cycles is a short window."""
 SHORT_EXTRAPOLATION_S = 1800.0
-LONG_EXTRAPOLATION_S = 7200.0
+LONG_EXTRAPOLATION_S = 3600.0
 STEPS_REACH = 1.0
 """A staircase of a few steps (``trend.FEW_STEPS``) is projected this many times the time
 they took at most: a planned step or two more and a leak's next steps look alike."""
@@ -118,7 +118,7 @@ class _Verdict:
 def extrapolation(window_s: float, least: float, most: float) -> float:
     """How far past its evidence a trend may be projected.
 
-    ``least`` times the window up to 30 min, rising to ``most`` times from 2 h.
+    ``least`` times the window up to 30 min, rising to ``most`` times from 1 h.
     """
     share = (window_s - SHORT_EXTRAPOLATION_S) / (LONG_EXTRAPOLATION_S - SHORT_EXTRAPOLATION_S)
     return least + (most - least) * min(1.0, max(0.0, share))
