@@ -49,8 +49,8 @@ SAWTOOTH_CYCLES = 3
 SHORT_EXTRAPOLATION_S = 1800.0
 LONG_EXTRAPOLATION_S = 3600.0
 STEPS_REACH = 1.0
-"""A staircase of a few steps (``trend.FEW_STEPS``) is projected this many times the time
-they took at most: a planned step or two more and a leak's next steps look alike."""
+"""A rise of a few steps (``trend.FEW_STEPS``) is projected this many times the time they
+took at most: a planned step or two more and a leak's next steps look alike."""
 UPDATE_RATE_CHANGE = 0.25
 MIB = float(1 << 20)
 

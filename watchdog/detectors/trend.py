@@ -164,6 +164,8 @@ def _floor_steps(
     or the bucket minima make of it. Empty when the rise is not a few steps.
     """
     rise = floor[-1] - floor[0]
+    if rise <= 0:
+        return []
     least = max(tolerance, FEW_STEP_SHARE * rise)
     times: list[float] = []
     carried = 0.0
@@ -174,7 +176,7 @@ def _floor_steps(
                 return []
             times.append(starts[first + j])
             carried += step
-    return times if rise > 0 and carried >= FEW_STEPS_CARRY * rise else []
+    return times if carried >= FEW_STEPS_CARRY * rise else []
 
 
 def _big_steps(mins: Sequence[float]) -> tuple[list[float], list[int]]:
