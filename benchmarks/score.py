@@ -64,7 +64,7 @@ PREDICT_AHEAD_S = 4 * 3600.0
 RULE_EVERY_S = 60.0
 STATIC_RATIO = 0.95
 ANY_FINDING = "project, leak or near_oom"
-GENERATORS = ("scenarios", "field_scenarios")
+GENERATORS = ("scenarios", "field_scenarios", "wild_scenarios")
 
 
 @dataclass
@@ -113,11 +113,12 @@ class Tally:
                 self.false.append(name)
 
 
-def device_series(lines: list[str]) -> Iterator[tuple[float, int, int]]:
-    """(t, used, total) of GPU 0's device rows."""
+def device_series(lines: list[str], gpu: int) -> Iterator[tuple[float, int, int]]:
+    """(t, used, total) of GPU ``gpu``'s device rows."""
+    index = str(gpu)
     for line in lines[1:]:
-        t, gpu, pid, used, total = line.split(",")
-        if not pid and gpu == "0":
+        t, row_gpu, pid, used, total = line.split(",")
+        if not pid and row_gpu == index:
             yield float(t), int(used), int(total)
 
 
@@ -255,7 +256,7 @@ def twin_alarms(label: Label, settings: DetectionSettings, generator: ModuleType
     lines = generator.twin(label)
     result = replay_lines(lines, label.name, settings)
     end = result.duration_s
-    device = list(device_series(lines))
+    device = list(device_series(lines, label.gpu))
     return TwinAlarms(
         project=project_intervals(result.events, label, end)[0],
         either=project_intervals(result.events, label, end, ("leak", "near_oom"))[0],
@@ -302,7 +303,7 @@ def evaluate(
     # Any finding that lets the policy checkpoint: leak or near_oom on the leaking series.
     # On healthy traces only a leak is a false alarm (near_oom on a full card is right).
     either, _ = project_intervals(result.events, label, end, ("leak", "near_oom"))
-    device = list(device_series(lines))
+    device = list(device_series(lines, label.gpu))
     outcomes = {
         "project": outcome,
         ANY_FINDING: judge(label, either, healthy.either) if label.leak else outcome,
@@ -456,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=GENERATORS,
         default=GENERATORS[0],
         help="scenarios: the generator the detector was developed with; "
-        "field_scenarios: an independent one written without looking at the detector",
+        "field_scenarios and wild_scenarios: independent ones written without looking at "
+        "the detector",
     )
     args = parser.parse_args(argv)
     generator = importlib.import_module(args.generator)

@@ -48,6 +48,13 @@ def test_predict_linear_baseline_fires_on_a_ramp() -> None:
     assert any(active for _, active in flags)
 
 
+def test_baselines_read_the_labelled_gpu() -> None:
+    """The baselines watch the GPU the label names, not GPU 0 (traces of GPU 3 exist)."""
+    lines = ["t,gpu,pid,used_bytes,total_bytes", "0,0,,100,1000", "0,3,,950,1000", "1,3,,960,1000"]
+    assert list(score.device_series(lines, 3)) == [(0.0, 950, 1000), (1.0, 960, 1000)]
+    assert list(score.device_series(lines, 0)) == [(0.0, 100, 1000)]
+
+
 @pytest.mark.slow
 def test_project_catches_every_leak_without_false_alarms_on_a_sample() -> None:
     """On one trace of each scenario the detector catches every leak in time and cries no wolf."""
