@@ -685,3 +685,59 @@ def test_a_long_eval_over_a_noise_free_sawtooth_is_not_a_leak() -> None:
         process = int(memory(t)) // MIB * MIB
         events += engine.observe_step(t, [(0, process + 394 * MIB, card)], [(0, PID, process)])
     assert leaks(events) == []
+
+
+def rollout_and_trainer(t: float, block: float) -> tuple[float, float]:
+    """(engine, trainer) memory of an RLHF pair taking turns on one GPU every 30 minutes.
+
+    The rollout engine is awake for the first 10 minutes of each cycle (weights and KV
+    cache), asleep otherwise; the trainer is offloaded while it is awake. The engine
+    keeps ``block`` every time it goes to sleep.
+    """
+    cycle, awake_s = 1800.0, 600.0
+    n, phase = divmod(t, cycle)
+    awake = phase < awake_s
+    kept = block * (n + (0 if awake else 1))
+    engine = (12 * GIB if awake else 800 * MIB) + kept
+    trainer = 2 * GIB if awake else 20 * GIB
+    return engine, trainer
+
+
+def colocated_run(block: float, hours: float) -> tuple[list[Event], float | None]:
+    """Feed the pair of ``rollout_and_trainer`` (the engine is pid 11); events and OOM t."""
+    engine = DetectionEngine()
+    events: list[Event] = []
+    rng = random.Random(9)
+    t = 0.0
+    while t < hours * 3600:
+        rollout, trainer = (m + rng.gauss(0, 4 * MIB) for m in rollout_and_trainer(t, block))
+        used = rollout + trainer + 300 * MIB
+        if used >= TOTAL:
+            return events, t
+        procs = [(0, 11, int(rollout)), (0, 22, int(trainer))]
+        events += engine.observe_step(t, [(0, int(used), TOTAL)], procs)
+        t += 5.0
+    return events, None
+
+
+def test_a_process_put_to_sleep_and_woken_keeps_its_history_and_its_leak() -> None:
+    """A rollout engine that sleeps and wakes every cycle and keeps a block each time.
+
+    Each sleep frees 90% of its memory, as deep as a restart; a series that falls that
+    far again and again is cycling, not restarting, and keeps the history that shows
+    its floor rising.
+    """
+    events, oom = colocated_run(block=0.5 * GIB, hours=30)
+    assert oom is not None
+    named = [e for e in leaks(events) if e.series == "process"]
+    assert named
+    assert {e.pid for e in named} == {11}
+    assert min(e.t for e in named) <= deadline(0.0, oom)
+
+
+def test_processes_taking_turns_on_a_gpu_are_not_a_leak() -> None:
+    """The same pair without the leak: the GPU climbs into each phase, and that is no leak."""
+    events, oom = colocated_run(block=0.0, hours=10)
+    assert oom is None
+    assert leaks(events) == []
+

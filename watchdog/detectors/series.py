@@ -45,6 +45,11 @@ DROP_NOISES = 6.0
 SAWTOOTH_MARGIN = 1.5
 """Inside a sawtooth, a short window must rise this many tooth heights to count."""
 SAWTOOTH_CYCLES = 3
+# A series that has fallen this many times within CYCLING_S before falls again is
+# cycling (a colocated rollout engine put to sleep and woken, a trainer offloaded),
+# not restarting: its history is kept and the fall is a sawtooth drop.
+CYCLING_FALLS = 2
+CYCLING_S = 7200.0
 """Inside a sawtooth, a window shorter than this many cycles is a short window."""
 SHORT_EXTRAPOLATION_S = 1800.0
 LONG_EXTRAPOLATION_S = 3600.0
@@ -153,7 +158,9 @@ class Series:
         "b_hi",
         "b_lo",
         "cause_of",
+        "cycling_t",
         "drops",
+        "falls",
         "gap_s",
         "gpu",
         "headroom_of",
@@ -235,6 +242,8 @@ class Series:
         self.b_end = self.b_lo = self.b_hi = self.reset_below = -math.inf
         self.tooth_climb = self.tooth_jumps = self.saw_cycle = self.saw_tooth = 0.0
         self.drops: list[tuple[float, float]] = []
+        self.falls: list[float] = []
+        self.cycling_t = -math.inf
         self._set_limit(limit)
         self._start(t)
 
@@ -244,8 +253,15 @@ class Series:
         """Take one sample ``x`` of this series at ``t`` with its current limit."""
         if limit != self.limit:
             self._set_limit(limit)
-        if x < self.reset_below or t - self.last_t > self.gap_s:
+        if t - self.last_t > self.gap_s:
             self.restart(t)
+        elif x < self.reset_below:
+            if self._cycling(t):
+                self.cycling_t = t
+                self.reset_below = -math.inf  # until the next bucket closes
+            else:
+                self._fall(t)
+                self.restart(t)
         self.x = x
         self.last_t = t
         if t >= self.b_end:
@@ -286,6 +302,27 @@ class Series:
         self.tooth_climb = self.tooth_jumps = 0.0
         # The sawtooth record (drops, cycle, tooth) survives a restart: a job restarted
         # from its checkpoint saws as before, and its first tooth is no leak either.
+
+    def _cycling(self, t: float) -> bool:
+        """Whether the series fell as deep as a restart often enough before ``t`` to be cycling."""
+        falls = self.falls
+        return len(falls) >= CYCLING_FALLS and t - falls[-CYCLING_FALLS] <= CYCLING_S
+
+    def _fall(self, t: float) -> None:
+        """Record a fall as deep as a restart's at ``t``."""
+        if self._cycling(t):
+            self.cycling_t = t
+        self.falls.append(t)
+        if len(self.falls) > CYCLING_FALLS + 1:
+            del self.falls[0]
+
+    def _fall_cycle(self, end_t: float) -> float:
+        """The cycle of the falls a cycling series makes (0 when it is not cycling)."""
+        falls = self.falls
+        if self.cycling_t < 0 or len(falls) < 2:
+            return 0.0
+        cycle = max(b - a for a, b in itertools.pairwise(falls))
+        return cycle if end_t - self.cycling_t <= SAWTOOTH_CYCLES * cycle else 0.0
 
     def inherit_sawtooth(self, other: Series) -> None:
         """Start with ``other``'s sawtooth record (a new process on a GPU that saws)."""
@@ -350,6 +387,7 @@ class Series:
 
     def _floor_closed(self, start: float, lo: float, hi: float) -> None:
         """A finest bucket closed: update the reset threshold and the sawtooth record."""
+        s = self.settings
         first = self.levels[0]
         if first.count:
             step = lo - first.mins[first.count - 1]
@@ -357,6 +395,8 @@ class Series:
             if size <= self.min_rise or size <= DROP_NOISES * self._noise():
                 self.tooth_climb = max(0.0, self.tooth_climb + step)
             elif step < 0:
+                if size >= max(float(s.reset_drop_min_bytes), s.reset_drop_ratio * (lo + size)):
+                    self._fall(start)  # as deep as a restart's: counts towards cycling
                 # The tooth is the part of the fall the floor did not reach by jumping up:
                 # all of it for a sawtooth (a gradual climb, then the drop), none for an
                 # eval spike (a jump up, then back down). A spike's fall may take two
@@ -365,12 +405,11 @@ class Series:
                 self._drop(start, max(0.0, size - jumps))
                 self.tooth_jumps = max(0.0, jumps - size)
                 self.tooth_climb = 0.0
-            elif start - self.start_t >= self.settings.warmup_s:
+            elif start - self.start_t >= s.warmup_s:
                 self.tooth_jumps += step  # the model load and warm-up steps are no spikes
             floor = min(*first.recent_mins(KEEP), lo)
         else:
             floor = lo
-        s = self.settings
         self.reset_below = floor - max(float(s.reset_drop_min_bytes), s.reset_drop_ratio * floor)
 
     def _noise(self) -> float:
@@ -437,11 +476,18 @@ class Series:
         # level's longest window (KEEP of its buckets, half as wide): no history is
         # left unjudged between the two levels.
         after_warmup = int((end_t - self.start_t - s.warmup_s) / level.width + 1e-9)
+        # A cycling series (phases that free most of its memory and take it back) shows a
+        # leak only across whole cycles: a shorter window sees the climb into a phase.
+        shortest_s = SAWTOOTH_CYCLES * self._fall_cycle(end_t)
         for index, standard in enumerate(WINDOWS):
             young = index == 0 and KEEP // 2 < after_warmup < standard
             count = after_warmup if young else standard
             window_s = count * level.width
-            if window_s > s.max_window_s or end_t - window_s < self.start_t + s.warmup_s:
+            if (
+                window_s > s.max_window_s
+                or window_s < shortest_s
+                or end_t - window_s < self.start_t + s.warmup_s
+            ):
                 continue
             if cycle < 0:
                 cycle, tooth = self._sawtooth(end_t)
