@@ -93,25 +93,6 @@ def test_steady_leak_hours_in_is_raised_before_the_deadline() -> None:
     assert 0 < gpu_event.confidence <= 1
 
 
-def test_an_hour_of_a_leak_is_projected_five_times_its_length() -> None:
-    """A leak 2 h in, 4 h from its OOM, is raised within its first hour.
-
-    R reaches ``leak_extrapolation`` (5) at windows of 1 h: the OOM, 4.5 h
-    away after 45 minutes of the leak, is within five times its history. At
-    3x (where a 1 h window stood when R rose until 2 h) it waited 11 minutes
-    more, for a prediction of 3.2 h.
-    """
-    start = 2 * 3600.0
-
-    def memory(t: float) -> float:
-        return warm(t) + max(0.0, t - start) * 1_400_000
-
-    events, _, _ = run(memory, 4 * 3600, interval=10.0)
-    first = min(leaks(events), key=lambda e: e.t)
-    assert first.time_to_oom_s is not None
-    assert first.time_to_oom_s > 4 * (first.t - start)
-
-
 def test_fast_leak_is_raised_within_the_quarter_rule() -> None:
     """A leak that runs out of memory within 5 minutes is still raised a quarter ahead."""
     start = 3600.0
@@ -163,11 +144,12 @@ def test_slow_creep_over_many_hours_is_raised_early() -> None:
     assert oom - first > 3 * 3600
 
 
-def test_a_trend_of_hours_is_projected_five_times_its_history() -> None:
-    """The same creep is raised once its OOM is within 5x the history past the warm-up.
+def test_a_trend_of_hours_is_projected_four_times_its_history() -> None:
+    """The same creep is raised once its OOM is within 4x the history past the warm-up.
 
-    ``leak_extrapolation`` (5) for windows of 1 h and more: at 4x it would
-    have waited another half hour, for an OOM 10.1 h away instead of 10.6 h.
+    ``leak_extrapolation`` (4) for windows of 2 h and more. 5x, reached at 1 h
+    windows, raised it earlier, and raised growth that settles with a time
+    constant of an hour or two as well (``test_detect_staircases.py``).
     """
 
     def memory(t: float) -> float:
@@ -177,7 +159,7 @@ def test_a_trend_of_hours_is_projected_five_times_its_history() -> None:
     first = min(leaks(events), key=lambda e: e.t)
     history = first.t - DetectionSettings().warmup_s
     assert first.time_to_oom_s is not None
-    assert 4 * history < first.time_to_oom_s <= 5 * history
+    assert 3 * history < first.time_to_oom_s <= 4 * history
 
 
 def sawtooth(t: float, period: float = 600.0, height: float = 3 * GIB) -> float:

@@ -370,9 +370,9 @@ class DetectionSettings:
         maximum=1,
     )
     leak_extrapolation: float = setting(
-        5.0,
+        4.0,
         "A leak is raised once its time to OOM is at most this many times the stretch "
-        "of history that shows it (for stretches of 1 h and more).",
+        "of history that shows it (for stretches of 2 h and more).",
         minimum=0.5,
         maximum=100,
     )

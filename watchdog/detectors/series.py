@@ -52,7 +52,7 @@ CYCLING_FALLS = 2
 CYCLING_S = 7200.0
 """Inside a sawtooth, a window shorter than this many cycles is a short window."""
 SHORT_EXTRAPOLATION_S = 1800.0
-LONG_EXTRAPOLATION_S = 3600.0
+LONG_EXTRAPOLATION_S = 7200.0
 STEPS_REACH = 1.0
 """A rise of a few steps (``trend.FEW_STEPS``) is projected this many times the time they
 took at most: a planned step or two more and a leak's next steps look alike."""
