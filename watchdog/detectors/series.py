@@ -45,12 +45,13 @@ DROP_NOISES = 6.0
 SAWTOOTH_MARGIN = 1.5
 """Inside a sawtooth, a short window must rise this many tooth heights to count."""
 SAWTOOTH_CYCLES = 3
-# A series that has fallen this many times within CYCLING_S before falls again is
-# cycling (a colocated rollout engine put to sleep and woken, a trainer offloaded),
-# not restarting: its history is kept and the fall is a sawtooth drop.
+"""Inside a sawtooth, a window shorter than this many cycles is a short window."""
 CYCLING_FALLS = 2
 CYCLING_S = 7200.0
-"""Inside a sawtooth, a window shorter than this many cycles is a short window."""
+"""A series that fell as deep as a restart ``CYCLING_FALLS`` times within ``CYCLING_S``
+and falls again is cycling (a rollout engine put to sleep and woken, a trainer
+offloaded), not restarting: it keeps its history, and only windows of
+``SAWTOOTH_CYCLES`` of its cycles judge it."""
 SHORT_EXTRAPOLATION_S = 1800.0
 LONG_EXTRAPOLATION_S = 7200.0
 STEPS_REACH = 1.0
