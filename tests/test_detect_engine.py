@@ -673,7 +673,7 @@ def rollout_and_trainer(t: float, block: float) -> tuple[float, float]:
     """(engine, trainer) memory of an RLHF pair taking turns on one GPU every 30 minutes.
 
     The rollout engine is awake for the first 10 minutes of each cycle (weights and KV
-    cache), asleep otherwise; the trainer is offloaded while it is awake. The engine
+    cache), asleep otherwise; the trainer is offloaded while the engine is awake. The engine
     keeps ``block`` every time it goes to sleep.
     """
     cycle, awake_s = 1800.0, 600.0
