@@ -357,6 +357,12 @@ class Shape:
         """The curve drawn so far."""
         return Curve(self.points)
 
+    def process(
+        self, pid: int, end: float = math.inf, *, wave: Wave | None = None, role: str = "train"
+    ) -> Process:
+        """The process whose memory this shape draws, alive from its first point to ``end``."""
+        return Process(pid, self.curve(), self.points[0][0], end, wave, role)
+
 
 @dataclass(frozen=True)
 class Wave:
@@ -671,7 +677,7 @@ def _fsdp_job(d: Draw, cap: float) -> tuple[Process, float, Params]:
         "optimizer_bytes": optimizer,
         "trained_s": shape.t,
     }
-    return Process(d.pid(), shape.curve(), shape.points[0][0], wave=wave), shape.t, info
+    return shape.process(d.pid(), wave=wave), shape.t, info
 
 
 # --- healthy scenarios ---------------------------------------------------------------------
@@ -723,7 +729,7 @@ def _compile_recompiles(d: Draw) -> Built:
         "recompile_bytes": sum(increments),
         "last_recompile_s": shape.t,
     }
-    return Built([Process(d.pid(), shape.curve(), shape.points[0][0])], duration, info)
+    return Built([shape.process(d.pid())], duration, info)
 
 
 def _inference_kv_prealloc(d: Draw) -> Built:
@@ -760,7 +766,7 @@ def _inference_kv_prealloc(d: Draw) -> Built:
         "graph_bytes": graphs,
         "ready_s": ready,
     }
-    return Built([Process(d.pid(), shape.curve(), shape.points[0][0])], duration, info)
+    return Built([shape.process(d.pid())], duration, info)
 
 
 def _jax_preallocated(d: Draw) -> Built:
@@ -791,7 +797,7 @@ def _jax_preallocated(d: Draw) -> Built:
     ):
         shape.jump(t, min(shape.v + size, cap))  # cuDNN/cuBLAS workspaces, outside the pool
     info["pool_bytes"] = shape.v
-    process = Process(d.pid(), shape.curve(), shape.points[0][0])
+    process = shape.process(d.pid())
     return Built([process], duration, info, quiet=True)
 
 
@@ -825,12 +831,12 @@ def _hparam_sweep(d: Draw) -> Built:
             shape.jump(end, ctx + residual)
             t = end + _lu(rng, 2, 30)
         else:
-            processes.append(Process(pid, shape.curve(), shape.points[0][0], end))
+            processes.append(shape.process(pid, end))
             pid += rng.randint(20, 5000)
             t = end + _lu(rng, 3, 120)
     if in_process:
         assert shape is not None
-        processes.append(Process(pid, shape.curve(), shape.points[0][0], t))
+        processes.append(shape.process(pid, t))
     info: Params = {
         "trials": float(trials),
         "mode": "in_process" if in_process else "process_per_trial",
@@ -892,7 +898,7 @@ def _batch_size_finder(d: Draw) -> Built:
         "ceiling_bytes": ceiling,
         "searched_s": searched,
     }
-    return Built([Process(d.pid(), shape.curve(), shape.points[0][0])], duration, info)
+    return Built([shape.process(d.pid())], duration, info)
 
 
 def _regime_switch(d: Draw) -> Built:
@@ -916,7 +922,7 @@ def _regime_switch(d: Draw) -> Built:
         "after_bytes": after,
     }
     duration = shape.t + _lu(rng, 2, 8) * HOUR
-    return Built([Process(d.pid(), shape.curve(), shape.points[0][0])], duration, info)
+    return Built([shape.process(d.pid())], duration, info)
 
 
 def _long_context_schedule(d: Draw) -> Built:
@@ -953,7 +959,7 @@ def _long_context_schedule(d: Draw) -> Built:
         "final_bytes": shape.v,
     }
     duration = shape.t + _lu(rng, 2, 6) * HOUR
-    return Built([Process(d.pid(), shape.curve(), shape.points[0][0])], duration, info)
+    return Built([shape.process(d.pid())], duration, info)
 
 
 def _fragmentation_settle(d: Draw) -> Built:
@@ -979,7 +985,7 @@ def _fragmentation_settle(d: Draw) -> Built:
         "tau_s": tau,
         "trained_s": trained,
     }
-    return Built([Process(d.pid(), shape.curve(), shape.points[0][0])], duration, info)
+    return Built([shape.process(d.pid())], duration, info)
 
 
 def _eval_cache_retained(d: Draw) -> Built:
@@ -1010,7 +1016,7 @@ def _eval_cache_retained(d: Draw) -> Built:
         "first_eval_s": first,
         "eval_bytes": shape.v - working,
     }
-    return Built([Process(d.pid(), shape.curve(), shape.points[0][0])], duration, info)
+    return Built([shape.process(d.pid())], duration, info)
 
 
 @dataclass
@@ -1078,8 +1084,8 @@ def _rlhf_colocated(d: Draw) -> Built:
     duration = _lu(d.rng, 3, 12) * HOUR
     pair = _colocated(d, min(0.9 * d.total, d.room(2)), lambda _first, _cycle: duration)
     processes = [
-        Process(d.pid(), pair.trainer.curve(), pair.trainer.points[0][0], role="trainer"),
-        Process(d.pid(), pair.engine.curve(), pair.engine.points[0][0], role="rollout"),
+        pair.trainer.process(d.pid(), role="trainer"),
+        pair.engine.process(d.pid(), role="rollout"),
     ]
     return Built(processes, duration, pair.info)
 
@@ -1151,7 +1157,7 @@ def _eval_only_leak(d: Draw) -> Built:
         "working_set_bytes": working,
     }
     plan = LeakPlan(0, evals[first_leaky][0], planned, units.curve())
-    process = Process(d.pid(), shape.curve(), shape.points[0][0])
+    process = shape.process(d.pid())
     return Built([process], plan.start + 3 * planned, info, plan)
 
 
@@ -1169,7 +1175,7 @@ def _bursty_leak(d: Draw) -> Built:
         bursts += 1
     info: Params = {"working_set_bytes": working, "bursts_drawn": float(bursts)}
     plan = LeakPlan(0, start, planned, units.curve())
-    process = Process(d.pid(), shape.curve(), shape.points[0][0])
+    process = shape.process(d.pid())
     return Built([process], start + 3 * planned, info, plan)
 
 
@@ -1198,7 +1204,7 @@ def _graph_capture_leak(d: Draw) -> Built:
         "working_set_bytes": working,
     }
     plan = LeakPlan(0, first, planned, _steps_at(events))
-    process = Process(d.pid(), shape.curve(), shape.points[0][0])
+    process = shape.process(d.pid())
     return Built([process], first + 3 * planned, info, plan)
 
 
@@ -1208,7 +1214,7 @@ def _restart_then_leak(d: Draw) -> Built:
     resumed_share = rng.uniform(0.95, 1.08)
     shape, working, trained = _plain_job(d, cap / 1.08, 0.3, 0.6)
     crash = trained + _lu(rng, 0.5, 4) * HOUR  # a NaN check, a lost node, a preemption
-    first = Process(d.pid(), shape.curve(), shape.points[0][0], crash)
+    first = shape.process(d.pid(), crash)
     back = crash + _lu(rng, 30, 600)
     ctx = d.ctx()
     resumed = Shape(back, ctx)
@@ -1277,7 +1283,7 @@ def _prefix_cache_growth(d: Draw) -> Built:
         "day_phase_s": phase,
     }
     plan = LeakPlan(0, arrivals[0], planned, _steps_at(arrivals, sizes))
-    process = Process(d.pid(), shape.curve(), shape.points[0][0], role="inference")
+    process = shape.process(d.pid(), role="inference")
     return Built([process], arrivals[0] + 3 * planned, info, plan)
 
 
@@ -1297,7 +1303,7 @@ def _post_schedule_leak(d: Draw) -> Built:
     units = Curve([(start, 0.0)] + [(start + planned * x, x**beta) for x in grid])
     info: Params = {"switch_s": switch, "stage_bytes": stage, "beta": beta}
     plan = LeakPlan(0, start, planned, units)
-    process = Process(d.pid(), shape.curve(), shape.points[0][0])
+    process = shape.process(d.pid())
     return Built([process], start + 3 * planned, info, plan)
 
 
@@ -1314,8 +1320,8 @@ def _rlhf_colocated_leak(d: Draw) -> Built:
     kept = [t for t in releases if t >= first_cycle + leak_from]
     planned = kept[blocks - 1] - kept[0] + 1.0
     processes = [
-        Process(d.pid(), pair.trainer.curve(), pair.trainer.points[0][0], role="trainer"),
-        Process(d.pid(), pair.engine.curve(), pair.engine.points[0][0], role="rollout"),
+        pair.trainer.process(d.pid(), role="trainer"),
+        pair.engine.process(d.pid(), role="rollout"),
     ]
     info = dict(pair.info)
     info.update(leaker="rollout" if engine_leaks else "trainer", blocks_to_oom=float(blocks))
