@@ -74,6 +74,22 @@ def test_growth_settling_over_an_hour_or_two_is_no_leak(name: str) -> None:
     assert [e for e in replayed(name) if e.kind == "leak"] == []
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        # Recompiles 40, 70, 120 and 200 min into training, flat from 5 h: the steps of
+        # the windows of 6-7 h foretold an OOM 3-5 h away, raised 2 h after the last.
+        "wild_compile_recompiles_6000199",
+        # Five recompiles in the first 3.3 h, each gap 1.3-2.5x the one before.
+        "wild_compile_recompiles_5000266",
+        "wild_compile_recompiles_3000120",
+    ],
+)
+def test_steps_ever_further_apart_are_no_leak(name: str) -> None:
+    """torch.compile recompiling for new shapes: a few steps, each gap longer than the last."""
+    assert [e for e in replayed(name) if e.kind == "leak"] == []
+
+
 def test_a_young_staircase_is_judged_on_all_its_history() -> None:
     """Blocks kept every 90 minutes are raised by the deadline, judged on all three.
 
@@ -120,6 +136,20 @@ def test_three_like_steps_evenly_spaced_are_a_staircase() -> None:
 def test_steps_slowing_down_are_no_staircase() -> None:
     """Steps of 1, 0.8 and 0.55 GiB, 4 then 7 buckets apart: growth that saturates."""
     assert not judge_floor([0.0] * 4 + [1.0] * 4 + [1.8] * 7 + [2.35] * 3)
+
+
+def test_like_steps_ever_further_apart_are_no_staircase() -> None:
+    """Three 1 GiB steps, 3 then 6 buckets apart: growth that comes rarer and rarer.
+
+    Alike in height, within 2x in spacing and not slower in rate than half the
+    first: a staircase of like steps but for the gaps growing.
+    """
+    assert not judge_floor([0.0] * 3 + [1.0] * 3 + [2.0] * 6 + [3.0] * 6)
+
+
+def test_like_steps_a_bucket_further_apart_are_still_a_staircase() -> None:
+    """Gaps of 4 and 5 buckets: a step's time is known to a bucket, so this is an epoch's pace."""
+    assert judge_floor([0.0] * 5 + [1.0] * 4 + [2.0] * 5 + [3.0] * 4)
 
 
 def test_steps_a_bucket_or_two_apart_are_a_climb_not_a_staircase() -> None:

@@ -21,7 +21,9 @@ window whose floor has not risen for longer than it ever went between rises
 A rise that a few steps of the floor carry is a few points, whatever the
 stretches make of it: the verdict carries the time they took
 (``steps_span_s``, from one spacing before the first step, as far as the
-window shows that level), and the series projects it no further.
+window shows that level), and the series projects it no further. Such steps
+that come ever further apart are growth that saturates (a recompile for each
+new shape), not a leak (``_slowing``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ FEW_STEP_SHARE = 0.1
 """A floor step of at least this share of the rise counts towards a rise carried by few steps."""
 FEW_STEPS_CARRY = 0.8
 """... and ``FEW_STEPS`` or fewer such steps that carry this share of the rise are all it is."""
+SLOWING_GAPS = 1.25
+"""A few steps whose gaps grow this many times each are saturating (``_slowing``)."""
+SLOWING_BUCKETS = 2
+"""... and by this many buckets in all: a step's time is known to a bucket."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,18 +129,16 @@ def _few_steps_span(steps: Sequence[float], start_t: float, end_t: float) -> flo
     return end_t - max(start_t, steps[0] - spacing)
 
 
-def _steps_span(
+def _few_steps(
     starts: Sequence[float],
     mins: Sequence[float],
     floor: Sequence[float],
     first: int,
-    start_t: float,
-    end_t: float,
     stairs: tuple[list[float], list[float]] | None,
     pattern: str,
     tolerance: float,
-) -> float:
-    """``Trend.steps_span_s`` of a rising window: the time its steps took, if a few carry it.
+) -> list[float]:
+    """When the few steps that carry a rising window's rise came; empty if more (or none) do.
 
     ``mins`` are the window's bucket minima, ``floor`` the lowest the memory
     went from each of them on (both from ``starts[first]``). A staircase of
@@ -144,12 +148,32 @@ def _steps_span(
     the big bucket-to-bucket steps of a ``pattern`` that a few of them carry.
     """
     if stairs is not None:
-        return _few_steps_span(stairs[1], start_t, end_t)
-    span = _few_steps_span(_floor_steps(starts, floor, first, tolerance), start_t, end_t)
-    if not span and pattern == STAIRCASE:
-        big = _big_steps(mins)[1]
-        span = _few_steps_span([starts[first + i + 1] for i in big], start_t, end_t)
-    return span
+        steps = stairs[1]
+    else:
+        steps = _floor_steps(starts, floor, first, tolerance)
+        if not steps and pattern == STAIRCASE:
+            steps = [starts[first + i + 1] for i in _big_steps(mins)[1]]
+    return steps if len(steps) <= FEW_STEPS else []
+
+
+def _slowing(steps: Sequence[float], width: float) -> bool:
+    """Whether the gaps between ``steps`` grow: ever rarer steps are growth that saturates.
+
+    Growth that saturates comes rarer and rarer (a recompile for each new
+    shape, a new longest sequence); a block kept each epoch comes at the
+    epoch's pace. No gap may be shorter than the one before, and the last must
+    be ``SLOWING_GAPS`` times the first for each gap after it, and
+    ``SLOWING_BUCKETS`` buckets longer: a step's time is known to a bucket, so
+    a regular staircase's gaps differ by a bucket at most.
+    """
+    if len(steps) < STAIR_STEPS:
+        return False
+    gaps = [b - a for a, b in itertools.pairwise(steps)]
+    return (
+        all(later >= earlier for earlier, later in itertools.pairwise(gaps))
+        and gaps[-1] >= SLOWING_GAPS ** (len(gaps) - 1) * gaps[0]
+        and gaps[-1] - gaps[0] >= SLOWING_BUCKETS * width
+    )
 
 
 def _floor_steps(
@@ -341,6 +365,25 @@ def _consistent(
     return rising, consistent, saturating
 
 
+def _rate(floors: Sequence[float], times: Sequence[float], bunched_steps: bool) -> float:
+    """The median pairwise slope of the floors; for ``bunched_steps``, no more than the mean.
+
+    The median slope of stretches that hold a few steps overstates the rate
+    when the steps bunch (flat stretches, then two steps): a staircase's rate
+    is what it rose over the time it took.
+    """
+    slopes = [
+        (floors[j] - floors[i]) / (times[j] - times[i])
+        for i in range(len(floors))
+        for j in range(i + 1, len(floors))
+        if times[j] > times[i]
+    ]
+    rate = _median(slopes) if slopes else 0.0
+    if bunched_steps and times[-1] > times[0]:
+        rate = min(rate, (floors[-1] - floors[0]) / (times[-1] - times[0]))
+    return rate
+
+
 def analyze_window(
     starts: Sequence[float],
     mins: Sequence[float],
@@ -437,28 +480,16 @@ def analyze_window(
             rising_segments = min(SEGMENTS - 1, len(floors) + 1)
     rise = floors[-1] - (min(window_mins) if stairs else floors[0])
     peak = max(maxs[i] for i in range(first, len(starts)) if starts[i] >= end_t - window_s / 4)
-    slopes = [
-        (floors[j] - floors[i]) / (times[j] - times[i])
-        for i in range(len(floors))
-        for j in range(i + 1, len(floors))
-        if times[j] > times[i]
-    ]
-    rate = _median(slopes) if slopes else 0.0
     pattern = _pattern(window_mins, sawtooth, stairs is not None)
-    if pattern == STAIRCASE and stairs is None and times[-1] > times[0]:
-        # The median pairwise slope of stretches that hold a few steps overstates the
-        # rate when the steps bunch (flat stretches, then two steps): a staircase's rate
-        # is what it rose over the time it took.
-        rate = min(rate, (floors[-1] - floors[0]) / (times[-1] - times[0]))
+    rate = _rate(floors, times, pattern == STAIRCASE and stairs is None)
     rising = consistent and rise >= min_rise and rise > tolerance and not saturating and rate > 0
+    few: list[float] = []
+    if rising:
+        few = _few_steps(starts, window_mins, lowest, first, stairs, pattern, tolerance)
+        if _slowing(few, width):
+            rising, saturating = False, True
     return Trend(
-        steps_span_s=(
-            _steps_span(
-                starts, window_mins, lowest, first, start_t, end_t, stairs, pattern, tolerance
-            )
-            if rising
-            else 0.0
-        ),
+        steps_span_s=_few_steps_span(few, start_t, end_t) if rising else 0.0,
         end_t=end_t,
         window_s=window_s,
         rate=rate,
