@@ -2,6 +2,10 @@
 
     python benchmarks/score.py --count 140 --seed 1-10 --jobs 2
     python benchmarks/score.py --generator field_scenarios --count 136 --seed 1-8 --jobs 2
+    python benchmarks/score.py --config tuned.toml   # your [detection] settings
+
+The detector runs with its defaults, or with the ``[detection]`` table of
+``--config`` (environment variables are not read: a score is reproducible).
 
 For each trace from ``benchmarks/scenarios.py`` (the development set) or
 ``benchmarks/field_scenarios.py`` (a held-out set) it runs:
@@ -53,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scenarios import Label
 
-from watchdog.config import DetectionSettings
+from watchdog.config import ConfigError, DetectionSettings, load_config
 from watchdog.detectors.events import Event
 from watchdog.detectors.replay import replay_lines
 
@@ -460,9 +464,20 @@ def main(argv: list[str] | None = None) -> int:
         "field_scenarios and wild_scenarios: independent ones written without looking at "
         "the detector",
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="score the [detection] settings of this configuration file (default: defaults)",
+    )
     args = parser.parse_args(argv)
     generator = importlib.import_module(args.generator)
     settings = DetectionSettings()
+    if args.config is not None:
+        try:
+            settings = load_config(args.config, env={}).detection
+        except ConfigError as exc:
+            parser.error(str(exc))
     started = time.perf_counter()
     work = [(args.count, seed, settings, args.generator, args.verbose) for seed in args.seed]
     if args.jobs > 1:
@@ -474,9 +489,10 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     samples = sum(r.samples for r in records)
     seeds = ", ".join(map(str, args.seed))
+    using = f", settings from {args.config}" if args.config is not None else ""
     print(
-        f"{len(records)} traces from {args.generator} (seeds {seeds}), {samples:,} samples, "
-        f"{elapsed:.1f} s\n"
+        f"{len(records)} traces from {args.generator} (seeds {seeds}{using}), "
+        f"{samples:,} samples, {elapsed:.1f} s\n"
     )
     return report(records, generator, args.seed)
 

@@ -123,3 +123,37 @@ def test_an_alarm_counts_only_from_when_the_healthy_twin_would_not_have_raised_i
     all_along = score.judge(label, warmup_alarm, [(60.0, 5001.0)])
     assert not all_along.caught
     assert score.judge(label, warmup_alarm).lead_s == 5000.0 - 60.0
+
+
+def test_the_scorer_scores_the_detection_settings_of_a_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--config FILE`` hands its [detection] table to the detector; the header says so."""
+    config = tmp_path / "tuned.toml"
+    config.write_text("[detection]\nleak_extrapolation_short = 1.5\n")
+    seen = []
+    run_seed = score.run_seed
+
+    def spy(count: int, seed: int, settings: score.DetectionSettings, *rest: object) -> object:
+        seen.append(settings)
+        return run_seed(count, seed, settings, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(score, "run_seed", spy)
+    monkeypatch.setenv("GPU_WATCHDOG_DETECTION_LEAK_EXTRAPOLATION_SHORT", "3")  # not read
+    score.main(["--count", "1", "--config", str(config)])
+    assert [s.leak_extrapolation_short for s in seen] == [1.5]
+    assert f"settings from {config}" in capsys.readouterr().out
+
+
+def test_the_scorer_refuses_a_bad_config_file_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A setting out of range is named, and the scorer exits 2 before scoring anything."""
+    config = tmp_path / "bad.toml"
+    config.write_text("[detection]\nleak_extrapolation_short = 0\n")
+    with pytest.raises(SystemExit) as exited:
+        score.main(["--count", "1", "--config", str(config)])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "leak_extrapolation_short" in error
+    assert str(config) in error
