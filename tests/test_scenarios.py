@@ -130,7 +130,7 @@ def test_the_scorer_scores_the_detection_settings_of_a_config_file(
 ) -> None:
     """``--config FILE`` hands its [detection] table to the detector; the header says so."""
     config = tmp_path / "tuned.toml"
-    config.write_text("[detection]\nleak_extrapolation_short = 1.5\n")
+    config.write_text("[detection]\nleak_extrapolation_short = 1.25\n")
     seen = []
     run_seed = score.run_seed
 
@@ -141,7 +141,7 @@ def test_the_scorer_scores_the_detection_settings_of_a_config_file(
     monkeypatch.setattr(score, "run_seed", spy)
     monkeypatch.setenv("GPU_WATCHDOG_DETECTION_LEAK_EXTRAPOLATION_SHORT", "3")  # not read
     score.main(["--count", "1", "--config", str(config)])
-    assert [s.leak_extrapolation_short for s in seen] == [1.5]
+    assert [s.leak_extrapolation_short for s in seen] == [1.25]
     assert f"settings from {config}" in capsys.readouterr().out
 
 
