@@ -157,12 +157,12 @@ def _few_steps(
 
 
 def _slowing(steps: Sequence[float], width: float) -> bool:
-    """Whether the gaps between ``steps`` grow: ever rarer steps are growth that saturates.
+    """Whether the gaps between ``steps`` grow, as they do in growth that saturates.
 
-    Growth that saturates comes rarer and rarer (a recompile for each new
-    shape, a new longest sequence); a block kept each epoch comes at the
-    epoch's pace. No gap may be shorter than the one before, and the last must
-    be ``SLOWING_GAPS`` times the first for each gap after it, and
+    Such growth comes rarer and rarer (a recompile for each new shape, a new
+    longest sequence); a block kept each epoch comes at the epoch's pace. No
+    gap may be shorter than the one before, and the last must be
+    ``SLOWING_GAPS`` times the first for each gap after it, and
     ``SLOWING_BUCKETS`` buckets longer: a step's time is known to a bucket, so
     a regular staircase's gaps differ by a bucket at most.
     """
