@@ -77,10 +77,10 @@ def test_growth_settling_over_an_hour_or_two_is_no_leak(name: str) -> None:
 @pytest.mark.parametrize(
     "name",
     [
-        # Recompiles 40, 70, 120 and 200 min into training, flat from 5 h: the steps of
-        # the windows of 6-7 h foretold an OOM 3-5 h away, raised 2 h after the last.
+        # Recompiles 23, 47, 106, 182 and 305 min into training, flat after: the steps
+        # in windows of 6-7 h foretold an OOM 3-5 h away, raised 2 h after the last.
         "wild_compile_recompiles_6000199",
-        # Five recompiles in the first 3.3 h, each gap 1.3-2.5x the one before.
+        # Recompiles 28, 56, 106 and 197 min in; 36, 83, 167 and 307 min in.
         "wild_compile_recompiles_5000266",
         "wild_compile_recompiles_3000120",
     ],
