@@ -117,13 +117,13 @@ def _pattern(mins: Sequence[float], sawtooth: bool, stairs: bool) -> str:
 
 
 def _few_steps_span(steps: Sequence[float], start_t: float, end_t: float) -> float:
-    """The time ``FEW_STEPS`` or fewer steps took: one spacing before the first to ``end_t``.
+    """The time ``steps`` (``_few_steps``) took: one spacing before the first to ``end_t``.
 
     The level before the first step counts only as far as the window (from
-    ``start_t``) shows it. 0 for more steps (or none): they are evidence enough
-    to be projected as a climb is.
+    ``start_t``) shows it. 0 for none: more than a few steps are evidence
+    enough to be projected as a climb is.
     """
-    if not steps or len(steps) > FEW_STEPS:
+    if not steps:
         return 0.0
     spacing = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 0.0
     return end_t - max(start_t, steps[0] - spacing)
