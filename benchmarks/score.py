@@ -2,13 +2,15 @@
 
     python benchmarks/score.py --count 140 --seed 1-10 --jobs 2
     python benchmarks/score.py --generator field_scenarios --count 136 --seed 1-8 --jobs 2
+    python benchmarks/score.py --generator blind_scenarios --count 126 --seed 1-4 --jobs 2
     python benchmarks/score.py --config tuned.toml   # your [detection] settings
 
 The detector runs with its defaults, or with the ``[detection]`` table of
 ``--config`` (environment variables are not read: a score is reproducible).
 
-For each trace from ``benchmarks/scenarios.py`` (the development set) or
-``benchmarks/field_scenarios.py`` (a held-out set) it runs:
+For each trace from ``benchmarks/scenarios.py`` (the development set) or a
+held-out set (``field_scenarios.py``, ``wild_scenarios.py``, and
+``blind_scenarios.py``, written without reading the detector) it runs:
 
 - **project**: ``gpu-watchdog replay`` (the same engine as the daemon); a leak
   counts when a ``leak`` finding is raised on the leaking GPU (on the leaking
@@ -68,7 +70,7 @@ PREDICT_AHEAD_S = 4 * 3600.0
 RULE_EVERY_S = 60.0
 STATIC_RATIO = 0.95
 ANY_FINDING = "project, leak or near_oom"
-GENERATORS = ("scenarios", "field_scenarios", "wild_scenarios")
+GENERATORS = ("scenarios", "field_scenarios", "wild_scenarios", "blind_scenarios")
 
 
 @dataclass
@@ -462,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         default=GENERATORS[0],
         help="scenarios: the generator the detector was developed with; "
         "field_scenarios and wild_scenarios: independent ones written without looking at "
-        "the detector",
+        "the detector; blind_scenarios: one written without reading the detector or the "
+        "other generators, never tuned against",
     )
     parser.add_argument(
         "--config",
