@@ -562,10 +562,14 @@ class Series:
             # series' recent peak already: only a higher peak of the trend is more.
             headroom -= max(0.0, trend.peak - self.recent_peak())
         time_to_oom = max(0.0, headroom) / trend.rate  # inf when the limit is unknown
-        reach = (
-            extrapolation(trend.window_s, s.leak_extrapolation_short, s.leak_extrapolation)
-            * trend.window_s
-        )
+        factor = extrapolation(trend.window_s, s.leak_extrapolation_short, s.leak_extrapolation)
+        if trend.window_s >= SHORT_EXTRAPOLATION_S and not trend.steps_span_s:
+            # A floor that rose too evenly to be settling faster than ``settle_s`` has at
+            # least its rate times that left to grow: an OOM within it comes, settling or
+            # not. Over shorter windows a climb that simply stops (an evaluation, a
+            # notebook cell) is likelier than either, and stays at the short factor.
+            factor = max(factor, min(s.leak_extrapolation, trend.settle_s / trend.window_s))
+        reach = factor * trend.window_s
         if trend.steps_span_s:
             # A few steps are a few points: as many again is as far as they foretell.
             reach = min(reach, STEPS_REACH * trend.steps_span_s)

@@ -91,6 +91,9 @@ class Trend:
     """For a rise of ``FEW_STEPS`` steps or fewer: the time they took, one spacing
     before the first step (or the window's start, if later) to the window's end.
     0 otherwise."""
+    settle_s: float = 0.0
+    """The shortest time constant growth that settles could have and still rise as
+    evenly as this window's floor did (``_settle_s``); 0 when some stretch did not rise."""
 
 
 def _median(values: list[float]) -> float:
@@ -365,6 +368,27 @@ def _consistent(
     return rising, consistent, saturating
 
 
+def _settle_s(floors: Sequence[float], times: Sequence[float]) -> float:
+    """The shortest time constant of growth that settles, given how evenly ``floors`` rose.
+
+    Growth that settles towards a ceiling, ``C - A exp(-t / tau)``, rises by
+    less each stretch, ``exp(-spacing / tau)`` times the last, and has its
+    current rate times ``tau`` left to grow. A floor whose smallest rise is
+    ``r`` times its largest cannot be settling faster than
+    ``tau = (rises - 1) * spacing / -ln(r)``: what it has left is at least its
+    rate times that. Infinite for rises all alike; 0 when a stretch did not
+    rise or there are too few to tell.
+    """
+    rises = [b - a for a, b in itertools.pairwise(floors)]
+    if len(rises) < STAIR_STEPS or min(rises) <= 0 or times[-1] <= times[0]:
+        return 0.0
+    evenness = min(rises) / max(rises)
+    if evenness >= 1.0:
+        return math.inf
+    spacing = (times[-1] - times[0]) / len(rises)
+    return (len(rises) - 1) * spacing / -math.log(evenness)
+
+
 def _rate(floors: Sequence[float], times: Sequence[float], bunched_steps: bool) -> float:
     """The median pairwise slope of the floors; for ``bunched_steps``, no more than the mean.
 
@@ -490,6 +514,7 @@ def analyze_window(
             rising, saturating = False, True
     return Trend(
         steps_span_s=_few_steps_span(few, start_t, end_t) if rising else 0.0,
+        settle_s=_settle_s(floors, times) if rising else 0.0,
         end_t=end_t,
         window_s=window_s,
         rate=rate,
