@@ -65,6 +65,8 @@ SLOWING_GAPS = 1.25
 """A few steps whose gaps grow this many times each are saturating (``_slowing``)."""
 SLOWING_BUCKETS = 2
 """... and by this many buckets in all: a step's time is known to a bucket."""
+SETTLE_RISES = 3
+"""Stretch-to-stretch rises needed before their evenness bounds how fast growth settles."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,11 +378,12 @@ def _settle_s(floors: Sequence[float], times: Sequence[float]) -> float:
     current rate times ``tau`` left to grow. A floor whose smallest rise is
     ``r`` times its largest cannot be settling faster than
     ``tau = (rises - 1) * spacing / -ln(r)``: what it has left is at least its
-    rate times that. Infinite for rises all alike; 0 when a stretch did not
-    rise or there are too few to tell.
+    rate times that. (The series projects the window's rate, which for rises
+    this alike is at most about 1.4 times the latest.) Infinite for rises all
+    alike; 0 when a stretch did not rise or there are too few to tell.
     """
     rises = [b - a for a, b in itertools.pairwise(floors)]
-    if len(rises) < STAIR_STEPS or min(rises) <= 0 or times[-1] <= times[0]:
+    if len(rises) < SETTLE_RISES or min(rises) <= 0 or times[-1] <= times[0]:
         return 0.0
     evenness = min(rises) / max(rises)
     if evenness >= 1.0:
