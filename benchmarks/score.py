@@ -3,14 +3,16 @@
     python benchmarks/score.py --count 140 --seed 1-10 --jobs 2
     python benchmarks/score.py --generator field_scenarios --count 136 --seed 1-8 --jobs 2
     python benchmarks/score.py --generator blind_scenarios --count 126 --seed 1-4 --jobs 2
+    python benchmarks/score.py --generator sealed_scenarios --count 132 --seed 1-4 --jobs 2
     python benchmarks/score.py --config tuned.toml   # your [detection] settings
 
 The detector runs with its defaults, or with the ``[detection]`` table of
 ``--config`` (environment variables are not read: a score is reproducible).
 
 For each trace from ``benchmarks/scenarios.py`` (the development set) or a
-held-out set (``field_scenarios.py``, ``wild_scenarios.py``, and
-``blind_scenarios.py``, written without reading the detector) it runs:
+held-out set (``field_scenarios.py``, ``wild_scenarios.py``,
+``blind_scenarios.py`` and ``sealed_scenarios.py``, written without reading
+the detector; the last is sealed: scored, never tuned against) it runs:
 
 - **project**: ``gpu-watchdog replay`` (the same engine as the daemon); a leak
   counts when a ``leak`` finding is raised on the leaking GPU (on the leaking
@@ -70,7 +72,13 @@ PREDICT_AHEAD_S = 4 * 3600.0
 RULE_EVERY_S = 60.0
 STATIC_RATIO = 0.95
 ANY_FINDING = "project, leak or near_oom"
-GENERATORS = ("scenarios", "field_scenarios", "wild_scenarios", "blind_scenarios")
+GENERATORS = (
+    "scenarios",
+    "field_scenarios",
+    "wild_scenarios",
+    "blind_scenarios",
+    "sealed_scenarios",
+)
 
 
 @dataclass
@@ -464,8 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         default=GENERATORS[0],
         help="scenarios: the generator the detector was developed with; "
         "field_scenarios and wild_scenarios: independent ones written without looking at "
-        "the detector; blind_scenarios: one written without reading the detector or the "
-        "other generators, never tuned against",
+        "the detector; blind_scenarios and sealed_scenarios: written without reading the "
+        "detector or the other generators, never tuned against (sealed_scenarios: sealed, "
+        "only ever reported)",
     )
     parser.add_argument(
         "--config",
