@@ -5,8 +5,6 @@ These tests check the traces and labels only; they never run the detector or the
 
 from __future__ import annotations
 
-import functools
-import io
 import itertools
 import json
 import sys
@@ -21,9 +19,9 @@ import field_scenarios
 import scenarios
 import sealed_scenarios
 import wild_scenarios
-from scenarios import Label
+from generator_traces import parse, traces_of
 
-from watchdog.trace import TraceRow, group_steps, read_rows
+from watchdog.trace import group_steps
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -54,35 +52,7 @@ OOM_AFTER = {
 }
 
 
-@functools.cache
-def built(scenario: str, seed: int) -> tuple[tuple[str, ...], Label]:
-    """One build per (scenario, seed) for the whole module: the tests only read it."""
-    lines, label = sealed_scenarios.build(scenario, seed)
-    return tuple(lines), label
-
-
-@functools.cache
-def twin_of(scenario: str, seed: int) -> tuple[str, ...]:
-    return tuple(sealed_scenarios.twin(built(scenario, seed)[1]))
-
-
-def parse(lines: tuple[str, ...] | list[str], name: str = "trace") -> list[TraceRow]:
-    """The rows, through the project's own trace reader (it rejects a malformed trace)."""
-    return list(read_rows(io.StringIO("\n".join(lines) + "\n"), name))
-
-
-@functools.cache
-def rows_of(scenario: str, seed: int, *, twin: bool = False) -> list[TraceRow]:
-    """The parsed rows of a trace (or of its twin), parsed once."""
-    lines = twin_of(scenario, seed) if twin else built(scenario, seed)[0]
-    return parse(lines, f"{scenario}-{seed}")
-
-
-@functools.cache
-def device(scenario: str, seed: int, *, twin: bool = False) -> list[tuple[float, int, int]]:
-    """(t, used, total) of each device row."""
-    rows = rows_of(scenario, seed, twin=twin)
-    return [(r.t, r.used_bytes, r.total_bytes or 0) for r in rows if r.pid is None]
+built, twin_of, rows_of, device = traces_of(sealed_scenarios)
 
 
 def test_the_interface_is_the_one_the_scorer_imports() -> None:
