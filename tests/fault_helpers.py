@@ -50,6 +50,7 @@ leak_min_rise_ratio = 0.0
 leak_extrapolation_short = 100.0
 leak_extrapolation = 100.0
 leak_clear_after_s = 120.0
+leak_confirm_s = 0.0
 near_oom_horizon_s = 0.0
 {detection}
 

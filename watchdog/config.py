@@ -382,6 +382,13 @@ class DetectionSettings:
         minimum=0.5,
         maximum=100,
     )
+    leak_confirm_s: float = setting(
+        60.0,
+        "A leak that only stretches of 10 min or less show is raised once its climb has gone "
+        "on for up to this long, where the time to OOM allows (0: at once).",
+        minimum=0,
+        maximum=3600,
+    )
     leak_max_time_to_oom_s: float = setting(
         3 * 86400.0,
         "Growth that would take longer than this to run out of memory is not reported.",

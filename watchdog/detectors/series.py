@@ -58,6 +58,18 @@ STEPS_REACH = 1.0
 """A rise of a few steps (``trend.FEW_STEPS``) is projected this many times the time they
 took at most: a planned step or two more and a leak's next steps look alike."""
 UPDATE_RATE_CHANGE = 0.25
+CONFIRM_WINDOW_S = 600.0
+"""A leak that only windows this short show is raised once the climb has gone on, for
+up to ``leak_confirm_s`` (``Series._confirmed``): over minutes, a climb that is about
+to stop is as likely."""
+CONFIRM_RATE = 0.5
+"""Going on climbing: at least this share of the window's rate."""
+CONFIRM_SHARE = 0.5
+"""The watch takes at most this share of the time left before a checkpoint would be late."""
+CHECKPOINT_LEAD_S = 300.0
+CHECKPOINT_SHARE = 0.25
+"""A checkpoint needs the leak raised ``CHECKPOINT_LEAD_S`` before the OOM, or this
+share of the climb's age plus its time to OOM if that is less (what issue 3 asks)."""
 MIB = float(1 << 20)
 
 
@@ -159,6 +171,7 @@ class Series:
         "b_hi",
         "b_lo",
         "cause_of",
+        "confirm_t",
         "cycling_t",
         "drops",
         "falls",
@@ -245,6 +258,7 @@ class Series:
         self.drops: list[tuple[float, float]] = []
         self.falls: list[float] = []
         self.cycling_t = -math.inf
+        self.confirm_t = -math.inf
         self._set_limit(limit)
         self._start(t)
 
@@ -298,6 +312,7 @@ class Series:
         self.start_t = t
         self.last_t = t
         self.b_end = -math.inf
+        self.confirm_t = -math.inf
         self.b_lo = self.b_hi = 0.0
         self.reset_below = -math.inf
         self.tooth_climb = self.tooth_jumps = 0.0
@@ -583,6 +598,7 @@ class Series:
 
     def _decide(self, t: float) -> None:
         best: _Verdict | None = None
+        best_level = self.levels[0]
         near = False
         for level in self.levels:
             verdict = level.result
@@ -590,7 +606,11 @@ class Series:
                 continue
             near = near or verdict.near
             if verdict.leak and (best is None or verdict.confidence > best.confidence):
-                best = verdict
+                best, best_level = verdict, level
+        if best is not None and not self.leak_active and not self._confirmed(t, best, best_level):
+            best = None
+        elif best is None:
+            self.confirm_t = -math.inf
         if best is not None:
             self.leak_ok_t = t
             # What a window showed is refuted only by as long without it.
@@ -617,6 +637,52 @@ class Series:
         if near != self.near_pred:
             self.near_pred = near
             self._near_changed(t)
+
+    def _confirmed(self, t: float, best: _Verdict, level: _Level) -> bool:
+        """Whether a leak that only a window of minutes shows has gone on long enough.
+
+        A climb of a few minutes is a fast leak or a climb about to stop (a
+        notebook cell, activation checkpointing switched off, an evaluation cache
+        kept in a few blocks). Where the time to OOM leaves room before a
+        checkpoint would be late, the raise waits until the floor has kept
+        climbing at ``CONFIRM_RATE`` of the window's rate or more since the climb
+        was first judged a leak, over the whole wait and in its newest bucket;
+        where it leaves none, the leak is raised at once.
+        """
+        trend = best.trend
+        finest = self.levels[0]
+        width = finest.width
+        n = finest.count
+        quarter = max(1, round(trend.window_s / level.width) // 4)
+        if (
+            trend.window_s > CONFIRM_WINDOW_S
+            or quarter >= level.count
+            # A climb that may have begun inside the warm-up is older than its window.
+            or trend.end_t - trend.window_s < self.start_t + self.settings.warmup_s + level.width
+        ):
+            return True
+        pending = self.confirm_t != -math.inf
+        # An accelerating climb runs out sooner than the window's rate says: the
+        # newest quarter's rate, if faster, bounds the time there is to wait.
+        mins, last = level.mins, level.count - 1
+        rate = max(trend.rate, (mins[last] - mins[last - quarter]) / (quarter * level.width))
+        time_to_oom = best.time_to_oom * trend.rate / rate
+        # Taken to be as old as its window: had it climbed as fast for longer, a
+        # longer window would have shown it.
+        age = trend.window_s + (t - self.confirm_t if pending else 0.0)
+        room = time_to_oom - min(CHECKPOINT_LEAD_S, (age + time_to_oom) * CHECKPOINT_SHARE)
+        wait = int(min(room * CONFIRM_SHARE, self.settings.leak_confirm_s) / width)
+        if wait < 2 or wait >= n:
+            return True
+        if not pending:
+            self.confirm_t = t
+        if t - wait * width < self.confirm_t:
+            return False
+        newest = finest.mins[n - 1]
+        return all(
+            newest - finest.mins[n - 1 - k] >= CONFIRM_RATE * trend.rate * k * width
+            for k in (wait, 1)
+        )
 
     def _near_changed(self, t: float) -> None:
         """Raise at once; clear only once the cause has been gone ``near_oom_clear_after_s``."""
