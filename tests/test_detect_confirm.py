@@ -107,3 +107,18 @@ def test_leak_confirm_s_zero_raises_at_once() -> None:
     events, oom, _ = run(climb(8 * GIB, 110.0, stops=True), START + 3600, settings=settings)
     assert oom is None
     assert leaks(events)
+
+
+def test_a_wait_longer_than_the_history_holds_is_cut_short_not_skipped() -> None:
+    """A ``leak_confirm_s`` beyond what the finest buckets hold waits as long as they do.
+
+    A slow climb that stops, projected far (as a site that raises early might set
+    it): the time to OOM leaves room for a wait of minutes.
+    """
+    for confirm in (60.0, 300.0, 3600.0):
+        settings = dataclasses.replace(
+            DetectionSettings(), leak_extrapolation_short=100.0, leak_confirm_s=confirm
+        )
+        events, oom, _ = run(climb(GIB, 110.0, stops=True), START + 3600, settings=settings)
+        assert oom is None
+        assert leaks(events) == [], confirm

@@ -671,7 +671,8 @@ class Series:
         # longer window would have shown it.
         age = trend.window_s + (t - self.confirm_t if pending else 0.0)
         room = time_to_oom - min(CHECKPOINT_LEAD_S, (age + time_to_oom) * CHECKPOINT_SHARE)
-        wait = int(min(room * CONFIRM_SHARE, self.settings.leak_confirm_s) / width)
+        # The finest level holds KEEP buckets at least: a longer wait could not be judged.
+        wait = min(int(min(room * CONFIRM_SHARE, self.settings.leak_confirm_s) / width), KEEP - 1)
         if wait < 2 or wait >= n:
             return True
         if not pending:
