@@ -51,6 +51,26 @@ def test_the_same_climb_going_on_is_raised_in_time(rise: int) -> None:
     assert START < min(e.t for e in raised) <= deadline(START, oom)
 
 
+def test_a_climb_of_a_quarter_hour_that_stops_is_not_a_leak() -> None:
+    """A notebook cell filling a cache: +6 GiB over 15 min, then idle.
+
+    The windows that read it as a leak are over 10 min long and see it as it
+    stops: they too wait for the climb to go on.
+    """
+    events, oom, _ = run(climb(6 * GIB, 900.0, stops=True), START + 3600)
+    assert oom is None
+    assert leaks(events) == []
+
+
+def test_the_same_quarter_hour_climb_going_on_is_raised_in_time() -> None:
+    """A leak of that pace (the card full about half an hour in) is raised before the deadline."""
+    events, oom, _ = run(climb(6 * GIB, 900.0, stops=False), START + 3 * 3600)
+    assert oom is not None
+    raised = leaks(events)
+    assert raised
+    assert START < min(e.t for e in raised) <= deadline(START, oom)
+
+
 def test_a_fast_leak_from_inside_the_warm_up_is_raised_without_waiting() -> None:
     """A leak that began during the warm-up is older than any window shows: no wait.
 

@@ -384,7 +384,7 @@ class DetectionSettings:
     )
     leak_confirm_s: float = setting(
         60.0,
-        "A leak that only stretches of 10 min or less show is raised once its climb has gone "
+        "A leak that only stretches of 30 min or less show is raised once its climb has gone "
         "on for up to this long (at most 17 buckets), where the time to OOM allows (0: at once).",
         minimum=0,
         maximum=3600,

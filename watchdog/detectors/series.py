@@ -58,10 +58,11 @@ STEPS_REACH = 1.0
 """A rise of a few steps (``trend.FEW_STEPS``) is projected this many times the time they
 took at most: a planned step or two more and a leak's next steps look alike."""
 UPDATE_RATE_CHANGE = 0.25
-CONFIRM_WINDOW_S = 600.0
+CONFIRM_WINDOW_S = SHORT_EXTRAPOLATION_S
 """A leak that only windows this short show is raised once the climb has gone on, for
-up to ``leak_confirm_s`` (``Series._confirmed``): over minutes, a climb that is about
-to stop is as likely."""
+up to ``leak_confirm_s`` (``Series._confirmed``): over these windows a climb that is
+about to stop (a notebook cell, a cache filling) is as likely, as their short
+extrapolation factor already says."""
 CONFIRM_RATE = 0.5
 """Going on climbing: at least this share of the window's rate."""
 CONFIRM_SHARE = 0.5
@@ -639,9 +640,9 @@ class Series:
             self._near_changed(t)
 
     def _confirmed(self, t: float, best: _Verdict, level: _Level) -> bool:
-        """Whether a leak that only a window of minutes shows has gone on long enough.
+        """Whether a leak that only windows of 30 min or less show has gone on long enough.
 
-        A climb of a few minutes is a fast leak or a climb about to stop (a
+        A climb of minutes is a fast leak or a climb about to stop (a
         notebook cell, activation checkpointing switched off, an evaluation cache
         kept in a few blocks). Where the time to OOM leaves room before a
         checkpoint would be late, the raise waits until the floor has kept
