@@ -357,7 +357,8 @@ class DetectionSettings:
     warmup_s: float = setting(
         600.0,
         "History this young after a series starts (or restarts) is not used to judge a leak: "
-        "the CUDA context, model load and caching allocator grow there.",
+        "the CUDA context, model load and caching allocator grow there (a fast climb that "
+        "speeds up and would fill the card before the grace ends is still raised).",
         minimum=0,
     )
     leak_min_rise_bytes: int = setting(

@@ -27,6 +27,7 @@ from watchdog.detectors.events import (
     LEAK,
     NEAR_OOM,
     RAISED,
+    STEADY,
     UPDATED,
     Event,
     SeriesStatus,
@@ -71,6 +72,16 @@ CHECKPOINT_LEAD_S = 300.0
 CHECKPOINT_SHARE = 0.25
 """A checkpoint needs the leak raised ``CHECKPOINT_LEAD_S`` before the OOM, or this
 share of the climb's age plus its time to OOM if that is less (what issue 3 asks)."""
+WARMUP_CLIMB_STEPS = 6
+"""A climb inside the warm-up is judged (``Series._warmup_climb``) once its floor has risen
+from finest bucket to finest bucket this many times after the step it began in, ..."""
+WARMUP_CLIMB_LEAST = 0.25
+"""... each by at least this share of the smallest material rise (``min_rise``), ..."""
+WARMUP_CLIMB_ACCEL = 1.15
+"""... its last third at least this many times as fast as its first (median steps), ..."""
+WARMUP_CLIMB_JUMP = 3.0
+"""... and no step after its first more than this many times its median step: a jump
+(a KV cache, Adam's state, a segment reserved) is a warm-up step, not a climb."""
 MIB = float(1 << 20)
 
 
@@ -134,6 +145,10 @@ class _Verdict:
         self.near = near
 
 
+def _lower_median(values: list[float]) -> float:
+    return sorted(values)[(len(values) - 1) // 2]
+
+
 def extrapolation(window_s: float, least: float, most: float) -> float:
     """How far past its evidence a trend may be projected.
 
@@ -172,6 +187,7 @@ class Series:
         "b_hi",
         "b_lo",
         "cause_of",
+        "climb_floor",
         "confirm_t",
         "cycling_t",
         "drops",
@@ -200,11 +216,14 @@ class Series:
         "near_on",
         "near_pred",
         "out",
+        "peak",
+        "peak_before_climb",
         "pid",
         "reset_below",
         "saw_cycle",
         "saw_tooth",
         "settings",
+        "start_floor",
         "start_t",
         "tooth_climb",
         "tooth_jumps",
@@ -260,6 +279,7 @@ class Series:
         self.falls: list[float] = []
         self.cycling_t = -math.inf
         self.confirm_t = -math.inf
+        self.start_floor = self.climb_floor = self.peak = self.peak_before_climb = 0.0
         self._set_limit(limit)
         self._start(t)
 
@@ -408,6 +428,11 @@ class Series:
         first = self.levels[0]
         if first.count:
             step = lo - first.mins[first.count - 1]
+            if step < WARMUP_CLIMB_LEAST * self.min_rise:
+                # A climb may start here: what the series held before it, and where from.
+                self.peak_before_climb = max(self.peak, hi)
+                self.climb_floor = lo
+            self.peak = max(self.peak, hi)
             size = abs(step)
             if size <= self.min_rise or size <= DROP_NOISES * self._noise():
                 self.tooth_climb = max(0.0, self.tooth_climb + step)
@@ -426,7 +451,8 @@ class Series:
                 self.tooth_jumps += step  # the model load and warm-up steps are no spikes
             floor = min(*first.recent_mins(KEEP), lo)
         else:
-            floor = lo
+            floor = self.start_floor = self.climb_floor = lo
+            self.peak = self.peak_before_climb = hi
         self.reset_below = floor - max(float(s.reset_drop_min_bytes), s.reset_drop_ratio * floor)
 
     def _noise(self) -> float:
@@ -473,6 +499,8 @@ class Series:
         # Slices inline, not through recent_mins: this runs at every bucket close.
         if n >= SEGMENTS and mins[n - 1] - min(mins[max(0, n - KEEP) : n]) >= self.min_rise:
             best = self._best_window(level, end_t)
+            if best is None and level is self.levels[0]:
+                best = self._warmup_climb(level, end_t)
         if best is not None or level.result is not None:
             level.result = best
             self._decide(end_t)
@@ -549,6 +577,70 @@ class Series:
             if verdict.leak:
                 break  # the longer window is the stronger evidence; the shorter adds nothing
         return best
+
+    def _warmup_climb(self, level: _Level, end_t: float) -> _Verdict | None:
+        """A fast leak begun inside the warm-up that would run out before windows may judge it.
+
+        No window starts inside ``warmup_s``: a ramp to the working set is the
+        same line as a leak until it stops. A graph kept alive at every step
+        (``backward(retain_graph=True)``) grows from the first steps on and can
+        fill the card minutes later, inside the grace. It differs from a warm-up
+        in four ways, all required: it sets off from a working set the job had
+        reached, not from the memory it started with (a load, a restart's
+        reload); its floor rises through every finest bucket, evenly, with no
+        jump (a warm-up grows in allocations of its own size); it speeds up
+        (each step keeps a little more), where a warm-up ramp is steady or
+        slows down; and it climbs into memory the series never held, on pace to
+        run out within as long again as it has climbed.
+        """
+        width = level.width
+        if end_t > self.start_t + self.settings.warmup_s + KEEP * width:
+            return None  # windows past the warm-up judge it from here on
+        n, mins = level.count, level.mins
+        least = WARMUP_CLIMB_LEAST * self.min_rise
+        first = n - 1
+        while first > 0 and mins[first] - mins[first - 1] >= least:
+            first -= 1
+        climbed = n - 1 - first  # fewer than the climb's rises once a halving dropped its start
+        if (
+            climbed <= WARMUP_CLIMB_STEPS
+            or level.starts[first] >= self.start_t + self.settings.warmup_s
+            # From the memory the series started with: a load, or a restart's reload.
+            or self.climb_floor - self.start_floor
+            < max(self.min_rise, (mins[n - 1] - self.climb_floor) / 2)
+            or mins[n - 1] <= self.peak_before_climb
+        ):
+            return None
+        # The first step holds the climb's start somewhere inside its bucket: a part
+        # step, which says nothing of the climb's pace.
+        steps = [mins[i + 1] - mins[i] for i in range(first + 1, n - 1)]
+        if max(steps) > WARMUP_CLIMB_JUMP * _lower_median(steps):
+            return None
+        third = len(steps) // 3
+        early, middle, late = (
+            _lower_median(part) / width
+            for part in (steps[:third], steps[third:-third], steps[-third:])
+        )
+        duration = climbed * width
+        if (
+            middle < early
+            or late < WARMUP_CLIMB_ACCEL * early
+            or max(0.0, self.headroom()) > late * duration
+        ):
+            return None
+        trend = Trend(
+            end_t=end_t,
+            window_s=duration + width,
+            rate=late,
+            rise=mins[n - 1] - mins[first],
+            floor=mins[n - 1],
+            peak=max(level.maxs[first:n]),
+            rising_segments=SEGMENTS - 1,
+            saturating=False,
+            pattern=STEADY,
+            rising=True,
+        )
+        return self._verdict(trend)
 
     def _troughs_rise(self, level: _Level, start_t: float, end_t: float) -> bool:
         """Whether the sawtooth's lowest point rose at every drop in the window, twice or more."""

@@ -1,0 +1,111 @@
+"""A fast leak that starts inside the warm-up grace is raised in time; warm-ups are not leaks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.test_detect_engine import GIB, MIB, TOTAL, deadline, leaks, run, warm
+from watchdog.config import DetectionSettings
+
+LEAK_START = 240.0
+"""Four minutes in: the job reached its working set, well inside the 10-minute grace."""
+
+
+def retained_graph(growth: float, oom_after: float) -> Callable[[float], float]:
+    """A job at 14 GiB whose every step from ``LEAK_START`` keeps its graph, each a bit larger.
+
+    ``(u + c u^2) / (1 + c)`` of what is left, with ``c = growth``: it reaches
+    the card about ``oom_after`` seconds after it starts.
+    """
+    left = TOTAL - 14.6 * GIB
+
+    def memory(t: float) -> float:
+        u = max(0.0, t - LEAK_START) / oom_after
+        return warm(t, 14 * GIB) + left * (u + growth * u * u) / (1 + growth)
+
+    return memory
+
+
+@pytest.mark.parametrize(("growth", "oom_after"), [(0.5, 240.0), (1.5, 150.0), (1.0, 360.0)])
+def test_a_retained_graph_from_the_first_steps_is_raised_before_the_deadline(
+    growth: float, oom_after: float
+) -> None:
+    """It fills the card 4-10 minutes in: no window may start before 10 minutes."""
+    events, oom, _ = run(retained_graph(growth, oom_after), 3600, interval=2.0)
+    assert oom is not None
+    assert oom < DetectionSettings().warmup_s + 120
+    raised = leaks(events)
+    assert raised
+    assert LEAK_START < min(e.t for e in raised) <= deadline(LEAK_START, oom)
+    gpu = [e for e in raised if e.pid is None]
+    assert gpu
+    assert gpu[0].t <= deadline(LEAK_START, oom)
+    assert gpu[0].rate_bytes_per_s > 0
+
+
+def test_without_the_grace_the_same_leak_is_raised_by_windows() -> None:
+    """The warm-up rule answers only for the grace: with none, the windows see it first."""
+    settings = DetectionSettings(warmup_s=0.0)
+    events, oom, _ = run(retained_graph(1.0, 360.0), 3600, interval=2.0, settings=settings)
+    assert oom is not None
+    assert leaks(events)
+
+
+def test_an_even_ramp_to_the_top_of_the_card_is_not_a_leak() -> None:
+    """A job at 24 GiB whose allocator then grows evenly to 37 of 40 GiB over two minutes.
+
+    At its pace the card would be full half a minute after it stops; only its
+    even pace (not speeding up) tells it from a fast leak.
+    """
+
+    def memory(t: float) -> float:
+        return warm(t, 24 * GIB) + 13 * GIB * min(1.0, max(0.0, t - 300.0) / 120.0)
+
+    events, oom, _ = run(memory, 3600)
+    assert oom is None
+    assert leaks(events) == []
+
+
+def test_a_load_that_speeds_up_from_the_processs_start_is_not_a_leak() -> None:
+    """Weights copied faster as the page cache warms: it sets off from the empty context."""
+
+    def memory(t: float) -> float:
+        u = min(1.0, t / 200.0)
+        return 400 * MIB + 36 * GIB * u * u
+
+    events, oom, _ = run(memory, 3600)
+    assert oom is None
+    assert leaks(events) == []
+
+
+def test_a_climb_that_ends_in_jumps_is_not_a_leak() -> None:
+    """CUDA graphs captured a little larger each, then two KV-cache pools taken at once.
+
+    Read as a climb, the pools' pace would fill the card within seconds: only
+    their size against the climb's steps tells them for allocations.
+    """
+
+    def memory(t: float) -> float:
+        captured = max(0.0, min(t, 390.0) - 330.0)
+        graphs = 0.2 * GIB * captured / 10 + 0.1 * GIB * (captured / 10) ** 2 / 6
+        pools = 6 * GIB * ((t >= 400.0) + (t >= 410.0))
+        return warm(t, 16 * GIB) + graphs + pools
+
+    events, oom, _ = run(memory, 3600)
+    assert oom is None
+    assert leaks(events) == []
+
+
+def test_a_climb_that_stays_under_an_earlier_peak_is_not_a_leak() -> None:
+    """A profiling run's peak, then the same memory taken back faster and faster: all known."""
+
+    def memory(t: float) -> float:
+        profile = 24 * GIB if 150.0 <= t < 170.0 else 0.0
+        u = min(1.0, max(0.0, t - 200.0) / 180.0)
+        return warm(t, 12 * GIB) + profile + 16 * GIB * (u + 2 * u * u) / 3
+
+    events, oom, _ = run(memory, 3600)
+    assert oom is None
+    assert leaks(events) == []
