@@ -8,6 +8,7 @@ import pytest
 
 from tests.test_detect_engine import GIB, MIB, TOTAL, deadline, leaks, run, warm
 from watchdog.config import DetectionSettings
+from watchdog.detectors.engine import DetectionEngine
 
 LEAK_START = 240.0
 """Four minutes in: the job reached its working set, well inside the 10-minute grace."""
@@ -109,3 +110,22 @@ def test_a_climb_that_stays_under_an_earlier_peak_is_not_a_leak() -> None:
     events, oom, _ = run(memory, 3600)
     assert oom is None
     assert leaks(events) == []
+
+
+def test_flat_thirds_over_a_full_card_with_no_material_rise_do_not_crash() -> None:
+    """With ``leak_min_rise_*`` at 0 a flat bucket counts as a rise.
+
+    Over the limit the headroom is 0, so a climb whose first and last thirds
+    are mostly flat would have no pace to divide by: no leak is raised on them.
+    """
+    settings = DetectionSettings(leak_min_rise_bytes=0, leak_min_rise_ratio=0.0)
+    engine = DetectionEngine(settings)
+    total = 10 * GIB
+    floors = [90, 100, 100, 99, 100, 100, 100, 101, 102, 103, 104, 104, 104, 105, 105]
+    events = []
+    for bucket, floor in enumerate(floors):
+        for second in range(0, 10, 2):
+            used = floor * 128 * MIB
+            events += engine.observe_step(bucket * 10.0 + second, [(0, used, total)])
+    assert all(e.rate_bytes_per_s > 0 for e in leaks(events))
+    assert any(e.kind == "near_oom" for e in events)

@@ -623,7 +623,8 @@ class Series:
         )
         duration = climbed * width
         if (
-            middle < early
+            late <= 0.0  # flat buckets count as rises when no rise is material
+            or middle < early
             or late < WARMUP_CLIMB_ACCEL * early
             or max(0.0, self.headroom()) > late * duration
         ):
