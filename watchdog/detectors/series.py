@@ -602,12 +602,13 @@ class Series:
         while first > 0 and mins[first] - mins[first - 1] >= least:
             first -= 1
         climbed = n - 1 - first  # fewer than the climb's rises once a halving dropped its start
+        rise = mins[n - 1] - self.climb_floor
         if (
             climbed <= WARMUP_CLIMB_STEPS
             or level.starts[first] >= self.start_t + self.settings.warmup_s
             # From the memory the series started with: a load, or a restart's reload.
             or self.climb_floor - self.start_floor
-            < max(self.min_rise, (mins[n - 1] - self.climb_floor) / 2)
+            < max(self.min_rise, rise / 2)
             or mins[n - 1] <= self.peak_before_climb
         ):
             return None
@@ -633,7 +634,7 @@ class Series:
             end_t=end_t,
             window_s=duration + width,
             rate=late,
-            rise=mins[n - 1] - mins[first],
+            rise=rise,
             floor=mins[n - 1],
             peak=max(level.maxs[first:n]),
             rising_segments=SEGMENTS - 1,
