@@ -4,6 +4,7 @@
     python benchmarks/score.py --generator field_scenarios --count 136 --seed 1-8 --jobs 2
     python benchmarks/score.py --generator blind_scenarios --count 126 --seed 1-4 --jobs 2
     python benchmarks/score.py --generator sealed_scenarios --count 132 --seed 1-4 --jobs 2
+    python benchmarks/score.py --generator fresh_scenarios --count 132 --seed 1-4 --jobs 2
     python benchmarks/score.py --config tuned.toml   # your [detection] settings
 
 The detector runs with its defaults, or with the ``[detection]`` table of
@@ -78,6 +79,7 @@ GENERATORS = (
     "wild_scenarios",
     "blind_scenarios",
     "sealed_scenarios",
+    "fresh_scenarios",
 )
 
 
