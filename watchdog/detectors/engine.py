@@ -11,12 +11,19 @@ another start time is a new process, and everything learnt under that pid
 is forgotten first: its series, their findings (cleared) and their history.
 ``process_started`` tells which process a pid's series belong to, so that
 the daemon never takes a new process with that pid for the old one.
+
+A training process may say that its memory is about to grow on purpose
+(``Watchdog.expect_growth``: a model loading, a cache filling, a batch
+schedule): ``plan_growth`` holds new leak findings on that process's series
+and on its GPU's until the plan ends or the process passes the size it
+planned, and then judges them afresh (see docs/detection.md).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from watchdog.config import DetectionSettings
 from watchdog.detectors.events import (
@@ -38,6 +45,18 @@ Key = tuple[str, int, int | None]
 SWEEP_EVERY_S = 60.0
 CAUSE_SHARE = 0.5
 """An allocator figure explains a leak when it rises at least this share as fast."""
+MAX_PLANNED_GROWTH_S = 6 * 3600.0
+"""The longest growth a process may plan at once: a plan renewed by every heartbeat
+can last longer, one that stops being renewed cannot hold leaks for a day."""
+
+
+@dataclass(slots=True)
+class GrowthPlan:
+    """A growth a process said it would make: on ``gpu``, until ``until_t``, up to a size."""
+
+    gpu: int
+    until_t: float
+    up_to_bytes: int | None
 
 
 class DetectionEngine:
@@ -53,6 +72,10 @@ class DetectionEngine:
         self._gpu_of_pid: dict[int, int] = {}
         self._started: dict[int, int] = {}
         """pid -> start time of the process whose series are kept under that pid."""
+        self._plans: dict[int, GrowthPlan] = {}
+        """pid -> the growth that process planned (``plan_growth``)."""
+        self._outgrown: dict[int, int | None] = {}
+        """pid -> the size of a plan it went past: that plan, sent again, holds nothing."""
         self._next_sweep = 0.0
 
     # -- input
@@ -120,6 +143,76 @@ class DetectionEngine:
             if series is None:
                 series = self._others[key] = self._new(kind, gpu, pid, t, limit)
             series.add(t, value, limit or series.limit)
+        if self._plans:
+            # Where the driver hides per-process memory, the allocator's is what was planned.
+            self._check_plan(t, pid, reserved_bytes)
+        events = self._out[:]
+        self._out.clear()
+        return events
+
+    # -- planned growth
+
+    def plan_growth(
+        self, t: float, gpu: int, pid: int, for_s: float, up_to_bytes: int | None = None
+    ) -> list[Event]:
+        """Process ``pid`` on ``gpu`` says its memory grows for ``for_s`` from ``t``.
+
+        Until then, and while its memory stays at or under ``up_to_bytes`` (when
+        given), no new leak is raised on its series or on its GPU's; near_oom is
+        raised as ever. A plan is renewed by calling again (every heartbeat).
+        """
+        until = t + min(max(for_s, 0.0), MAX_PLANNED_GROWTH_S)
+        if until <= t:
+            return self.end_growth(t, pid)
+        if pid in self._outgrown:
+            if self._outgrown[pid] == up_to_bytes:
+                return []  # the heartbeat repeats a plan the memory already went past
+            del self._outgrown[pid]
+        self._plans[pid] = GrowthPlan(gpu, until, up_to_bytes)
+        for series in self._series_of(pid):
+            series.plan_growth(until)
+        self._gpus_plan(gpu, t)
+        return self._drain()
+
+    def end_growth(self, t: float, pid: int, afresh: bool = True) -> list[Event]:
+        """The growth ``pid`` planned is over (said so, or went past its size): judge again.
+
+        ``afresh``: from where the memory stands now (the plan ended as planned);
+        otherwise with what came before, so a climb past the plan is judged whole.
+        """
+        plan = self._plans.pop(pid, None)
+        if afresh:
+            self._outgrown.pop(pid, None)
+        else:
+            self._outgrown[pid] = plan.up_to_bytes if plan is not None else None
+        if plan is not None and plan.until_t > t:
+            for series in self._series_of(pid):
+                series.end_growth(t, afresh)
+            self._gpus_plan(plan.gpu, t, afresh)
+        return self._drain()
+
+    def _check_plan(self, t: float, pid: int, used: int) -> None:
+        plan = self._plans.get(pid)
+        if plan is not None and plan.up_to_bytes is not None and used > plan.up_to_bytes:
+            self.end_growth(t, pid, afresh=False)
+
+    def _series_of(self, pid: int) -> Iterator[Series]:
+        yield from (s for (_, p), s in self._processes.items() if p == pid)
+        yield from (s for key, s in self._others.items() if key[2] == pid)
+
+    def _gpus_plan(self, gpu: int, t: float, afresh: bool = True) -> None:
+        """Hold the GPU's series as long as the longest plan of a process on it."""
+        device = self._gpus.get(gpu)
+        if device is None:
+            return
+        until = max((p.until_t for p in self._plans.values() if p.gpu == gpu and p.until_t > t),
+                    default=math.inf)
+        if until == math.inf:
+            device.end_growth(t, afresh)
+        else:
+            device.plan_growth(until)
+
+    def _drain(self) -> list[Event]:
         events = self._out[:]
         self._out.clear()
         return events
@@ -140,6 +233,8 @@ class DetectionEngine:
                 if device is not None:
                     series.inherit_sawtooth(device)
             series.add(t, used, device.limit if device is not None else series.limit)
+            if self._plans:
+                self._check_plan(t, pid, used)
         present = {(gpu, pid) for gpu, pid, _ in processes}
         present.update(still)
         if not started and len(present) == len(table) and all(key in present for key in table):
@@ -204,6 +299,7 @@ class DetectionEngine:
 
     def _forget_process(self, t: float, gpu: int, pid: int) -> None:
         self._processes.pop((gpu, pid)).forget(t, "process exited")
+        self._drop_plan(t, pid)
         self._gpu_of_pid.pop(pid, None)
         for kind in (ALLOCATED, RESERVED):
             series = self._others.pop((kind, gpu, pid), None)
@@ -233,6 +329,14 @@ class DetectionEngine:
         for key in [key for key in self._others if key[2] == pid]:
             self._others.pop(key).forget(t, why)
         self._gpu_of_pid.pop(pid, None)
+        self._drop_plan(t, pid)
+
+    def _drop_plan(self, t: float, pid: int) -> None:
+        """A process gone: its plan goes, and its GPU is held only by the other plans."""
+        self._outgrown.pop(pid, None)
+        plan = self._plans.pop(pid, None)
+        if plan is not None:
+            self._gpus_plan(plan.gpu, t)
 
     def process_started(self, pid: int) -> int | None:
         """Start time of the process whose series are kept under ``pid`` (None: unknown)."""

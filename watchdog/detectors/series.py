@@ -219,6 +219,7 @@ class Series:
         "peak",
         "peak_before_climb",
         "pid",
+        "planned_until",
         "reset_below",
         "saw_cycle",
         "saw_tooth",
@@ -280,6 +281,8 @@ class Series:
         self.cycling_t = -math.inf
         self.confirm_t = -math.inf
         self.start_floor = self.climb_floor = self.peak = self.peak_before_climb = 0.0
+        self.planned_until = math.inf
+        """While a growth the job planned lasts: until when (``math.inf``: none)."""
         self._set_limit(limit)
         self._start(t)
 
@@ -375,6 +378,28 @@ class Series:
             self._emit(t, LEAK, CLEARED, "memory fell back or the series restarted")
         self._near_changed(t)
 
+    def plan_growth(self, until_t: float) -> None:
+        """Hold new leak findings until ``until_t``: the job said its memory grows until then.
+
+        What the job plans (a model loading, a cache filling, a schedule that
+        grows its batch) climbs as a leak does until it stops; only the job can
+        tell them apart. near_oom is never held. When the plan ends, the series
+        is judged afresh from where it stands (``end_growth``).
+        """
+        self.planned_until = until_t
+
+    def end_growth(self, t: float, afresh: bool = True) -> None:
+        """End a planned growth at ``t``; ``afresh``: judge from here, not from before it.
+
+        ``afresh=False`` when the growth went past what was planned: then the
+        climb that is under way is judged with everything seen before it.
+        """
+        if self.planned_until == math.inf:
+            return
+        self.planned_until = math.inf
+        if afresh:
+            self.restart(t)
+
     def forget(self, t: float, why: str) -> None:
         """Clear every active finding: the series is going away."""
         if self.leak_active:
@@ -387,6 +412,8 @@ class Series:
 
     def _roll(self, t: float, x: float) -> None:
         """``t`` is past the open finest bucket: close it (and what it completes), open anew."""
+        if t >= self.planned_until:
+            self.end_growth(t)  # starts the series again: the bucket open before is dropped
         width = self.levels[0].width
         idx = int(t // width)
         if self.near_off_since is not None:
@@ -702,7 +729,9 @@ class Series:
             near = near or verdict.near
             if verdict.leak and (best is None or verdict.confidence > best.confidence):
                 best, best_level = verdict, level
-        if best is not None and not self.leak_active and not self._confirmed(t, best, best_level):
+        if best is not None and not self.leak_active and (
+            self.planned_until < math.inf or not self._confirmed(t, best, best_level)
+        ):
             best = None
         elif best is None:
             self.confirm_t = -math.inf
