@@ -17,6 +17,15 @@ from watchdog.control import ControlServer
 
 
 @pytest.fixture
+def handles() -> Iterator[list[Any]]:
+    """Client handles a test made (append them); each is closed when the test ends."""
+    made: list[Any] = []
+    yield made
+    for handle in made:
+        handle.close()
+
+
+@pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A directory with a short path: Unix socket paths must stay under 104 bytes."""
     path = Path(tempfile.mkdtemp(prefix="wd-", dir="/tmp"))

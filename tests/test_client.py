@@ -31,14 +31,6 @@ def model_and_optimizer():
     return model, torch.optim.SGD(model.parameters(), lr=0.1)
 
 
-@pytest.fixture
-def handles():
-    made = []
-    yield made
-    for handle in made:
-        handle.close()
-
-
 def train_in_thread(wd, stop: threading.Event, pause: float = 0.001) -> threading.Thread:
     """A training loop calling wd.step() in its own thread until ``stop``."""
 

@@ -108,6 +108,26 @@ def test_reports_keep_unknown_as_none_and_feed_callback(server_factory):
     assert server.clients()[0].report.allocated_bytes is None
 
 
+def test_a_report_carries_the_growth_the_process_plans(server_factory):
+    """expect_growth's fields arrive as numbers; a negative or text one drops the client."""
+    server = server_factory()
+    seen: list[AllocatorReport] = []
+    server.on_report = lambda client, report: seen.append(report)
+    peer = RawPeer(server.socket_path)
+    peer.register()
+    peer.send({"type": "report", "step": 1, "growth_planned_s": 90.5,
+               "growth_up_to_bytes": 1 << 30})
+    wait_for(lambda: seen)
+    assert (seen[0].growth_planned_s, seen[0].growth_up_to_bytes) == (90.5, 1 << 30)
+    for bad in ({"growth_planned_s": -1}, {"growth_planned_s": "soon"},
+                {"growth_up_to_bytes": 1.5}):
+        other = RawPeer(server.socket_path)
+        other.register(job=f"bad-{len(bad)}")
+        other.send({"type": "report", "step": 1, **bad})
+        assert other.closed_by_server()
+    assert server.stats()[1] == {"malformed": 3}
+
+
 def test_raising_on_report_is_contained(server_factory):
     """A callback that raises is logged; the client stays registered and reports keep flowing."""
     server = server_factory()

@@ -291,6 +291,12 @@ class _Engine:
     def observe_allocator(self, *args: Any) -> list[Event]:
         return []
 
+    def plan_growth(self, *args: Any) -> list[Event]:
+        return []
+
+    def end_growth(self, *args: Any) -> list[Event]:
+        return []
+
     def status(self) -> list[Any]:
         return []
 

@@ -26,6 +26,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self.queued: list[Event] = []
         self.allocator: list[tuple[float, int, int, int, int]] = []
+        self.plans: list[tuple[Any, ...]] = []
 
     def observe(self, reading: Reading) -> list[Event]:
         events, self.queued = self.queued, []
@@ -35,6 +36,16 @@ class FakeEngine:
         self, t: float, gpu: int, pid: int, allocated: int, reserved: int
     ) -> list[Event]:
         self.allocator.append((t, gpu, pid, allocated, reserved))
+        return []
+
+    def plan_growth(
+        self, t: float, gpu: int, pid: int, for_s: float, up_to: int | None
+    ) -> list[Event]:
+        self.plans.append((t, gpu, pid, for_s, up_to))
+        return []
+
+    def end_growth(self, t: float, pid: int) -> list[Event]:
+        self.plans.append((t, pid))
         return []
 
     def status(self) -> list[Any]:
@@ -171,6 +182,18 @@ def test_allocator_reports_feed_detection_with_the_poll_clock(tmp_path: Path) ->
     sup.on_report(_client(), AllocatorReport(step=3))
     sup.on_report(_client("cpu"), AllocatorReport(step=3, allocated_bytes=1, reserved_bytes=2))
     assert engine.allocator == [(12.5, 0, 42, 10, 20)]
+
+
+def test_a_planned_growth_reaches_the_engine_and_its_absence_ends_it(tmp_path: Path) -> None:
+    """Each heartbeat renews the plan at the poll clock; one without a plan ends it."""
+    server = FakeServer([_client()])
+    sup, engine, _ = _supervisor(tmp_path, server)
+    sup.on_reading(Reading(t=12.5))
+    sup.on_report(_client(), AllocatorReport(step=3, growth_planned_s=90.0,
+                                             growth_up_to_bytes=1 << 30))
+    sup.on_report(_client(), AllocatorReport(step=4))
+    sup.on_report(_client("cpu"), AllocatorReport(step=5, growth_planned_s=90.0))
+    assert engine.plans == [(12.5, 0, 42, 90.0, 1 << 30), (12.5, 42), (12.5, 42)]
 
 
 def test_failed_command_is_journalled_and_frees_the_job(tmp_path: Path) -> None:

@@ -34,6 +34,12 @@ class NoEngine:
     def observe_allocator(self, *args: Any) -> list[Event]:
         return []
 
+    def plan_growth(self, *args: Any) -> list[Event]:
+        return []
+
+    def end_growth(self, *args: Any) -> list[Event]:
+        return []
+
     def status(self) -> list[Any]:
         return []
 

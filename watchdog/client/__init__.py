@@ -9,6 +9,7 @@ from watchdog.client.checkpoint import CheckpointStore, atomic_torch_save, atomi
 from watchdog.client.handle import (
     RESTART_EXIT_CODE,
     Deferred,
+    GrowthPlan,
     RestartRequested,
     Watchdog,
     attach,
@@ -18,6 +19,7 @@ __all__ = [
     "RESTART_EXIT_CODE",
     "CheckpointStore",
     "Deferred",
+    "GrowthPlan",
     "RestartRequested",
     "Watchdog",
     "atomic_torch_save",

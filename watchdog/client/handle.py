@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -92,6 +93,25 @@ RESTART_MODES = ("raise", "os_exit", "exec")
 ``os_exit`` at once with that code; ``exec`` the same command line again in place."""
 
 
+class GrowthPlan:
+    """A growth planned with ``Watchdog.expect_growth``; as a context manager, ends it on exit."""
+
+    def __init__(self, owner: Watchdog, plan: tuple[float, int | None]) -> None:
+        self._owner = owner
+        self._plan = plan
+
+    def end(self) -> None:
+        """End this plan now (a later plan of the same process is left alone)."""
+        if self._owner._growth is self._plan:
+            self._owner.end_growth()
+
+    def __enter__(self) -> GrowthPlan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end()
+
+
 class RestartRequested(SystemExit):
     """Raised from ``step()`` by ``checkpoint_and_restart`` after the checkpoint is committed."""
 
@@ -153,6 +173,8 @@ class Watchdog:
         self.restart_exit_code = restart_exit_code
         self.restart_exit = restart_exit
         self.restart_wait_s = restart_wait_s
+        self._growth: tuple[float, int | None] | None = None
+        """The growth this process planned: (until, on the monotonic clock; up to bytes)."""
         self._inbox: collections.deque[Command] = collections.deque()
         self._deferred: list[Command] = []
         self.closed = False
@@ -197,6 +219,49 @@ class Watchdog:
     def rank(self) -> int | None:
         """Global rank from the launcher's environment, None when not distributed."""
         return self.ranks["rank"]
+
+    def expect_growth(self, for_s: float, up_to_bytes: int | None = None) -> GrowthPlan:
+        """Say that this process's GPU memory grows on purpose for the next ``for_s`` seconds.
+
+        A model loaded into a running server, a cache filled through the first
+        epoch, a batch or capacity schedule: growth like this climbs as a leak
+        does until it stops, and only the job knows it will stop. While the plan
+        lasts the daemon raises no new leak on this process or its GPU (another
+        process's own leak still is, and near-OOM always is); when it ends, the
+        memory is judged afresh from where it stands. With ``up_to_bytes`` (this
+        process's GPU memory as ``nvidia-smi`` shows it, or its reserved memory
+        where the driver hides that), growing past it ends the plan at once and
+        the whole climb is judged. Plans of more than 6 hours are cut to 6 hours.
+
+        Use it as a call, or as a context manager that ends the plan on exit::
+
+            with wd.expect_growth(600, up_to_bytes=30 << 30):
+                model_b = load_second_model()
+
+        Raises:
+            ValueError: ``for_s`` not a positive number, or ``up_to_bytes`` not a
+                positive integer.
+        """
+        if (
+            isinstance(for_s, bool)
+            or not isinstance(for_s, (int, float))
+            or not math.isfinite(for_s)
+            or for_s <= 0
+        ):
+            raise ValueError(f"for_s must be a positive number of seconds, got {for_s!r}")
+        if up_to_bytes is not None and (
+            isinstance(up_to_bytes, bool) or not isinstance(up_to_bytes, int) or up_to_bytes <= 0
+        ):
+            raise ValueError(f"up_to_bytes must be a positive integer, got {up_to_bytes!r}")
+        plan = self._growth = (time.monotonic() + float(for_s), up_to_bytes)
+        self.link.report_soon()
+        return GrowthPlan(self, plan)
+
+    def end_growth(self) -> None:
+        """End a planned growth before its time (``expect_growth``)."""
+        if self._growth is not None:
+            self._growth = None
+            self.link.report_soon()
 
     def save_checkpoint(self) -> dict[str, Any] | Deferred:
         """Checkpoint now (the user's function, else the default one); return the details.
@@ -280,7 +345,18 @@ class Watchdog:
             "rss_bytes": runtime.rss_bytes(),
             "device": device,
             "device_uuid": runtime.device_uuid(device),
+            **self._planned(),
         }
+
+    def _planned(self) -> dict[str, Any]:
+        growth = self._growth
+        if growth is None:
+            return {}
+        left = growth[0] - time.monotonic()
+        if left <= 0:
+            self._growth = None
+            return {}
+        return {"growth_planned_s": round(left, 3), "growth_up_to_bytes": growth[1]}
 
     def _deliver(self, message: dict[str, Any], generation: int) -> None:
         """Called on the background thread for every message the daemon sends."""

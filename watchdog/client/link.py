@@ -62,6 +62,7 @@ class Link:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stop = threading.Event()
+        self._report_now = False
         self._flushed = threading.Condition()
         self.generation = 0
         self.connected = threading.Event()
@@ -90,6 +91,11 @@ class Link:
     def post(self, message: dict[str, Any], generation: int) -> None:
         """Queue ``message`` for the connection of ``generation`` and wake the thread."""
         self._outbox.append((generation, message))
+        self._wake()
+
+    def report_soon(self) -> None:
+        """Send a report now rather than at the next heartbeat (a plan changed)."""
+        self._report_now = True
         self._wake()
 
     def wait_flushed(self, timeout_s: float) -> bool:
@@ -185,7 +191,8 @@ class Link:
             next_beat = 0.0
             while not self._stop.is_set():
                 now = time.monotonic()
-                if now >= next_beat:
+                if now >= next_beat or self._report_now:
+                    self._report_now = False
                     self._send(sock, {"type": "report", **self._report()})
                     next_beat = now + self.heartbeat_s
                 for key, _ in selector.select(max(0.0, next_beat - time.monotonic())):

@@ -38,11 +38,23 @@ class AllocatorReport:
     alloc_retries: int | None = None
     ooms: int | None = None
     rss_bytes: int | None = None
+    growth_planned_s: float | None = None
+    """Seconds the process's memory is still planned to grow (``Watchdog.expect_growth``)."""
+    growth_up_to_bytes: int | None = None
+    """The GPU memory that planned growth goes up to at most; None: not said."""
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> AllocatorReport:
         """Read a ``report`` message; raise ProtocolError on a malformed field."""
-        return cls(**{f.name: opt_int(message, f.name) for f in dataclasses.fields(cls)})
+        values: dict[str, Any] = {
+            f.name: opt_int(message, f.name)
+            for f in dataclasses.fields(cls)
+            if f.name != "growth_planned_s"
+        }
+        planned = opt_float(message, "growth_planned_s")
+        if planned is not None and planned < 0:
+            raise ProtocolError(f"growth_planned_s must be >= 0 or null, got {planned!r}")
+        return cls(**values, growth_planned_s=planned)
 
 
 @dataclass(frozen=True, slots=True)

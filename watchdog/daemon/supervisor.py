@@ -116,7 +116,8 @@ class Supervisor:
         self._carry_out(decisions)
 
     def on_report(self, client: Any, report: Any) -> None:
-        """A client's heartbeat: its step to stall detection, its allocator figures to leaks."""
+        """A client's heartbeat: its step to stall detection, its allocator figures and the
+        growth it plans (``Watchdog.expect_growth``) to leaks."""
         gpu = self._gpu_of(client)
         registration = client.registration
         with self._lock:
@@ -129,6 +130,13 @@ class Supervisor:
                     self._last_t, gpu, client.pid, report.allocated_bytes, report.reserved_bytes
                 )
                 self._take_events(events)
+            if gpu is not None and report.growth_planned_s is not None:
+                self._take_events(self._engine.plan_growth(
+                    self._last_t, gpu, client.pid, report.growth_planned_s,
+                    report.growth_up_to_bytes,
+                ))
+            else:
+                self._take_events(self._engine.end_growth(self._last_t, client.pid))
         self._request_stacks()
 
     def on_leave(
