@@ -934,6 +934,15 @@ def _node_findings() -> list[Json]:
             w=24,
         ),
         timeseries(
+            "Leaks held by planned growth",
+            "1 while the job said this series grows on purpose (Watchdog.expect_growth): "
+            "no new leak is raised on it until the plan ends or the job outgrows it. "
+            "near-OOM is never held.",
+            [target(m("gpu_watchdog_growth_planned", ONE_GPU), series)],
+            w=24,
+            h=6,
+        ),
+        timeseries(
             "Memory growth rate",
             "Growth of each series' floor (bytes per second), as the detector measures it.",
             [target(m("gpu_watchdog_memory_growth_bytes_per_second", ONE_GPU), series)],

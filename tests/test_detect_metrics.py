@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -57,6 +59,15 @@ def test_collector_exports_state_rate_and_time_to_oom() -> None:
     assert found["gpu_watchdog_time_to_oom_seconds"] == [
         ({"series": "gpu", "gpu": "0", "pid": ""}, 600.0)
     ]
+
+
+def test_a_series_held_by_planned_growth_says_so() -> None:
+    """growth_planned is 1 on the series a plan holds, 0 on the others."""
+    statuses = [status(None, False, None), status(77, False, None)]
+    statuses[1] = dataclasses.replace(statuses[1], growth_planned=True)
+    found = scrape(DetectionCollector(lambda: statuses))
+    planned = {lab["pid"]: v for lab, v in found["gpu_watchdog_growth_planned"]}
+    assert planned == {"": 0.0, "77": 1.0}
 
 
 def test_vanished_series_disappear_from_the_next_scrape() -> None:

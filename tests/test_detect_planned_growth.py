@@ -165,3 +165,13 @@ def test_a_plan_ended_early_judges_again_from_then() -> None:
     raised = leaks(feed({PID: load_then_leak}, 6 * 3600, early_end))
     assert raised
     assert 2400.0 < raised[0].t < 1790.0 + 3 * 3600.0
+
+
+def test_the_status_shows_which_series_a_plan_holds() -> None:
+    engine = DetectionEngine()
+    engine.observe_step(0.0, [(0, 2 * GIB, TOTAL)], [(0, PID, GIB), (0, OTHER, GIB)])
+    engine.plan_growth(0.0, 0, PID, 60.0)
+    held = {(s.series, s.pid) for s in engine.status() if s.growth_planned}
+    assert held == {("gpu", None), ("process", PID)}
+    engine.end_growth(1.0, PID)
+    assert not any(s.growth_planned for s in engine.status())

@@ -102,3 +102,5 @@ class SeriesStatus:
     cause: str | None
     used_bytes: int
     limit_bytes: int
+    growth_planned: bool = False
+    """The job said this memory grows on purpose (``Watchdog.expect_growth``): no new leak."""

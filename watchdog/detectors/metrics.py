@@ -32,6 +32,8 @@ class DetectionCollector(Collector):
       floor's growth rate (0 when it is not rising).
     - ``gpu_watchdog_time_to_oom_seconds{series,gpu,pid}``: the predicted time
       until the limit; absent when memory is not growing.
+    - ``gpu_watchdog_growth_planned{series,gpu,pid}``: 1 while the job's planned
+      growth holds new leaks on the series (``Watchdog.expect_growth``), else 0.
 
     ``pid`` is empty for a GPU's own series.
     """
@@ -56,6 +58,11 @@ class DetectionCollector(Collector):
             "Predicted seconds until a memory series reaches its limit at its floor's growth rate.",
             labels=["series", "gpu", "pid"],
         )
+        planned = GaugeMetricFamily(
+            "gpu_watchdog_growth_planned",
+            "1 while growth the job planned holds new leak findings on a memory series.",
+            labels=["series", "gpu", "pid"],
+        )
         for status in self._status():
             labels = _labels(status)
             active.add_metric([LEAK, *labels], 1.0 if status.leak else 0.0)
@@ -63,6 +70,8 @@ class DetectionCollector(Collector):
             growth.add_metric(labels, max(0.0, status.rate_bytes_per_s))
             if status.time_to_oom_s is not None:
                 time_to_oom.add_metric(labels, status.time_to_oom_s)
+            planned.add_metric(labels, 1.0 if status.growth_planned else 0.0)
         yield active
         yield growth
         yield time_to_oom
+        yield planned

@@ -913,4 +913,5 @@ class Series:
             cause=self.cause_of(self) if self.cause_of is not None and self.leak_active else None,
             used_bytes=int(self.x),
             limit_bytes=int(self.limit),
+            growth_planned=self.planned_until < math.inf,
         )
