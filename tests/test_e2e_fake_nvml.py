@@ -166,15 +166,15 @@ class Daemon:
             self.log.close()
 
 
-def samples(series: Series, name: str, **labels: str) -> list[float]:
+def samples(scraped: Series, name: str, /, **labels: str) -> list[float]:
     """The values of every sample ``name`` whose labels include ``labels``."""
     wanted = set(labels.items())
-    return [v for (n, ls), v in series.items() if n == name and wanted <= ls]
+    return [v for (n, ls), v in scraped.items() if n == name and wanted <= ls]
 
 
-def value(series: Series, name: str, **labels: str) -> float | None:
+def value(scraped: Series, name: str, /, **labels: str) -> float | None:
     """The sample ``name`` whose labels include ``labels``; None if there is none."""
-    found = samples(series, name, **labels)
+    found = samples(scraped, name, **labels)
     assert len(found) <= 1, f"{name}{labels} is ambiguous: {found}"
     return found[0] if found else None
 
@@ -557,3 +557,59 @@ def test_a_leaking_job_is_detected_from_nvml_process_memory(
     assert time_to_oom
     assert 0 < time_to_oom[0] < 60
     assert 1.0 not in samples(series, "gpu_watchdog_finding_active", kind="leak", gpu="3")
+
+
+PLANNER = """
+import sys, time, watchdog
+wd = watchdog.attach(socket_path=sys.argv[1], device="cuda:0", job="planner", heartbeat_s=0.5)
+wd.expect_growth(600, up_to_bytes=int(sys.argv[2]))
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_job_s_planned_growth_holds_its_leak_until_it_outgrows_the_plan(
+    start: Callable[..., Daemon], jobs: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """The client's expect_growth reaches detection: held (and shown) below its size, not above."""
+    detection = {"warmup_s": 0.0, "bucket_s": 1.0}
+    daemon = start(_four_gpus(jobs), detection=detection)
+    daemon.wait_for(_ready)
+    up_to = 3 * GIB + 36 * GIB
+    planner = subprocess.Popen(
+        [PYTHON, "-c", PLANNER, str(tmp_path / "run" / "watchdog.sock"), str(up_to)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert planner.stdout is not None
+        assert planner.stdout.readline().strip() == "ready"
+        pid = str(planner.pid)
+        state = daemon.fake.state
+        state.gpus[0].processes[0] = FakeProcess(pid=planner.pid, used_memory=3 * GIB)
+        daemon.fake.write()
+        daemon.wait_for(
+            lambda s: value(s, "gpu_watchdog_growth_planned", series="process", pid=pid) == 1
+            and value(s, "gpu_watchdog_growth_planned", series="gpu", gpu="0") == 1
+        )
+        started = time.monotonic()
+        deadline = started + 75
+        used = 3 * GIB
+        while time.monotonic() < deadline:
+            # 1 GiB/s: 36 s under the planned size (unplanned, it is raised within
+            # about 20 s), then past it, towards the OOM at 70 s.
+            used = int(3 * GIB + GIB * (time.monotonic() - started))
+            state.gpus[0].processes[0].used_memory = used
+            state.gpus[0].memory_used = 10 * GIB + used
+            daemon.fake.write()
+            series = daemon.scrape()
+            if 1.0 in samples(series, "gpu_watchdog_finding_active", kind="leak", pid=pid):
+                break
+            time.sleep(INTERVAL_S)
+        else:
+            pytest.fail(f"no leak past the plan in 75 s\n{daemon.output()[-3000:]}")
+        assert used > up_to, "a leak was raised while the job's growth was as planned"
+        assert value(series, "gpu_watchdog_growth_planned", series="process", pid=pid) == 0
+    finally:
+        planner.kill()
+        planner.wait()
