@@ -51,7 +51,7 @@ can last longer, one that stops being renewed cannot hold leaks for a day."""
 
 
 @dataclass(slots=True)
-class GrowthPlan:
+class PlannedGrowth:
     """A growth a process said it would make: on ``gpu``, until ``until_t``, up to a size."""
 
     gpu: int
@@ -72,7 +72,7 @@ class DetectionEngine:
         self._gpu_of_pid: dict[int, int] = {}
         self._started: dict[int, int] = {}
         """pid -> start time of the process whose series are kept under that pid."""
-        self._plans: dict[int, GrowthPlan] = {}
+        self._plans: dict[int, PlannedGrowth] = {}
         """pid -> the growth that process planned (``plan_growth``)."""
         self._outgrown: dict[int, int | None] = {}
         """pid -> the size of a plan it went past: that plan, sent again, holds nothing."""
@@ -168,7 +168,7 @@ class DetectionEngine:
             if self._outgrown[pid] == up_to_bytes:
                 return []  # the heartbeat repeats a plan the memory already went past
             del self._outgrown[pid]
-        self._plans[pid] = GrowthPlan(gpu, until, up_to_bytes)
+        self._plans[pid] = PlannedGrowth(gpu, until, up_to_bytes)
         for series in self._series_of(pid):
             series.plan_growth(until)
         self._gpus_plan(gpu, t)
@@ -183,8 +183,8 @@ class DetectionEngine:
         plan = self._plans.pop(pid, None)
         if afresh:
             self._outgrown.pop(pid, None)
-        else:
-            self._outgrown[pid] = plan.up_to_bytes if plan is not None else None
+        elif plan is not None:
+            self._outgrown[pid] = plan.up_to_bytes
         if plan is not None and plan.until_t > t:
             for series in self._series_of(pid):
                 series.end_growth(t, afresh)
