@@ -104,6 +104,13 @@ def test_table_and_describe_formatting():
     }])
     assert "3.0G" in table
     assert "1.5K" in table
+    assert table.splitlines()[1].endswith("1.2s  -")
+    planned = clients_command.format_table([{
+        "pid": 2, "job": "j", "heartbeat_age_s": 0.0,
+        "growth_planned_s": 540.0, "growth_up_to_bytes": 30 << 30,
+    }, {"pid": 3, "job": "j", "heartbeat_age_s": 0.0, "growth_planned_s": 42.0}])
+    assert planned.splitlines()[1].endswith("9m to 30.0G")
+    assert planned.splitlines()[2].endswith("42s")
     text = send_command.describe({"pid": 1, "job": "j", "rank": 0, "command": "dump_stacks",
                                   "ok": True, "duration_s": 0.001,
                                   "details": {"stacks": "Thread 0x1", "threads": {}}})

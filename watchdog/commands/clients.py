@@ -11,7 +11,7 @@ from watchdog.config import load_config
 from watchdog.control.requests import ControlRequester
 
 COLUMNS = ("PID", "JOB", "RANK", "DEVICE", "STEP", "ALLOC", "RESERVED", "PEAK", "RETRIES",
-           "OOMS", "RSS", "AGE")
+           "OOMS", "RSS", "AGE", "GROWTH")
 
 
 def add_socket_options(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +48,16 @@ def text(value: object) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
+def planned(client: dict[str, Any]) -> str:
+    """The growth a client planned (``expect_growth``): time left, and its size if given."""
+    left = client.get("growth_planned_s")
+    if left is None:
+        return "-"
+    minutes = f"{left / 60:.0f}m" if left >= 60 else f"{left:.0f}s"
+    size = client.get("growth_up_to_bytes")
+    return minutes if size is None else f"{minutes} to {human_bytes(size)}"
+
+
 def register(subparsers: Any) -> None:
     """Add the ``clients`` subcommand."""
     parser = subparsers.add_parser(
@@ -67,7 +77,7 @@ def rows(clients: list[dict[str, Any]]) -> list[tuple[str, ...]]:
             text(c.get("step")), human_bytes(c.get("allocated_bytes")),
             human_bytes(c.get("reserved_bytes")), human_bytes(c.get("peak_allocated_bytes")),
             text(c.get("alloc_retries")), text(c.get("ooms")), human_bytes(c.get("rss_bytes")),
-            f"{c.get('heartbeat_age_s', 0):.1f}s",
+            f"{c.get('heartbeat_age_s', 0):.1f}s", planned(c),
         )
         for c in clients
     ]
