@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
+from structlog.testing import capture_logs
 
 from tests.factories import finding
 from watchdog.control.registry import AllocatorReport, CommandResult, Registration
@@ -194,6 +195,17 @@ def test_a_planned_growth_reaches_the_engine_and_its_absence_ends_it(tmp_path: P
     sup.on_report(_client(), AllocatorReport(step=4))
     sup.on_report(_client("cpu"), AllocatorReport(step=5, growth_planned_s=90.0))
     assert engine.plans == [(12.5, 0, 42, 90.0, 1 << 30), (12.5, 42), (12.5, 42)]
+
+
+def test_a_plan_is_logged_when_it_starts_and_when_it_ends(tmp_path: Path) -> None:
+    """One line each, not one per heartbeat."""
+    server = FakeServer([_client()])
+    sup, _, _ = _supervisor(tmp_path, server)
+    with capture_logs() as logs:
+        for planned in (600.0, 595.0, None, None):
+            sup.on_report(_client(), AllocatorReport(step=1, growth_planned_s=planned))
+    assert [entry["event"] for entry in logs] == ["growth_planned", "growth_plan_ended"]
+    assert logs[0]["for_s"] == 600.0
 
 
 def test_failed_command_is_journalled_and_frees_the_job(tmp_path: Path) -> None:

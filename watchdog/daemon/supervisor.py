@@ -98,6 +98,8 @@ class Supervisor:
         # Orphans are judged on the state's latest readings, but only on kinds that some
         # source has reported: an empty process list that nobody polled explains nothing.
         self._reported: set[str] = set()
+        self._planning: set[int] = set()
+        """pids whose last report planned a growth (logged when a plan starts and ends)."""
         self._stack_requests: list[tuple[int, Any]] = []
 
     # --- inputs ---------------------------------------------------------------------------
@@ -131,11 +133,19 @@ class Supervisor:
                 )
                 self._take_events(events)
             if gpu is not None and report.growth_planned_s is not None:
+                if client.pid not in self._planning:
+                    self._planning.add(client.pid)
+                    log.info("growth_planned", pid=client.pid, job=client.job, gpu=gpu,
+                             for_s=report.growth_planned_s,
+                             up_to_bytes=report.growth_up_to_bytes)
                 self._take_events(self._engine.plan_growth(
                     self._last_t, gpu, client.pid, report.growth_planned_s,
                     report.growth_up_to_bytes,
                 ))
             else:
+                if client.pid in self._planning:
+                    self._planning.discard(client.pid)
+                    log.info("growth_plan_ended", pid=client.pid, job=client.job)
                 self._take_events(self._engine.end_growth(self._last_t, client.pid))
         self._request_stacks()
 
@@ -150,6 +160,7 @@ class Supervisor:
         # A clean goodbye needs no look at the process; without one, wait a moment for it to die.
         gone = peer_gone and not detached and self._exited(client.pid, client.started)
         with self._lock:
+            self._planning.discard(client.pid)
             self._take_events(self._stalls.left(
                 self._clock(), client.pid, detached=detached, gone=gone, error=error
             ))
