@@ -531,6 +531,25 @@ def test_detection_sees_nvml_readings_near_oom_raised_and_cleared(
     daemon.wait_for(lambda s: _near_oom(s, "0") != [] and 1.0 not in _near_oom(s, "0"))
 
 
+def _grow_until_leak(
+    daemon: Daemon, pid: str, rate: float, within_s: float
+) -> tuple[Series, int]:
+    """Grow GPU 0's first process from 3 GiB at ``rate`` bytes/s until a leak is raised on
+    ``pid``; return the scrape that shows it and the process's memory then."""
+    state = daemon.fake.state
+    started = time.monotonic()
+    while time.monotonic() < started + within_s:
+        used = int(3 * GIB + rate * (time.monotonic() - started))
+        state.gpus[0].processes[0].used_memory = used
+        state.gpus[0].memory_used = 10 * GIB + used
+        daemon.fake.write()
+        series = daemon.scrape()
+        if 1.0 in samples(series, "gpu_watchdog_finding_active", kind="leak", pid=pid):
+            return series, used
+        time.sleep(INTERVAL_S)
+    pytest.fail(f"no leak finding on pid {pid} in {within_s:.0f} s\n{daemon.output()[-3000:]}")
+
+
 def test_a_leaking_job_is_detected_from_nvml_process_memory(
     start: Callable[..., Daemon], jobs: list[subprocess.Popen[str]]
 ) -> None:
@@ -539,20 +558,7 @@ def test_a_leaking_job_is_detected_from_nvml_process_memory(
     daemon = start(_four_gpus(jobs), detection=detection)
     daemon.wait_for(_ready)
     pid = str(jobs[0].pid)
-    state = daemon.fake.state
-    started = time.monotonic()
-    deadline = started + 40
-    while time.monotonic() < deadline:
-        grown = int(2 * GIB * (time.monotonic() - started))
-        state.gpus[0].processes[0].used_memory = 3 * GIB + grown
-        state.gpus[0].memory_used = 10 * GIB + grown
-        daemon.fake.write()
-        series = daemon.scrape()
-        if 1.0 in samples(series, "gpu_watchdog_finding_active", kind="leak", pid=pid):
-            break
-        time.sleep(INTERVAL_S)
-    else:
-        pytest.fail(f"no leak finding on pid {pid} in 40 s\n{daemon.output()[-3000:]}")
+    series, _ = _grow_until_leak(daemon, pid, 2 * GIB, 40.0)
     time_to_oom = samples(series, "gpu_watchdog_time_to_oom_seconds", pid=pid)
     assert time_to_oom
     assert 0 < time_to_oom[0] < 60
@@ -592,22 +598,9 @@ def test_a_job_s_planned_growth_holds_its_leak_until_it_outgrows_the_plan(
             lambda s: value(s, "gpu_watchdog_growth_planned", series="process", pid=pid) == 1
             and value(s, "gpu_watchdog_growth_planned", series="gpu", gpu="0") == 1
         )
-        started = time.monotonic()
-        deadline = started + 75
-        used = 3 * GIB
-        while time.monotonic() < deadline:
-            # 1 GiB/s: 36 s under the planned size (unplanned, it is raised within
-            # about 20 s), then past it, towards the OOM at 70 s.
-            used = int(3 * GIB + GIB * (time.monotonic() - started))
-            state.gpus[0].processes[0].used_memory = used
-            state.gpus[0].memory_used = 10 * GIB + used
-            daemon.fake.write()
-            series = daemon.scrape()
-            if 1.0 in samples(series, "gpu_watchdog_finding_active", kind="leak", pid=pid):
-                break
-            time.sleep(INTERVAL_S)
-        else:
-            pytest.fail(f"no leak past the plan in 75 s\n{daemon.output()[-3000:]}")
+        # 1 GiB/s: 36 s under the planned size (unplanned, it is raised within
+        # about 20 s), then past it, towards the OOM at 70 s.
+        series, used = _grow_until_leak(daemon, pid, GIB, 75.0)
         assert used > up_to, "a leak was raised while the job's growth was as planned"
         assert value(series, "gpu_watchdog_growth_planned", series="process", pid=pid) == 0
     finally:
