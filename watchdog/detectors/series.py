@@ -95,7 +95,19 @@ class _Level:
     no list growing and shrinking).
     """
 
-    __slots__ = ("count", "has", "hi", "idx", "lo", "maxs", "mins", "result", "starts", "width")
+    __slots__ = (
+        "count",
+        "dropped_top",
+        "has",
+        "hi",
+        "idx",
+        "lo",
+        "maxs",
+        "mins",
+        "result",
+        "starts",
+        "width",
+    )
 
     def __init__(self, width: float) -> None:
         self.width = width
@@ -108,6 +120,8 @@ class _Level:
         self.mins = array("d", bytes(8 * CAPACITY))
         self.maxs = array("d", bytes(8 * CAPACITY))
         self.result: _Verdict | None = None
+        self.dropped_top = -math.inf
+        """The highest minimum of the buckets dropped to make room (all older than those kept)."""
 
     def push(self, start: float, lo: float, hi: float) -> None:
         """Store a closed bucket."""
@@ -115,7 +129,8 @@ class _Level:
         if n == CAPACITY:
             # Drop the oldest half in one copy within each array (no reallocation).
             # Windows look back at most KEEP buckets, so what is dropped never
-            # changes a verdict.
+            # changes a verdict; only its highest floor is kept (``held_before``).
+            self.dropped_top = max(self.dropped_top, *self.mins[: CAPACITY - KEEP])
             for values in (self.starts, self.mins, self.maxs):
                 values[:KEEP] = values[CAPACITY - KEEP :]
             n = KEEP
@@ -123,6 +138,16 @@ class _Level:
         self.mins[n] = lo
         self.maxs[n] = hi
         self.count = n + 1
+
+    def held_before(self, t: float) -> float:
+        """The highest floor this level held for a whole bucket ending by ``t``."""
+        top = self.dropped_top
+        starts, mins, width = self.starts, self.mins, self.width
+        for i in range(self.count):
+            if starts[i] + width > t:
+                break
+            top = max(top, mins[i])
+        return top
 
     def recent_mins(self, count: int) -> array[float]:
         """The minima of the newest ``count`` closed buckets (fewer if there are not as many)."""
@@ -333,6 +358,7 @@ class Series:
             level.has = False
             level.count = 0
             level.result = None
+            level.dropped_top = -math.inf
         self.start_t = t
         self.last_t = t
         self.b_end = -math.inf
@@ -730,7 +756,9 @@ class Series:
             if verdict.leak and (best is None or verdict.confidence > best.confidence):
                 best, best_level = verdict, level
         if best is not None and not self.leak_active and (
-            self.planned_until < math.inf or not self._confirmed(t, best, best_level)
+            self.planned_until < math.inf
+            or self._been_here(best.trend)
+            or not self._confirmed(t, best, best_level)
         ):
             best = None
         elif best is None:
@@ -761,6 +789,29 @@ class Series:
         if near != self.near_pred:
             self.near_pred = near
             self._near_changed(t)
+
+    def _been_here(self, trend: Trend) -> bool:
+        """Whether the series held the trend's newest floor, half a stretch or longer, before.
+
+        Before the window began, that is, and since the series (re)started.
+
+        A leak takes the floor where it has not been; levels that come and go
+        (a buffer redrawn per batch in a job sized to its card) line up in a
+        rising run now and then, back to heights the series held before
+        without running out.
+        """
+        shortest = trend.window_s / SEGMENTS / 2
+        cycle, tooth = self._sawtooth(trend.end_t)
+        if tooth > 0.0:
+            # A bucket that holds a whole cycle has a trough for its minimum; a
+            # narrower one may hold only a tooth's top, ground a rising floor has not.
+            shortest = max(shortest, cycle)
+        since = trend.end_t - trend.window_s
+        return any(
+            level.held_before(since) >= trend.floor
+            for level in self.levels
+            if level.width >= shortest
+        )
 
     def _confirmed(self, t: float, best: _Verdict, level: _Level) -> bool:
         """Whether a leak that only windows of 30 min or less show has gone on long enough.
