@@ -94,13 +94,19 @@ def test_register_as_another_pid_is_dropped(server_factory):
     assert server.stats()[1] == {"malformed": 1}
 
 
-def test_reports_keep_unknown_as_none_and_feed_callback(server_factory):
-    """Null allocator figures stay None, and on_report sees each heartbeat."""
+def reporting_peer(server_factory) -> tuple[ControlServer, list[AllocatorReport], RawPeer]:
+    """A server whose on_report collects every report, and a registered peer of it."""
     server = server_factory()
     seen: list[AllocatorReport] = []
     server.on_report = lambda client, report: seen.append(report)
     peer = RawPeer(server.socket_path)
     peer.register()
+    return server, seen, peer
+
+
+def test_reports_keep_unknown_as_none_and_feed_callback(server_factory):
+    """Null allocator figures stay None, and on_report sees each heartbeat."""
+    server, seen, peer = reporting_peer(server_factory)
     peer.send({"type": "report", "step": 12, "allocated_bytes": None, "reserved_bytes": 4096,
                "rss_bytes": 1000})
     wait_for(lambda: seen)
@@ -110,11 +116,7 @@ def test_reports_keep_unknown_as_none_and_feed_callback(server_factory):
 
 def test_a_report_carries_the_growth_the_process_plans(server_factory):
     """expect_growth's fields arrive as numbers; a negative or text one drops the client."""
-    server = server_factory()
-    seen: list[AllocatorReport] = []
-    server.on_report = lambda client, report: seen.append(report)
-    peer = RawPeer(server.socket_path)
-    peer.register()
+    server, seen, peer = reporting_peer(server_factory)
     peer.send({"type": "report", "step": 1, "growth_planned_s": 90.5,
                "growth_up_to_bytes": 1 << 30})
     wait_for(lambda: seen)
