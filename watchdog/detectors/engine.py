@@ -146,9 +146,7 @@ class DetectionEngine:
         if self._plans:
             # Where the driver hides per-process memory, the allocator's is what was planned.
             self._check_plan(t, pid, reserved_bytes)
-        events = self._out[:]
-        self._out.clear()
-        return events
+        return self._drain()
 
     # -- planned growth
 
@@ -213,6 +211,7 @@ class DetectionEngine:
             device.plan_growth(until)
 
     def _drain(self) -> list[Event]:
+        """The events found since the last drain (and no longer kept)."""
         events = self._out[:]
         self._out.clear()
         return events
@@ -273,9 +272,7 @@ class DetectionEngine:
         for gone in [k for k in self._others if k[0] == HOST_RSS and k[2] not in present]:
             self._others.pop(gone).forget(reading.t, "process exited")
             self._release(gone[2])
-        events = self._out[:]
-        self._out.clear()
-        return events
+        return self._drain()
 
     # -- series lifecycle
 
