@@ -9,12 +9,14 @@ windows' factor.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable
 
 import pytest
 
+from watchdog.config import DetectionSettings
 from watchdog.detectors.events import Event
 from watchdog.detectors.replay import replay_lines
 from watchdog.detectors.trend import _settle_s
@@ -43,8 +45,9 @@ def _trace(extra: Callable[[float], float]) -> list[str]:
             return lines
 
 
-def _leaks(lines: list[str]) -> list[Event]:
-    return [e for e in replay_lines(lines, "synthetic").events if e.kind == "leak"]
+def _leaks(lines: list[str], settings: DetectionSettings | None = None) -> list[Event]:
+    events = replay_lines(lines, "synthetic", settings or DetectionSettings()).events
+    return [e for e in events if e.kind == "leak"]
 
 
 def _linear(oom_after_s: float) -> list[str]:
@@ -65,10 +68,12 @@ def test_even_rises_bound_the_time_constant_of_a_settle() -> None:
 def test_an_even_steady_leak_is_raised_sooner() -> None:
     """A leak 200 min from start to OOM, after an hour flat.
 
-    Projected only as far as a window's length allows (2x at 30 min, rising to
+    With ``leak_extrapolation`` at 4 (the default until 2026-12-05) and
+    projected only as far as a window's length allows (2x at 30 min, rising to
     4x at 2 h) it was raised 52 min in, 148 min before the OOM; its floor rose
     evenly enough to be projected 4x from windows of 30 min on.
     """
-    raised = [e for e in _leaks(_linear(200 * 60.0)) if e.state == "raised"]
+    settings = dataclasses.replace(DetectionSettings(), leak_extrapolation=4.0)
+    raised = [e for e in _leaks(_linear(200 * 60.0), settings) if e.state == "raised"]
     assert raised, "the leak was not raised"
     assert raised[0].t - FLAT_S <= 48 * 60.0

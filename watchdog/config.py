@@ -371,7 +371,7 @@ class DetectionSettings:
         maximum=1,
     )
     leak_extrapolation: float = setting(
-        4.0,
+        3.0,
         "A leak is raised once its time to OOM is at most this many times the stretch "
         "of history that shows it (for stretches of 2 h and more).",
         minimum=0.5,

@@ -177,7 +177,7 @@ def _lower_median(values: list[float]) -> float:
 def extrapolation(window_s: float, least: float, most: float) -> float:
     """How far past its evidence a trend may be projected.
 
-    ``least`` times the window up to 30 min, rising to ``most`` times from 1 h.
+    ``least`` times the window up to 30 min, rising linearly to ``most`` times from 2 h.
     """
     share = (window_s - SHORT_EXTRAPOLATION_S) / (LONG_EXTRAPOLATION_S - SHORT_EXTRAPOLATION_S)
     return least + (most - least) * min(1.0, max(0.0, share))
