@@ -199,6 +199,19 @@ def intervals_of(flags: Iterator[tuple[float, bool]], end: float) -> list[Interv
     return found
 
 
+def alarm_count(intervals: Sequence[Interval]) -> int:
+    """How many separate alarms ``intervals`` make: overlapping ones are one page.
+
+    A GPU and its process raising the same climb page once, not twice.
+    """
+    count, until = 0, -float("inf")
+    for start, end in sorted(intervals):
+        if start > until:
+            count += 1
+        until = max(until, end)
+    return count
+
+
 def static_threshold(samples: list[tuple[float, int, int]]) -> Iterator[tuple[float, bool]]:
     """``used / total >= 0.95``."""
     for t, used, total in samples:
@@ -305,6 +318,8 @@ class Record:
     samples: int
     seed: int = 0
     """The seed the trace was generated from."""
+    alarms: int = 0
+    """How many separate leak alarms the project raised on the trace (``alarm_count``)."""
 
 
 def evaluate(
@@ -328,7 +343,8 @@ def evaluate(
             label, intervals_of(predict_linear(device), end), healthy.predicted
         ),
     }
-    return Record(label, outcomes, near, result.device_samples + result.process_samples)
+    samples = result.device_samples + result.process_samples
+    return Record(label, outcomes, near, samples, alarms=alarm_count(intervals))
 
 
 def run_seed(
@@ -418,6 +434,12 @@ def report(records: list[Record], generator: ModuleType, seeds: list[int]) -> in
         f"\nnear_oom raised on jobs sized near the card: {sum(r.near_oom for r in expected)}"
         f"/{len(expected)}; on other healthy traces: {len(near_healthy)}"
     )
+    healthy_alarms = [r.alarms for r in records if not r.label.leak and r.alarms]
+    if healthy_alarms:
+        print(
+            f"leak alarms on healthy traces: {sum(healthy_alarms)} on {len(healthy_alarms)} "
+            f"traces, at most {max(healthy_alarms)} on one"
+        )
     project = tallies["project"]
     if project.missed:
         print("missed:", ", ".join(project.missed))

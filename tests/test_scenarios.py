@@ -75,6 +75,14 @@ def test_a_leak_trace_runs_until_it_runs_out_of_memory() -> None:
     assert label.oom_t is not None
 
 
+def test_overlapping_alarms_are_one_page_and_separate_ones_each_count() -> None:
+    """A GPU and its process raising the same climb page once; a later climb pages again."""
+    gpu_and_process = [(100.0, 400.0), (120.0, 380.0)]
+    assert score.alarm_count(gpu_and_process) == 1
+    assert score.alarm_count([*gpu_and_process, (900.0, 950.0), (300.0, 500.0)]) == 2
+    assert score.alarm_count([]) == 0
+
+
 def test_only_the_alarm_standing_at_the_deadline_counts() -> None:
     """An alarm raised after the leak began counts only if it still stands at the deadline."""
     label = scenarios.Label("x", "steady_late", 1, leak=True, leak_start_t=1000.0, oom_t=5000.0)
