@@ -40,6 +40,20 @@ def test_a_rollout_engine_keeping_a_block_at_every_sleep_is_raised_by_pid() -> N
     assert named[0].t <= 52930.116  # the deadline: 5 min before the OOM at 53230 s
 
 
+def test_ground_held_before_a_series_cycled_does_not_hold_back_its_leak() -> None:
+    """A trainer offloaded every 15 min keeps 0.9 GiB each time; OOM 5 h after it began.
+
+    Its first falls, before it counted as cycling, restarted the series and kept
+    the ground the trainer had held; judged against that (phase tops, not
+    troughs), the pid was raised 85 minutes later.
+    """
+    raised = [e for e in replayed("wild_rlhf_colocated_leak_2000085") if e.kind == "leak"]
+    named = [e for e in raised if e.state == "raised" and e.pid is not None]
+    assert named
+    assert named[0].pid == 1434473
+    assert named[0].t <= 7200.0  # 4 h before the OOM at 21724 s; it was 6720 s
+
+
 @pytest.mark.parametrize(
     "name",
     [

@@ -245,9 +245,12 @@ class DetectionEngine:
             seen.setdefault(gpu, set()).add(pid)
         for gpu in set(seen) | set(self._pids):
             pids = frozenset(seen.get(gpu, ()))
-            if self._pids.get(gpu, pids) != pids and gpu in gpus:
-                # Jobs came or went: the GPU's memory is a new sum, judge it afresh.
-                gpus[gpu].restart(t)
+            if gpu in gpus:
+                if self._pids.get(gpu, pids) != pids:
+                    # Jobs came or went: the GPU's memory is a new sum, judge it afresh.
+                    gpus[gpu].restart(t)
+                # Only while the processes on it are known can a fall be theirs.
+                gpus[gpu].falls_keep_ground = bool(pids)
             self._pids[gpu] = pids
 
     def _observe_host(self, reading: Reading) -> list[Event]:

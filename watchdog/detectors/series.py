@@ -96,6 +96,7 @@ class _Level:
     """
 
     __slots__ = (
+        "carried",
         "count",
         "dropped_top",
         "has",
@@ -122,6 +123,8 @@ class _Level:
         self.result: _Verdict | None = None
         self.dropped_top = -math.inf
         """The highest minimum of the buckets dropped to make room (all older than those kept)."""
+        self.carried = -math.inf
+        """The highest minimum of a bucket before the series restarted on its processes' fall."""
 
     def push(self, start: float, lo: float, hi: float) -> None:
         """Store a closed bucket."""
@@ -217,6 +220,7 @@ class Series:
         "cycling_t",
         "drops",
         "falls",
+        "falls_keep_ground",
         "gap_s",
         "gpu",
         "headroom_of",
@@ -308,6 +312,8 @@ class Series:
         self.start_floor = self.climb_floor = self.peak = self.peak_before_climb = 0.0
         self.planned_until = math.inf
         """While a growth the job planned lasts: until when (``math.inf``: none)."""
+        self.falls_keep_ground = kind != GPU
+        """Whether the series' processes are known, so a fall is theirs (see ``restart``)."""
         self._set_limit(limit)
         self._start(t)
 
@@ -325,7 +331,11 @@ class Series:
                 self.reset_below = -math.inf  # until the next bucket closes
             else:
                 self._fall(t)
-                self.restart(t)
+                # Memory freed near the limit may be a job that caught its OOM and
+                # started over in the same process: judged afresh, or a leak run
+                # again would pass for ground held before.
+                full = max(self.peak, self.b_hi) >= self.settings.near_oom_used_ratio * self.limit
+                self.restart(t, keep_ground=self.falls_keep_ground and not full)
         self.x = x
         self.last_t = t
         if t >= self.b_end:
@@ -395,8 +405,19 @@ class Series:
         self.drops = list(other.drops)
         self.saw_cycle, self.saw_tooth = other.saw_cycle, other.saw_tooth
 
-    def restart(self, t: float) -> None:
-        """Judge the series afresh from ``t``: its job ended or restarted, or it was silent."""
+    def restart(self, t: float, keep_ground: bool = False) -> None:
+        """Judge the series afresh from ``t``: its job ended or restarted, or it was silent.
+
+        ``keep_ground``: the same processes freed the memory (checkpoints
+        averaged and dropped, a nightly batch done), so what they held before
+        still counts as ground been on (``_been_here``): loading as much again
+        is no leak. Never after an exit or a silence: a new job, perhaps one
+        restarted after an OOM, is judged on its own.
+        """
+        for level in self.levels:
+            level.carried = (
+                max(level.carried, level.held_before(math.inf)) if keep_ground else -math.inf
+            )
         self._start(t)
         self.near_pred = False
         if self.leak_active:
@@ -800,17 +821,23 @@ class Series:
         rising run now and then, back to heights the series held before
         without running out.
         """
-        shortest = trend.window_s / SEGMENTS / 2
+        half_segment = trend.window_s / SEGMENTS / 2
+        shortest = half_segment
         cycle, tooth = self._sawtooth(trend.end_t)
         if tooth > 0.0:
             # A bucket that holds a whole cycle has a trough for its minimum; a
             # narrower one may hold only a tooth's top, ground a rising floor has not.
             shortest = max(shortest, cycle)
         since = trend.end_t - trend.window_s
+        # Ground held before the processes freed it counts, tooth's top or not: they
+        # climbed there and came back down without running out. Not in a cycling
+        # series: its troughs are its ground, and a phase's top says nothing of them.
+        carried = math.inf if self._fall_cycle(trend.end_t) else trend.floor
         return any(
-            level.held_before(since) >= trend.floor
+            level.carried >= carried
+            or (level.width >= shortest and level.held_before(since) >= trend.floor)
             for level in self.levels
-            if level.width >= shortest
+            if level.width >= half_segment
         )
 
     def _confirmed(self, t: float, best: _Verdict, level: _Level) -> bool:
