@@ -814,7 +814,9 @@ class Series:
     def _been_here(self, trend: Trend) -> bool:
         """Whether the series held the trend's newest floor, half a stretch or longer, before.
 
-        Before the window began, that is, and since the series (re)started.
+        Before the window began, that is, and since the series (re)started, or
+        before that restart where its processes freed the memory (``restart``
+        with ``keep_ground``: the ground each level ``carried`` over).
 
         A leak takes the floor where it has not been; levels that come and go
         (a buffer redrawn per batch in a job sized to its card) line up in a
