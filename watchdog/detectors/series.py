@@ -834,9 +834,9 @@ class Series:
         # Ground held before the processes freed it counts, tooth's top or not: they
         # climbed there and came back down without running out. Not in a cycling
         # series: its troughs are its ground, and a phase's top says nothing of them.
-        carried = math.inf if self._fall_cycle(trend.end_t) else trend.floor
+        carried_must_reach = math.inf if self._fall_cycle(trend.end_t) else trend.floor
         return any(
-            level.carried >= carried
+            level.carried >= carried_must_reach
             or (level.width >= shortest and level.held_before(since) >= trend.floor)
             for level in self.levels
             if level.width >= half_segment
