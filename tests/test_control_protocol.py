@@ -57,6 +57,8 @@ def test_huge_length_rejected_before_buffering():
         (b'{"v": 2, "type": "x"}', "version 2"),
         (b'{"v": 1}', "type"),
         (b'{"v": 1, "type": "x", "n": NaN}', "NaN"),
+        (b'{"v": 1, "type": "x", "id": 1e999}', "out of range"),
+        (b'{"v": 1, "type": "x", "n": ' + b"1" * 5000 + b"}", "digits"),
         (b"{" * 100_000, "JSON"),
     ],
 )
@@ -64,6 +66,13 @@ def test_bad_bodies_rejected(body, problem):
     """Bodies that are not UTF-8 JSON objects of this version are protocol errors."""
     with pytest.raises(ProtocolError, match=problem):
         decode_body(body)
+
+
+def test_a_bare_header_is_a_partial_frame():
+    """A header with no body byte yet is a frame in progress (the stalled-frame timer runs)."""
+    decoder = FrameDecoder()
+    assert list(decoder.feed(struct.pack(">I", 10))) == []
+    assert decoder.partial
 
 
 def test_zero_length_rejected():

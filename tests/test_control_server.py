@@ -25,6 +25,11 @@ from watchdog.control.server import _Client, sync_step
 pytest_plugins = ["control_fixtures"]
 
 
+def framed(body: bytes) -> bytes:
+    """``body`` behind its length header, whatever it holds."""
+    return struct.pack(">I", len(body)) + body
+
+
 def answer_commands(peer: RawPeer, stop: threading.Event, ok: bool = True) -> threading.Thread:
     """Answer every command on ``peer`` in a thread, as a training process would."""
 
@@ -155,6 +160,9 @@ def test_raising_on_report_is_contained(server_factory):
         (b"\x00\x00\x00\x05hello", "malformed"),
         (struct.pack(">I", 3) + b"[1]", "malformed"),
         (b"GET / HTTP/1.1\r\n\r\n", "malformed"),
+        # Valid JSON that no reply could echo, and an integer past Python's digit limit.
+        (framed(b'{"v":1,"type":"ping","id":1e999}'), "malformed"),
+        (framed(b'{"v":1,"type":"ping","x":' + b"1" * 5000 + b"}"), "malformed"),
     ],
 )
 def test_garbage_drops_only_that_connection(server_factory, payload, reason):
@@ -188,6 +196,61 @@ def test_stalled_frame_and_silent_connection_dropped(server_factory):
     assert {"stalled", "idle"} <= set(server.stats()[1])
     good.send({"type": "report", "step": 5})
     wait_for(lambda: server.clients()[0].report.step == 5)
+
+
+def test_a_header_without_its_body_is_dropped(server_factory):
+    """A peer that sends a frame's length and then nothing is dropped after the read timeout."""
+    server = server_factory(read_timeout_s=0.3)
+    peer = RawPeer(server.socket_path)
+    peer.register()
+    peer.sock.sendall(struct.pack(">I", 100))
+    assert peer.closed_by_server(3)
+    assert server.stats()[1].get("stalled") == 1
+
+
+def test_a_handler_bug_drops_its_sender_and_the_loop_serves_on(server_factory, monkeypatch):
+    """An exception a handler did not expect costs its sender the connection, not the loop."""
+    server = server_factory()
+
+    def broken(conn, message):
+        raise RuntimeError("handler bug")
+
+    monkeypatch.setattr(server, "_on_list", broken)
+    bad = RawPeer(server.socket_path)
+    bad.send({"type": "list_clients", "id": 1})
+    assert bad.closed_by_server()
+    assert server.stats()[1].get("internal_error") == 1
+    (logged,) = [c for c in server.log_calls if c.kwargs.get("event") == "control_message_failed"]
+    assert logged.method_name == "error"  # structlog logs .exception() at error
+    good = RawPeer(server.socket_path)
+    good.send({"type": "ping", "id": 2})
+    assert good.recv()["type"] == "pong"
+
+
+def test_a_target_of_other_digits_is_no_pid(server_factory):
+    """``"²"`` passes ``str.isdigit`` but is no pid: an unknown target, answered as an error."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.send({"type": "send", "id": 1, "target": "\u00b2", "command": "checkpoint"})
+    reply = peer.recv()
+    assert (reply["type"], reply["code"]) == ("error", "unknown_target")
+    peer.send({"type": "ping", "id": 2})
+    assert peer.recv()["type"] == "pong"
+
+
+def test_a_malformed_result_still_answers_the_command(server_factory):
+    """A result the server cannot read ends the command with an error, and drops its sender."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.register()
+    wait_for(server.clients)
+    future = server.send_command_async(os.getpid(), "checkpoint", requester_uid=0, timeout_s=30)
+    command = peer.recv()
+    peer.send({"type": "result", "id": command["id"], "ok": "yes"})
+    (result,) = future.result(5)
+    assert not result.ok
+    assert "malformed result" in result.error
+    assert peer.closed_by_server()
 
 
 def test_half_closed_client_is_removed(server_factory):

@@ -38,6 +38,8 @@ COMMANDS = (
 
 MAX_TEXT = 256
 """Longest identity string (job, device, host) a client may register."""
+MAX_ERROR_CHARS = 4096
+"""Longest error text a result or a farewell may carry; a client cuts its own to fit."""
 
 
 class ProtocolError(ValueError):
@@ -62,12 +64,26 @@ def _reject_constant(name: str) -> Any:
     raise ProtocolError(f"non-standard JSON constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    # ``1e999`` is valid JSON and parses to inf, which no reply could echo back.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(f"number {text[:32]} is out of range")
+    return value
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
     """Parse one frame body into a message; raise ProtocolError if it is not one."""
     try:
-        message = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"body is not UTF-8 JSON: {exc}") from None
+        message = json.loads(
+            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
+    except ProtocolError:
+        raise
+    # ValueError holds JSONDecodeError, UnicodeDecodeError and an integer past
+    # Python's digit limit (``sys.set_int_max_str_digits``).
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"body is not UTF-8 JSON: {str(exc)[:200]}") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"body is a JSON {type(message).__name__}, expected an object")
     version = message.get("v")
@@ -90,8 +106,8 @@ class FrameDecoder:
 
     @property
     def partial(self) -> bool:
-        """True while part of a frame has arrived but not all of it."""
-        return bool(self._buffer)
+        """True while part of a frame has arrived but not all of it (a bare header counts)."""
+        return bool(self._buffer) or self._need is not None
 
     def feed(self, data: bytes) -> Iterator[dict[str, Any]]:
         """Add ``data`` and yield every message it completes.

@@ -13,7 +13,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from watchdog.control.protocol import ProtocolError, opt_float, opt_int, opt_text
+from watchdog.control.protocol import (
+    MAX_ERROR_CHARS,
+    ProtocolError,
+    opt_float,
+    opt_int,
+    opt_text,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +180,7 @@ def result_from_message(message: dict[str, Any], client: ClientInfo, command: st
         ok=ok,
         duration_s=opt_float(message, "duration_s"),
         details=details,
-        error=opt_text(message, "error", 4096),
+        error=opt_text(message, "error", MAX_ERROR_CHARS),
     )
 
 

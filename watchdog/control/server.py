@@ -18,6 +18,7 @@ import itertools
 import math
 import os
 import queue
+import re
 import selectors
 import socket
 import stat
@@ -37,6 +38,7 @@ from watchdog import __version__
 from watchdog.config import ControlSettings
 from watchdog.control.protocol import (
     COMMANDS,
+    MAX_ERROR_CHARS,
     FrameDecoder,
     ProtocolError,
     encode,
@@ -58,6 +60,8 @@ from watchdog.identity import start_ticks
 
 _CRED = struct.Struct("3i")
 _TICK_S = 0.2
+_PID_TEXT = re.compile(r"[0-9]{1,10}")
+"""A send target given as text that names a pid (ASCII digits; ``"²".isdigit()`` is true)."""
 _ACCEPTS_PER_EVENT = 64
 _SYNCED_COMMANDS = frozenset({"checkpoint", "checkpoint_and_restart"})
 
@@ -503,6 +507,12 @@ class ControlServer:
         except ProtocolError as exc:
             self._drop(conn, "malformed", str(exc))
             return
+        except Exception as exc:
+            # A message this server mishandles costs its sender the connection, never
+            # the loop every other client and the daemon's commands depend on.
+            self._log.exception("control_message_failed", **_who(conn.peer))
+            self._drop(conn, "internal_error", f"{type(exc).__name__}: {exc}"[:512])
+            return
         if not conn.decoder.partial:
             conn.frame_started = None
         elif conn.frame_started is None:
@@ -513,8 +523,11 @@ class ControlServer:
             return
         try:
             frame = encode(message, self.settings.max_message_bytes)
-        except ProtocolError as exc:
-            frame = encode({"type": "error", "id": message.get("id"), "message": str(exc)})
+        except (ProtocolError, ValueError, TypeError) as exc:
+            request_id = message.get("id")
+            if not isinstance(request_id, (int, str)) or isinstance(request_id, bool):
+                request_id = None
+            frame = encode({"type": "error", "id": request_id, "message": str(exc)[:512]})
         conn.out += frame
         self._flush(conn)
 
@@ -688,7 +701,7 @@ class ControlServer:
         client = _registered(conn)
         client.farewell = {
             "reason": opt_text(message, "reason"),
-            "error": opt_text(message, "error", 4096),
+            "error": opt_text(message, "error", MAX_ERROR_CHARS),
         }
 
     def _left(self, client: _Client, peer_gone: bool) -> None:
@@ -715,7 +728,12 @@ class ControlServer:
                            **_who(conn.peer))
             return
         del self._pending[command_id]  # type: ignore[arg-type]
-        result = result_from_message(message, client.info(self._clock()), pending.command)
+        try:
+            result = result_from_message(message, client.info(self._clock()), pending.command)
+        except ProtocolError as exc:
+            # Whoever asked still gets an answer; the connection is dropped as malformed.
+            self._finish(pending, error=f"malformed result: {exc}")
+            raise
         self._record(pending, result)
 
     def _on_list(self, conn: _Conn, message: dict[str, Any]) -> None:
@@ -750,7 +768,7 @@ class ControlServer:
     # --- commands ---------------------------------------------------------------------------
 
     def _resolve(self, target: int | str) -> list[_Client]:
-        if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+        if isinstance(target, int) or _PID_TEXT.fullmatch(target):
             client = self._clients.get(int(target))
             if client is not None:
                 return [client]
