@@ -8,11 +8,18 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from control_helpers import wait_for
 
-from watchdog.client import RESTART_EXIT_CODE, CheckpointStore, RestartRequested, attach
+from watchdog.client import (
+    RESTART_EXIT_CODE,
+    CheckpointStore,
+    Deferred,
+    RestartRequested,
+    attach,
+)
 
 try:
     import torch
@@ -45,6 +52,18 @@ def train_in_thread(wd, stop: threading.Event, pause: float = 0.001) -> threadin
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     return thread
+
+
+def checkpoint_while_training(server, wd):
+    """Send ``checkpoint`` to this process while a thread trains: (its one result, the thread)."""
+    stop = threading.Event()
+    trainer = train_in_thread(wd, stop)
+    try:
+        (result,) = server.send_command(os.getpid(), "checkpoint", requester_uid=0, timeout_s=10)
+    finally:
+        stop.set()
+        trainer.join()
+    return result, trainer.name
 
 
 def test_import_is_cheap():
@@ -121,16 +140,10 @@ def test_commands_run_on_the_training_thread(server_factory, model_and_optimizer
     wd = attach(model, optimizer, socket_path=server.socket_path, checkpoint=checkpoint)
     handles.append(wd)
     wait_for(server.clients)
-    stop = threading.Event()
-    trainer = train_in_thread(wd, stop)
-    try:
-        (result,) = server.send_command(os.getpid(), "checkpoint", requester_uid=0, timeout_s=10)
-    finally:
-        stop.set()
-        trainer.join()
+    result, trainer = checkpoint_while_training(server, wd)
     assert result.ok, result.error
     assert result.details["saved_at"] == result.details["step"]
-    assert seen_threads == [trainer.name]
+    assert seen_threads == [trainer]
     assert result.duration_s is not None
 
 
@@ -376,3 +389,98 @@ def test_failed_checkpoint_never_leads_to_a_restart(server_factory, handles):
     assert not result.ok
     assert "No space left" in result.error
     assert "exit_code" not in result.details
+
+
+def test_backoff_starts_over_after_each_registered_session(monkeypatch):
+    """A session lost after registering (a daemon restart) reconnects at the shortest wait."""
+    from watchdog.client import link as link_module
+
+    waits: list[float] = []
+    link = link_module.Link("/nonexistent.sock", dict, dict, lambda m, g: None)
+
+    def registered_then_lost() -> None:
+        link.generation += 1
+        raise ConnectionError("daemon closed the connection")
+
+    class Stop:
+        def is_set(self) -> bool:
+            return len(waits) >= 6
+
+        def wait(self, timeout: float) -> bool:
+            waits.append(timeout)
+            return False
+
+    monkeypatch.setattr(link, "_session", registered_then_lost)
+    monkeypatch.setattr(link, "_stop", Stop())
+    link._run()
+    assert max(waits) <= 1.5 * link_module.MIN_BACKOFF_S
+
+
+def test_step_takes_integers_of_any_kind_and_refuses_the_rest(handles):
+    """An integer-like step (numpy, a tensor) is stored as an int; a float is a clear error."""
+
+    class StepLike:
+        def __index__(self) -> int:
+            return 12
+
+    wd = attach(socket_path="/nonexistent/wd.sock", connect=False)
+    handles.append(wd)
+    wd.step(StepLike())
+    assert wd.step_count == 12
+    assert type(wd.step_count) is int
+    with pytest.raises(TypeError, match=r"step must be an integer, got 3\.5"):
+        wd.step(3.5)
+
+
+def resolved_later(details: dict) -> Deferred:
+    """A checkpoint still being written, finished by another thread a moment later."""
+    deferred = Deferred()
+    threading.Timer(0.05, deferred.resolve, args=(details,)).start()
+    return deferred
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "key", "sent"),
+    [
+        (lambda step: {"loss": float("nan")}, "loss", "nan"),
+        (lambda step: resolved_later({"path": Path("/ck/1.pt")}), "path", "/ck/1.pt"),
+    ],
+)
+def test_a_result_that_is_not_json_still_reaches_the_daemon(server_factory, handles, checkpoint,
+                                                            key, sent):
+    """Details that JSON cannot hold (NaN, a Path) are sent as text; the command succeeds."""
+    server = server_factory()
+    wd = attach(socket_path=server.socket_path, checkpoint=checkpoint)
+    handles.append(wd)
+    wait_for(server.clients)
+    result, _ = checkpoint_while_training(server, wd)
+    assert result.ok, result.error
+    assert result.details[key] == sent
+    assert wd.link.generation == 1  # the connection was never torn down
+
+
+def test_a_long_error_is_cut_to_what_the_daemon_takes(server_factory, handles):
+    """A failing command's error, however long, arrives (cut), not as a dropped connection."""
+    server = server_factory()
+
+    def broken(step):
+        raise RuntimeError("disk quota exceeded writing " + "/very/long/path" * 600)
+
+    wd = attach(socket_path=server.socket_path, checkpoint=broken)
+    handles.append(wd)
+    wait_for(server.clients)
+    result, _ = checkpoint_while_training(server, wd)
+    assert not result.ok
+    assert result.error.startswith("RuntimeError: disk quota exceeded")
+    assert server.stats()[1] == {}  # nothing dropped
+
+
+@needs_torch
+def test_a_reused_directory_never_loses_the_checkpoint_just_written(short_dir, caplog):
+    """Another run's higher steps are no reason to delete this save; the user is warned."""
+    old_run = CheckpointStore(short_dir, keep=2)
+    old_run.save({"run": "old"}, 5000)
+    old_run.save({"run": "old"}, 6000)
+    path, _ = CheckpointStore(short_dir, keep=2).save({"run": "new"}, 100)
+    assert path.exists()
+    assert any("holds later steps than 100" in r.message for r in caplog.records)

@@ -106,12 +106,26 @@ class CheckpointStore:
         """Write ``state`` as the checkpoint of ``step``, then prune; return (path, bytes)."""
         path = self.path_for(step)
         size = atomic_torch_save(state, path)
-        self.prune()
+        later = [p for p in self.complete() if p != path and _step_of(p) > step]
+        if later:
+            # Another run's checkpoints (a reused directory): a resume would load the
+            # highest step, theirs, and pruning by step would delete this one.
+            log.warning(
+                "checkpoint directory %s holds later steps than %d (%s): another run's? "
+                "A resume loads the highest step",
+                self.directory, step, later[0].name,
+            )
+        self.prune(keep_also=path)
         return path, size
 
-    def prune(self) -> None:
-        """Remove all but the newest ``keep`` checkpoints, and stale temporaries of dead writers."""
+    def prune(self, keep_also: Path | None = None) -> None:
+        """Remove all but the newest ``keep`` checkpoints, and stale temporaries of dead writers.
+
+        ``keep_also`` (the checkpoint just written) is never removed.
+        """
         for old in self.complete()[self.keep :]:
+            if old == keep_also:
+                continue
             with contextlib.suppress(OSError):
                 old.unlink()
         with contextlib.suppress(FileNotFoundError):
@@ -136,6 +150,11 @@ class CheckpointStore:
                 return path, state
             log.warning("checkpoint %s is not a dict, trying an older one", path)
         return None
+
+
+def _step_of(path: Path) -> int:
+    match = _NAME.match(path.name)
+    return int(match["step"]) if match else -1
 
 
 def _alive(pid: int) -> bool:

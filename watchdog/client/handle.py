@@ -13,6 +13,7 @@ import atexit
 import collections
 import logging
 import math
+import operator
 import os
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from typing import Any
 from watchdog.client import commands, distributed, runtime
 from watchdog.client.checkpoint import FORMAT, CheckpointStore
 from watchdog.client.link import Link
-from watchdog.control.protocol import COMMANDS
+from watchdog.control.protocol import COMMANDS, MAX_ERROR_CHARS
 
 log = logging.getLogger("watchdog.client")
 
@@ -194,8 +195,14 @@ class Watchdog:
         """The safe point: count a step and run any command the daemon queued."""
         if step is None:
             self.step_count += 1
-        else:
+        elif step.__class__ is int:  # no call: the fast path makes none
             self.step_count = step
+        else:
+            # A numpy or tensor integer would make every report unencodable, silently.
+            try:
+                self.step_count = operator.index(step)
+            except TypeError:
+                raise TypeError(f"step must be an integer, got {step!r}") from None
         if self._pending:
             self._run_pending()
 
@@ -416,12 +423,13 @@ class Watchdog:
     ) -> None:
         if command.command == "checkpoint_and_restart" and not error:
             details = {**details, "exit_code": self.restart_exit_code}
+        details = _jsonable(details)  # a Deferred's details come straight from the user
         self.link.post(
             {
                 "type": "result",
                 "id": command.id,
                 "ok": not error,
-                "error": error,
+                "error": error[:MAX_ERROR_CHARS],
                 "duration_s": round(time.perf_counter() - start, 6),
                 "details": details,
             },
@@ -536,6 +544,8 @@ def _current_cuda_device() -> str | None:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # strict JSON has no NaN or inf; the daemon rejects them
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, dict):

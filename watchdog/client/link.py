@@ -23,6 +23,7 @@ from watchdog import __version__
 from watchdog.control.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     HARD_MAX_MESSAGE_BYTES,
+    MAX_ERROR_CHARS,
     FrameDecoder,
     ProtocolError,
     encode,
@@ -118,16 +119,18 @@ class Link:
     def _run(self) -> None:
         backoff = MIN_BACKOFF_S
         while not self._stop.is_set():
-            registered = False
+            generation = self.generation
             try:
-                registered = self._session()
+                self._session()
             except (OSError, ProtocolError, TimeoutError, ConnectionError) as exc:
                 self._lost(exc)
             except Exception:  # a bug here must never reach the training loop
                 log.exception("watchdog client: unexpected error; reconnecting")
             finally:
                 self.connected.clear()
-            if registered:
+            if self.generation != generation:
+                # It registered: a session lost after that (a daemon restart) starts the
+                # backoff over, or every restart would make the next reconnect slower.
                 backoff = MIN_BACKOFF_S
             self._stop.wait(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self._max_backoff_s)
@@ -145,7 +148,7 @@ class Link:
         else:
             log.debug("gpu-watchdog: still no daemon at %s: %s", self.socket_path, exc)
 
-    def _session(self) -> bool:
+    def _session(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(REGISTER_TIMEOUT_S)
@@ -166,7 +169,6 @@ class Link:
             self.connected.set()
             self._drop_stale_results()
             self._serve(sock, decoder, pending)
-            return True
         finally:
             sock.close()
 
@@ -218,9 +220,13 @@ class Link:
             if generation == self.generation:
                 try:
                     frame = encode(message, self.max_message_bytes)
-                except ProtocolError as exc:
-                    frame = encode({**message, "details": {}, "error": str(exc)[:4000],
-                                    "ok": False}, self.max_message_bytes)
+                except (ProtocolError, ValueError, TypeError) as exc:
+                    # Too large, or not JSON: the command still gets an answer, without
+                    # the details that could not be sent.
+                    frame = encode({"type": message.get("type"), "id": message.get("id"),
+                                    "ok": False, "details": {},
+                                    "error": f"result not sent: {exc}"[:MAX_ERROR_CHARS]},
+                                   self.max_message_bytes)
                 sock.sendall(frame)
             self._outbox.popleft()
             with self._flushed:
