@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -198,9 +200,13 @@ def serve() -> Iterator[Callable[..., MetricsServer]]:
     """Start MetricsServers on free ports (a registry with one gauge); all stopped afterwards."""
     servers: list[MetricsServer] = []
 
-    def start(security: WebSecurity | None = None, max_concurrent: int = 4) -> MetricsServer:
+    def start(
+        security: WebSecurity | None = None, max_concurrent: int = 4, **options: Any
+    ) -> MetricsServer:
         registry = CollectorRegistry()
-        server = MetricsServer("127.0.0.1:0", registry, _health_stub(), max_concurrent, security)
+        server = MetricsServer(
+            "127.0.0.1:0", registry, _health_stub(), max_concurrent, security, **options
+        )
         registry.register(server.collector())
         server.start()
         servers.append(server)
@@ -284,6 +290,64 @@ def test_plain_http_to_the_tls_port_fails_cleanly_and_the_server_keeps_serving(
         _wait_rejected(server.port, "tls_handshake", 2, context=context)
     finally:
         silent.close()
+
+
+def _trickle(port: int, stop: threading.Event, every_s: float) -> socket.socket:
+    """A slow-loris: a request line sent one byte at a time, each well inside a read timeout."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+
+    def run() -> None:
+        for byte in itertools.cycle(b"GET /metrics HTTP/1.1"):
+            if stop.wait(every_s):
+                return
+            try:
+                connection.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    threading.Thread(target=run, daemon=True).start()
+    return connection
+
+
+def test_a_trickling_client_is_cut_at_the_connection_deadline(
+    serve: Callable[..., MetricsServer]
+) -> None:
+    """A byte every 0.3 s never trips a 1 s read timeout; the whole connection's 1 s does."""
+    server = serve(max_concurrent=1, request_timeout_s=1.0)
+    stop = threading.Event()
+    loris = _trickle(server.port, stop, every_s=0.3)
+    try:
+        started = time.monotonic()
+        assert _request(server.port).status == 200  # queued behind the one slot it holds
+        assert time.monotonic() - started < 4
+        loris.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            while loris.recv(4096):
+                pass
+        assert time.monotonic() - started < 4, "the trickler kept its connection"
+    finally:
+        stop.set()
+        loris.close()
+
+
+def test_stop_returns_while_every_slot_is_held(serve: Callable[..., MetricsServer]) -> None:
+    """With the slots taken and a connection waiting for one, stop() still returns at once."""
+    server = serve(max_concurrent=1, request_timeout_s=60.0)
+    stop = threading.Event()
+    loris = _trickle(server.port, stop, every_s=0.3)
+    waiting = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        time.sleep(0.5)  # the accept loop now waits for the slot the trickler holds
+        stopper = threading.Thread(target=server.stop, daemon=True)
+        started = time.monotonic()
+        stopper.start()
+        stopper.join(10)
+        assert not stopper.is_alive(), "stop() hung on a held slot"
+        assert time.monotonic() - started < 3
+    finally:
+        stop.set()
+        loris.close()
+        waiting.close()
 
 
 def test_a_forged_tls_record_is_logged_not_a_traceback(

@@ -6,10 +6,11 @@ hung driver or a flood of scrapers cannot take the daemon down.
 
 Only GET and HEAD of those two paths (and ``/``) are served: nothing over
 HTTP changes the daemon. With TLS configured the handshake runs on the
-connection's own thread, never the accepting one, so a client that connects
-and says nothing, or speaks plain HTTP, holds one slot for at most
-``REQUEST_TIMEOUT_S`` and costs nobody else anything. docs/security.md has the
-threat model.
+connection's own thread, never the accepting one. Every connection, TLS
+handshake included, is cut ``REQUEST_TIMEOUT_S`` after it was accepted,
+however it trickles bytes, so a client that connects and says nothing, or
+sends a byte every few seconds, holds one slot for at most that long and
+costs nobody else anything. docs/security.md has the threat model.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ HealthCheck = Callable[[], tuple[bool, str]]
 """Returns (healthy, one-line reason)."""
 
 REQUEST_TIMEOUT_S = 10.0
+"""The longest one connection may take, from accept to its last byte sent."""
+_SLOT_POLL_S = 0.5
 REJECTIONS = ("tls_handshake", "no_credentials", "bad_credentials", "method_not_allowed")
 """Why a request was refused; the label values of ``gpu_watchdog_http_requests_rejected_total``."""
 ALLOWED_METHODS = "GET, HEAD"
@@ -59,9 +62,12 @@ class _BoundedServer(ThreadingHTTPServer):
         slots: int,
         family: socket.AddressFamily,
         security: WebSecurity,
+        request_timeout_s: float,
     ) -> None:
         self.address_family = family
         self.security = security
+        self.request_timeout_s = request_timeout_s
+        self.stopping = threading.Event()
         self._rejected: Counter[str] = Counter(dict.fromkeys(REJECTIONS, 0))
         self._slots = threading.BoundedSemaphore(slots)
         self._count_lock = threading.Lock()
@@ -79,8 +85,11 @@ class _BoundedServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Waiting here keeps extra connections in the kernel's backlog instead of
-        # starting a thread per connection.
-        self._slots.acquire()
+        # starting a thread per connection; in short waits, so that stop() is heard.
+        while not self._slots.acquire(timeout=_SLOT_POLL_S):
+            if self.stopping.is_set():
+                self.shutdown_request(request)
+                return
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -88,9 +97,21 @@ class _BoundedServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # A socket timeout bounds each read, not the connection: a client sending a
+        # byte every few seconds would hold its slot forever. The deadline cuts it
+        # through a duplicate of the socket, which stays valid after the handler
+        # closes its own (no descriptor reused meanwhile is ever touched), and
+        # reaches a TLS connection too, whose socket replaced ``request``.
+        guard = request.dup()
+        deadline = threading.Timer(self.request_timeout_s, _cut, (guard,))
+        deadline.daemon = True
+        deadline.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            deadline.cancel()
+            deadline.join()
+            guard.close()
             self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -120,7 +141,7 @@ class _BoundedServer(ThreadingHTTPServer):
         self, context: ssl.SSLContext, request: socket.socket, client_address: Any
     ) -> ssl.SSLSocket | None:
         """The TLS connection, or None (counted, logged at debug) when there is none."""
-        request.settimeout(REQUEST_TIMEOUT_S)
+        request.settimeout(self.request_timeout_s)
         try:
             if request.recv(1, socket.MSG_PEEK).isalpha():  # "GET ...": forgot https://
                 request.sendall(_PLAIN_HTTP_REPLY)
@@ -134,6 +155,12 @@ class _BoundedServer(ThreadingHTTPServer):
         return None
 
 
+def _cut(connection: socket.socket) -> None:
+    """End a connection past its deadline: its handler's next read or write fails at once."""
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
+
+
 class MetricsServer:
     """Serves ``registry`` on ``/metrics`` and ``health`` on ``/healthz``.
 
@@ -143,6 +170,7 @@ class MetricsServer:
         health: Called for ``/healthz``.
         max_concurrent: Requests handled at once.
         security: TLS and basic auth; plain, open HTTP when None.
+        request_timeout_s: The longest one connection may take.
     """
 
     def __init__(
@@ -152,12 +180,14 @@ class MetricsServer:
         health: HealthCheck,
         max_concurrent: int = 8,
         security: WebSecurity | None = None,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        handler = _make_handler(registry, health)
+        handler = _make_handler(registry, health, request_timeout_s)
         self._server = _BoundedServer(
-            (host, port), handler, max_concurrent, family, security or WebSecurity()
+            (host, port), handler, max_concurrent, family, security or WebSecurity(),
+            request_timeout_s,
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True
@@ -183,6 +213,7 @@ class MetricsServer:
 
     def stop(self) -> None:
         """Stop serving (if started) and close the socket."""
+        self._server.stopping.set()
         if self._thread.is_alive():
             self._server.shutdown()
         self._server.server_close()
@@ -208,9 +239,11 @@ class _RejectionCollector:
         yield family
 
 
-def _make_handler(registry: CollectorRegistry, health: HealthCheck) -> type[BaseHTTPRequestHandler]:
+def _make_handler(
+    registry: CollectorRegistry, health: HealthCheck, timeout_s: float
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        timeout = REQUEST_TIMEOUT_S
+        timeout = timeout_s
         server_version = "gpu-watchdog"
         server: _BoundedServer
 
