@@ -216,6 +216,28 @@ def test_wall_clock_jump_backwards_does_not_pause_polling() -> None:
         poller.stop()
 
 
+def test_wall_clock_jump_leaves_other_jobs_at_their_time() -> None:
+    """A clock jump re-runs the polls now, never a scheduled action (a 02:00 restart)."""
+    from datetime import datetime, timedelta, timezone
+
+    source = StubSource(interval_s=0.2)
+    wall_offset = [0.0]
+    poller = Poller([source], DaemonState(), wall=lambda: time.time() + wall_offset[0])
+    fired: list[str] = []
+    poller.start()
+    try:
+        later = datetime.now(timezone.utc) + timedelta(days=30)
+        poller.scheduler.add_job(lambda: fired.append("restart"), "date", run_date=later,
+                                 id="schedule-0")
+        wall_offset[0] = -5.0
+        assert poller.check_clock() is True
+        time.sleep(0.5)
+        assert fired == []
+        assert poller.scheduler.get_job("schedule-0").next_run_time == later
+    finally:
+        poller.stop()
+
+
 def test_snapshots_leave_no_memory_behind() -> None:
     """Taking snapshots of eight GPUs again and again keeps no memory (in a fresh interpreter).
 

@@ -93,6 +93,9 @@ class Poller:
         APScheduler schedules by wall-clock time, so after the clock is set back
         (NTP, a VM resumed) it would wait out the difference before the next
         poll. Comparing the wall clock with the monotonic one finds the jump.
+        Only the polls move: other jobs on the scheduler (the policy's
+        ``[[policy.schedule]]`` actions, a checkpoint and restart at 02:00) keep
+        the wall-clock time they were set for.
         """
         wall, monotonic = self._wall(), self._monotonic()
         then_wall, then_monotonic = self._clock_reference
@@ -103,8 +106,10 @@ class Poller:
         log.warning("wall_clock_jump", seconds=round(jump, 3))
         if self._scheduler.running:
             now = datetime.now(timezone.utc)
-            for job in self._scheduler.get_jobs():
-                job.modify(next_run_time=now)
+            for source in self._sources:
+                job = self._scheduler.get_job(source.name)
+                if job is not None:
+                    job.modify(next_run_time=now)
             self._scheduler.wakeup()
         return True
 
