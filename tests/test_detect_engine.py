@@ -723,3 +723,28 @@ def test_processes_taking_turns_on_a_gpu_are_not_a_leak() -> None:
     assert oom is None
     assert leaks(events) == []
 
+
+
+def test_a_process_list_the_driver_failed_to_give_ends_no_finding() -> None:
+    """One poll whose list of the GPU failed (``unread_gpus``) is no exit: the leak stands."""
+    engine = DetectionEngine()
+    events: list[Event] = []
+    t = 0.0
+
+    def poll(t: float, unread: bool) -> None:
+        used = int(warm(t) + max(0.0, t - 1800) * 2 * MIB) // (2 * MIB) * (2 * MIB)
+        processes = [] if unread else [GpuProcessSample(gpu=0, pid=PID, used_bytes=used)]
+        events.extend(engine.observe(Reading(
+            t=t, devices=[DeviceSample(gpu=0, used_bytes=used + 300 * MIB, total_bytes=TOTAL)],
+            processes=processes, unread_gpus=frozenset({0}) if unread else frozenset(),
+        )))
+
+    while not any(e.pid == PID for e in leaks(events)):
+        poll(t, unread=False)
+        t += 5.0
+        assert t < 4 * 3600, "the leak was never raised"
+    poll(t, unread=True)
+    for step in range(1, 60):
+        poll(t + 5.0 * step, unread=False)
+    assert leaks(events, "cleared") == []
+    assert len(leaks(events)) == len({e.pid for e in leaks(events)})  # none raised twice

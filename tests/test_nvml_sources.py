@@ -6,10 +6,12 @@ import pynvml
 import pytest
 
 from tests.fake_pynvml import NOT_AVAILABLE, FakeGpu, FakePynvml
+from watchdog.daemon.state import DaemonState
 from watchdog.errors import EXIT_NVML_UNAVAILABLE
+from watchdog.samples import GpuProcessSample, Reading
 from watchdog.sources.nvml import Nvml, NvmlUnavailable
 from watchdog.sources.nvml_devices import DeviceHandles, NvmlDeviceSource
-from watchdog.sources.nvml_processes import NvmlProcessSource
+from watchdog.sources.nvml_processes import UNREAD_GRACE_POLLS, NvmlProcessSource
 
 GIB = 1 << 30
 
@@ -216,3 +218,31 @@ def test_process_count_is_bounded_keeping_the_largest() -> None:
     _, _, processes = _sources(FakePynvml([gpu]))
     pids = sorted(p.pid for p in processes.poll().processes or [])
     assert pids == list(range(13, 21))
+
+
+def test_a_failed_process_list_names_its_gpu_unread_for_a_few_polls() -> None:
+    """A GPU whose list fails is unread (its processes stand) for a few polls, then gone."""
+    fake = FakePynvml([FakeGpu(compute=[(10, GIB)]), FakeGpu(compute=[(20, GIB)])])
+    _, _, processes = _sources(fake)
+    fake.fail("nvmlDeviceGetComputeRunningProcesses_v3", pynvml.NVML_ERROR_UNKNOWN, gpu=1)
+    for _ in range(UNREAD_GRACE_POLLS):
+        reading = processes.poll()
+        assert [p.pid for p in reading.processes or []] == [10]
+        assert reading.unread_gpus == {1}
+    assert processes.poll().unread_gpus == frozenset()  # unreadable this long: nothing stands
+    fake.heal()
+    assert sorted(p.pid for p in processes.poll().processes or []) == [10, 20]
+    fake.fail("nvmlDeviceGetComputeRunningProcesses_v3", pynvml.NVML_ERROR_TIMEOUT, gpu=1)
+    assert processes.poll().unread_gpus == {1}  # a success starts the count over
+
+
+def test_processes_of_an_unread_gpu_stay_in_the_daemon_state() -> None:
+    """The exported processes of a GPU whose list failed this poll are its last known ones."""
+    state = DaemonState()
+    state.apply(Reading(t=0.0, processes=[GpuProcessSample(gpu=0, pid=10, used_bytes=GIB),
+                                          GpuProcessSample(gpu=1, pid=20, used_bytes=GIB)]))
+    state.apply(Reading(t=5.0, processes=[GpuProcessSample(gpu=0, pid=11, used_bytes=GIB)],
+                        unread_gpus=frozenset({1})))
+    assert sorted(p.pid for p in state.snapshot().processes) == [11, 20]
+    state.apply(Reading(t=10.0, processes=[GpuProcessSample(gpu=0, pid=11, used_bytes=GIB)]))
+    assert [p.pid for p in state.snapshot().processes] == [11]

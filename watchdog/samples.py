@@ -157,6 +157,9 @@ class Reading:
     ``t`` is the sample time in seconds on the source's clock: monotonic for
     live sources, trace time for the simulated one. A field left ``None`` is
     one this source does not report; an empty list means "reported, none".
+    ``processes`` is the full list of every GPU except those in
+    ``unread_gpus``, whose list the driver failed to give this time: what was
+    known of their processes stands, none of them has exited.
     """
 
     t: float
@@ -166,3 +169,4 @@ class Reading:
     host_processes: list[HostProcessSample] | None = None
     host_memory: HostMemory | None = None
     health: list[GpuHealthSample] | None = None
+    unread_gpus: frozenset[int] = frozenset()

@@ -163,7 +163,9 @@ class DaemonState:
             if reading.devices is not None:
                 self._devices = {device.gpu: device for device in reading.devices}
             if reading.processes is not None:
-                self._processes = tuple(reading.processes)
+                unread = reading.unread_gpus
+                kept = tuple(p for p in self._processes if p.gpu in unread)
+                self._processes = tuple(reading.processes) + kept
             if reading.host_processes is not None:
                 self._host_processes = tuple(reading.host_processes)
             if reading.host_memory is not None:

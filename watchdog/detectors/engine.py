@@ -95,8 +95,11 @@ class DetectionEngine:
             processes = [
                 (p.gpu, p.pid, p.used_bytes) for p in reading.processes if p.used_bytes is not None
             ]
-            # A process whose figure the driver hides is still there: do not forget it.
+            # A process whose figure the driver hides is still there: do not forget it;
+            # nor one on a GPU whose list the driver failed to give this time.
             hidden = [(p.gpu, p.pid) for p in reading.processes if p.used_bytes is None]
+            if reading.unread_gpus:
+                hidden += [key for key in self._processes if key[0] in reading.unread_gpus]
         events = self.observe_step(reading.t, devices, processes, hidden)
         if reading.host_processes is not None:
             events += self._observe_host(reading)

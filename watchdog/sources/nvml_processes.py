@@ -21,6 +21,9 @@ log = structlog.get_logger("watchdog.sources.nvml_processes")
 
 # NVML's "not available" for usedGpuMemory; newer pynvml already turns it into None.
 NOT_AVAILABLE = 0xFFFFFFFFFFFFFFFF
+UNREAD_GRACE_POLLS = 3
+"""Polls in a row a GPU's process list may fail with its processes taken as still there;
+after that, a list that stays unreadable says nothing of them any more: they are gone."""
 
 _VERSIONS = {
     "compute": (
@@ -56,17 +59,32 @@ class NvmlProcessSource:
         self._clock = clock
         self._calls: dict[tuple[int, str], str] = {}
         self._truncation_logged = False
+        self._failures: dict[int, int] = {}
+        """GPU -> polls in a row its process list failed."""
 
     def poll(self) -> Reading:
-        """Read every GPU's processes; a GPU that fails is skipped (the device source marks it)."""
+        """Read every GPU's processes.
+
+        A GPU whose list fails is named in ``unread_gpus`` for up to
+        ``UNREAD_GRACE_POLLS`` polls in a row (a transient driver error is no
+        reason to think its processes exited); the device source marks a GPU
+        that is lost.
+        """
         t = self._clock()
         processes: list[GpuProcessSample] = []
+        unread: set[int] = set()
         for index in range(self._handles.count()):
             try:
                 processes.extend(self._read_device(index))
             except NvmlCallError as exc:
                 self._handles.forget(index)
-                log.warning("gpu_processes_unreadable", gpu=index, call=exc.call, error=exc.error)
+                failures = self._failures[index] = self._failures.get(index, 0) + 1
+                if failures <= UNREAD_GRACE_POLLS:
+                    unread.add(index)
+                log.warning("gpu_processes_unreadable", gpu=index, call=exc.call, error=exc.error,
+                            polls_in_a_row=failures)
+            else:
+                self._failures.pop(index, None)
         if len(processes) > self._max_processes:
             if not self._truncation_logged:
                 self._truncation_logged = True
@@ -75,7 +93,7 @@ class NvmlProcessSource:
                 )
             processes.sort(key=lambda p: p.used_bytes or 0, reverse=True)
             processes = processes[: self._max_processes]
-        return Reading(t=t, origin=NVML, processes=processes)
+        return Reading(t=t, origin=NVML, processes=processes, unread_gpus=frozenset(unread))
 
     def close(self) -> None:
         """Nothing to release: the daemon shuts NVML down."""
