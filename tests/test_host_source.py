@@ -14,7 +14,7 @@ import pytest
 
 from watchdog.samples import Owner
 from watchdog.sources.attribution import owner_of, parse_cgroup, parse_environ
-from watchdog.sources.host import HostSource
+from watchdog.sources.host import HostSource, _kernel_children
 
 CONTAINER = "3f1b2c4d5e6f" + "a" * 52
 POD = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
@@ -58,6 +58,21 @@ def test_rss_includes_children(parent_with_child: subprocess.Popen[bytes]) -> No
     assert sample.children_rss_bytes > 30 << 20
     assert sample.total_rss_bytes == sample.rss_bytes + sample.children_rss_bytes
     assert sample.command.startswith("python")
+
+
+def test_a_thread_exiting_mid_read_hides_no_other_thread_s_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thread 101 is listed but gone before its ``children`` is read; 102's workers still count."""
+    for tid, children in (("100", "201 "), ("102", "202 203 ")):
+        (tmp_path / "100" / "task" / tid).mkdir(parents=True)
+        (tmp_path / "100" / "task" / tid / "children").write_text(children)
+    listdir = os.listdir
+    monkeypatch.setattr(
+        os, "listdir",
+        lambda path: ["100", "101", "102"] if str(path).endswith("100/task") else listdir(path),
+    )
+    assert _kernel_children(tmp_path, 100) == [201, 202, 203]
 
 
 def test_host_memory_is_reported() -> None:

@@ -171,9 +171,9 @@ def _kernel_children(proc_root: Path, pid: int) -> list[int] | None:
             with open(proc_file(proc_root, pid, "task", tid, "children"), "rb") as stream:
                 found.extend(int(child) for child in stream.read().split())
         except FileNotFoundError:
-            if tid == tasks[0] and not os.path.exists(proc_file(proc_root, pid, "task", tid)):
-                continue  # the thread exited meanwhile
-            return None if tid == tasks[0] else found
+            if tid != tasks[0] or not os.path.exists(proc_file(proc_root, pid, "task", tid)):
+                continue  # the thread exited meanwhile: the others still list their children
+            return None  # the first thread has no children file: the kernel does not keep it
         except (OSError, ValueError):
             continue
     return found
