@@ -200,6 +200,37 @@ def test_daemon_modules_never_import_torch(cli_env: dict[str, str]) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_a_sighup_during_start_up_is_held_and_honoured(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A HUP before the daemon can reload (here: while its sources are built) does not kill it."""
+    hup_while_starting = (
+        "import os, signal, sys; sys.modules['torch'] = None\n"
+        "import watchdog.commands.run as run\n"
+        "build = run.build_sources\n"
+        "def hup_then_build(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    return build(*args, **kwargs)\n"
+        "run.build_sources = hup_then_build\n"
+        "from watchdog.cli import main; sys.exit(main(sys.argv[1:]))\n"
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [PYTHON, "-c", hup_while_starting, "run", "--simulate", "healthy",
+         "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env,
+    )
+    try:
+        _scrape(f"http://127.0.0.1:{port}/metrics")
+        time.sleep(2.0)  # the serving loop reloads at its next tick (1 s)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    events = {e["event"] for e in map(json.loads, filter(None, stdout.splitlines()))}
+    assert "config_reloaded" in events
+
+
 def test_sighup_reloads_config_and_keeps_the_old_one_when_invalid(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:

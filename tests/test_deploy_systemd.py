@@ -61,10 +61,11 @@ def _fake_root(tmp_path: Path) -> Path:
     etc = root / "etc" / "systemd" / "system"
     etc.mkdir(parents=True)
     shutil.copy(UNIT, etc / UNIT.name)
-    binary = root / _one("Service", "ExecStart").split()[0].lstrip("/")
-    binary.parent.mkdir(parents=True)
-    binary.write_text("#!/bin/sh\n")
-    binary.chmod(0o755)
+    for command in ("ExecStart", "ExecReload"):
+        binary = root / _one("Service", command).split()[0].lstrip("/")
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        binary.write_text("#!/bin/sh\n")
+        binary.chmod(0o755)
     return root
 
 
@@ -110,6 +111,7 @@ def test_unit_is_a_notify_service_restarted_on_failure() -> None:
     assert _one("Service", "Type") == "notify"
     assert _one("Service", "NotifyAccess") == "main"
     assert _one("Service", "Restart") == "on-failure"
+    assert _one("Service", "ExecReload") == "/bin/kill -HUP $MAINPID"  # systemctl reload
     assert int(_one("Service", "WatchdogSec").rstrip("s")) >= 10
     assert set(_one("Service", "RestartPreventExitStatus").split()) == {
         str(EXIT_USAGE), str(EXIT_NVML_UNAVAILABLE)

@@ -51,6 +51,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the daemon and serve until SIGTERM or SIGINT."""
+    # SIGHUP's default action kills. Until the daemon can reload, a HUP (logrotate,
+    # ``systemctl reload`` during a slow NVML init) is held and honoured once it can.
+    signal.signal(signal.SIGHUP, _HeldHangup())
     if args.listen is not None:
         try:
             parse_listen(args.listen)
@@ -89,6 +92,16 @@ def run(args: argparse.Namespace) -> int:
         os._exit(code)
     sources.close()
     return code
+
+
+class _HeldHangup:
+    """The SIGHUP handler until the daemon can reload: it only remembers the signal came."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.seen = True
 
 
 def _event_watcher(config: Config, state: DaemonState, sources: Any) -> NvmlEventWatcher | None:
@@ -204,7 +217,9 @@ def _serve_metrics(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    held = signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    if isinstance(held, _HeldHangup) and held.seen:
+        daemon.request_reload()
     host, _ = parse_listen(config.metrics.listen)
     shown = f"[{host}]" if ":" in host else host
     _announce(
