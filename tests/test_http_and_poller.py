@@ -114,6 +114,21 @@ def test_failing_source_is_counted_retried_and_unhealthy(running) -> None:  # ty
     _wait_for(lambda: next(h for h in state.snapshot().collectors if h.name == "stub").success)
 
 
+def test_a_failing_source_s_figures_are_dropped_not_repeated(running) -> None:  # type: ignore[no-untyped-def]
+    """While a source's polls fail, /metrics leaves its figures out; they return with it."""
+    source, base, state = running
+    used = 'gpu_watchdog_gpu_memory_used_bytes{gpu="0",source="nvml"}'
+    _wait_for(lambda: used in _get(base + "/metrics")[1])
+    source.fail = True
+    _wait_for(lambda: used not in _get(base + "/metrics")[1])
+    body = _get(base + "/metrics")[1]
+    assert 'gpu_watchdog_collector_success{collector="stub"} 0.0' in body
+    assert "gpu_watchdog_gpu_lost{" not in body
+    assert state.snapshot().devices, "the detectors' context keeps the last figures"
+    source.fail = False
+    _wait_for(lambda: used in _get(base + "/metrics")[1])
+
+
 def test_hung_source_keeps_scrapes_fast_and_reports_stall(running) -> None:  # type: ignore[no-untyped-def]
     """A poll blocked forever never blocks /metrics; it is flagged stalled and /healthz is 503."""
     source, base, _ = running

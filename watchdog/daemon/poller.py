@@ -136,7 +136,7 @@ class Poller:
                 "poll_failed", collector=source.name, error=str(exc), type=type(exc).__name__
             )
             return None
-        self._state.apply(reading)
+        self._state.apply(reading, source.name)
         self._state.poll_finished(source.name, self._clock() - started)
         for observer in self._observers:
             try:

@@ -43,9 +43,19 @@ class CollectorHealth:
     last_error: str = ""
 
 
+READING_FIELDS = ("devices", "processes", "host_processes", "host_memory", "health")
+"""What a source's reading may report, and so what its failure leaves stale."""
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """An immutable copy of the state at one moment."""
+    """An immutable copy of the state at one moment.
+
+    ``stale`` names the figures whose source failed its latest poll: they are
+    the last ones it read, kept for the detectors' context; ``fresh`` leaves
+    them out, as the exporter does, so a dashboard never shows old values as
+    current.
+    """
 
     origin: str
     devices: tuple[DeviceSample, ...]
@@ -60,6 +70,21 @@ class Snapshot:
     health: tuple[GpuHealthSample, ...] = ()
     gpu_events: dict[GpuEvent, int] = field(default_factory=dict)
     event_watcher: EventWatcherStatus | None = None
+    stale: frozenset[str] = frozenset()
+
+    def fresh(self) -> Snapshot:
+        """This snapshot without the figures in ``stale``."""
+        if not self.stale:
+            return self
+        stale = self.stale
+        return replace(
+            self,
+            devices=() if "devices" in stale else self.devices,
+            processes=() if "processes" in stale else self.processes,
+            host_processes=() if "host_processes" in stale else self.host_processes,
+            host_memory=None if "host_memory" in stale else self.host_memory,
+            health=() if "health" in stale else self.health,
+        )
 
     def stalled(self, collector: CollectorHealth, stall_after_s: float) -> bool:
         """True when ``collector`` has had one poll running for longer than ``stall_after_s``."""
@@ -90,6 +115,9 @@ class DaemonState:
         self._health: dict[int, GpuHealthSample] = {}
         self._gpu_events: Counter[GpuEvent] = Counter()
         self._event_watcher: Callable[[], EventWatcherStatus | None] = lambda: None
+        self._fed: dict[str, frozenset[str]] = {}
+        """Source name -> what its last successful reading reported."""
+        self._stale: frozenset[str] = frozenset()
 
     def set_nvml_info(
         self,
@@ -150,6 +178,9 @@ class DaemonState:
                 last_success_wall=self._wall() if ok else health.last_success_wall,
                 last_success_mono=self._monotonic() if ok else health.last_success_mono,
             )
+            self._stale = frozenset().union(
+                *(self._fed.get(h.name, ()) for h in self._collectors.values() if h.last_error)
+            )
 
     def run_missed(self, name: str) -> None:
         """A scheduled poll of ``name`` was skipped (the previous one still ran, or it was late)."""
@@ -157,9 +188,17 @@ class DaemonState:
             health = self._collectors[name]
             self._collectors[name] = replace(health, missed_runs=health.missed_runs + 1)
 
-    def apply(self, reading: Reading) -> None:
-        """Replace what ``reading`` reports; vanished devices and processes disappear with it."""
+    def apply(self, reading: Reading, source: str | None = None) -> None:
+        """Replace what ``reading`` reports; vanished devices and processes disappear with it.
+
+        ``source`` names the poller's source, whose failures then mark what it
+        reports as stale (``Snapshot.stale``).
+        """
         with self._lock:
+            if source is not None:
+                self._fed[source] = frozenset(
+                    name for name in READING_FIELDS if getattr(reading, name) is not None
+                )
             if reading.devices is not None:
                 self._devices = {device.gpu: device for device in reading.devices}
             if reading.processes is not None:
@@ -200,6 +239,7 @@ class DaemonState:
                 health=tuple([self._health[gpu] for gpu in sorted(self._health)]),
                 gpu_events=dict(self._gpu_events),
                 event_watcher=self._event_watcher(),
+                stale=self._stale,
             )
 
     def _update(self, name: str, **changes: object) -> None:
