@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import PYTHON, REPO
-from watchdog.config import Config, ConfigError, load_config, sections
+from watchdog.config import ALIASES, Config, ConfigError, load_config, sections
 from watchdog.errors import EXIT_USAGE
 
 
@@ -88,6 +89,17 @@ def test_unknown_settings_variable_is_rejected() -> None:
     """A misspelt GPU_WATCHDOG_* variable is an error instead of being silently ignored."""
     with pytest.raises(ConfigError, match="GPU_WATCHDOG_SOURCES_DEVICE_INTERVAL"):
         load_config(None, env={"GPU_WATCHDOG_SOURCES_DEVICE_INTERVAL": "1"})
+
+
+def test_the_client_library_s_variables_are_no_settings() -> None:
+    """Every GPU_WATCHDOG_* variable the client library reads leaves the daemon's config alone.
+
+    GPU_WATCHDOG_SOCKET is the one both read (an alias of control.socket_path).
+    """
+    client = "".join(path.read_text() for path in (REPO / "watchdog" / "client").glob("*.py"))
+    variables = set(re.findall(r'environ\.get\("(GPU_WATCHDOG_[A-Z_]+)"', client)) - set(ALIASES)
+    assert {"GPU_WATCHDOG_CHECKPOINT_DIR", "GPU_WATCHDOG_SNAPSHOT_DIR"} <= variables
+    assert load_config(None, env=dict.fromkeys(variables, "x")) == load_config(None, env={})
 
 
 def test_boolean_environment_values() -> None:

@@ -41,8 +41,15 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 DEFAULT_PATH = Path("/etc/gpu-watchdog/config.toml")
 ENV_PREFIX = "GPU_WATCHDOG_"
-# Variables that are not settings but are read by the same programs.
-ENV_NOT_SETTINGS = frozenset({"GPU_WATCHDOG_CONFIG"})
+# Variables that are not settings but are read by the same programs: the config file's
+# path, and the client library's own (watchdog/client/handle.py), which a training
+# job's environment carries into any gpu-watchdog command run from it.
+ENV_NOT_SETTINGS = frozenset({
+    "GPU_WATCHDOG_CONFIG",
+    "GPU_WATCHDOG_CHECKPOINT_DIR",
+    "GPU_WATCHDOG_SNAPSHOT_DIR",
+    "GPU_WATCHDOG_RESTART_MODE",
+})
 # Short names for settings that clients and daemon share.
 ALIASES = {"GPU_WATCHDOG_SOCKET": ("control", "socket_path")}
 
