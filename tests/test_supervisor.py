@@ -11,12 +11,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
 from tests.factories import finding
+from watchdog.config import PolicySettings
 from watchdog.control.registry import AllocatorReport, CommandResult, Registration
 from watchdog.daemon.state import DaemonState
 from watchdog.daemon.supervisor import Supervisor
 from watchdog.detectors.events import Event
 from watchdog.policy.engine import Policy
 from watchdog.policy.journal import Journal
+from watchdog.policy.replay import decisions_over
 from watchdog.policy.rules import DEFAULT_LADDER
 from watchdog.samples import DeviceSample, Reading
 
@@ -172,6 +174,24 @@ def test_device_level_leak_targets_clients_on_that_gpu(tmp_path: Path) -> None:
     engine.queued = [finding(0, tto=600.0, cause="tensors_kept_alive", pid=None)]
     sup.on_reading(Reading(t=0))
     assert server.sent[0] == ("train", "dump_snapshot")
+
+
+def test_a_gpu_level_leak_with_a_culprit_spares_the_other_jobs_on_the_gpu(tmp_path: Path) -> None:
+    """Raised on the GPU and on one job's process at once: only that job is acted on.
+
+    Replay (``decisions_over``) decides the same: the culprit, not the GPU's other jobs.
+    """
+    leaky = FakeClient(pid=42, uid=0, registration=Registration(job="leaky", device="cuda:0"))
+    healthy = FakeClient(pid=43, uid=0, registration=Registration(job="healthy", device="cuda:0"))
+    server = FakeServer([leaky, healthy])
+    sup, engine, _ = _supervisor(tmp_path, server)
+    events = [finding(0, tto=1380.0, pid=None), finding(0, tto=1440.0, pid=42)]
+    engine.queued = list(events)
+    for t in range(4):
+        sup.on_reading(Reading(t=t))
+    assert {job for job, _ in server.sent} == {"leaky"}
+    replayed = decisions_over(events, end_t=3.0, interval_s=1.0, settings=PolicySettings())
+    assert {d.job for d in replayed} == {"pid:42"}
 
 
 def test_allocator_reports_feed_detection_with_the_poll_clock(tmp_path: Path) -> None:

@@ -275,7 +275,13 @@ class Supervisor:
             if not chosen and lost_job is not None:  # a dead rank: act on the ranks left
                 chosen = [c for c in clients if c.job == lost_job]
         else:
-            chosen = [c for c in clients if self._gpu_of(c) == gpu]
+            # The GPU's finding is the processes' singled out on it, where any are (an
+            # unregistered one included: then no job here is to blame); else every job's.
+            culprits = self._policy.culprits(gpu)
+            chosen = [
+                c for c in clients
+                if self._gpu_of(c) == gpu and (not culprits or c.pid in culprits)
+            ]
         refs = {c.job: JobRef(c.job, _user(c.uid)) for c in chosen}
         return list(refs.values())
 

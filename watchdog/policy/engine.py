@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from watchdog.detectors.events import LEAK, NEAR_OOM
 from watchdog.policy.rules import RESTARTS, LadderStep, effective_ladder
 
 SEND = "send"
@@ -218,6 +219,17 @@ class Policy:
     def active(self) -> list[Finding]:
         """The findings currently raised."""
         return list(self._active.values())
+
+    def culprits(self, gpu: int) -> set[int]:
+        """Pids with a memory finding of their own raised on ``gpu``.
+
+        A GPU-level finding concerns them, not every job on the GPU: the GPU's
+        memory climbs because theirs does. Empty when no process is singled out.
+        """
+        return {
+            f.pid for f in self._active.values()
+            if f.gpu == gpu and f.pid is not None and f.kind in (LEAK, NEAR_OOM)
+        }
 
     def observe(self, event: Any) -> None:
         """Take a detector event (raised, updated or cleared) into the active findings."""

@@ -5,8 +5,9 @@ asked at the same cadence (``interval_s``, the device poll interval) from the
 first finding to the end of the trace, skipping stretches with no active
 finding, where the policy has nothing to decide. With no training processes
 to talk to, each process in the trace stands for its own job (``pid:N``), a
-GPU-level finding concerns the processes found leaking on that GPU (or the
-GPU itself, ``gpu:N``), and every command is taken to be answered at once.
+GPU-level finding concerns the processes with a finding of their own raised
+on that GPU, as in the live daemon (``Policy.culprits``; else the GPU itself,
+``gpu:N``), and every command is taken to be answered at once.
 """
 
 from __future__ import annotations
@@ -18,19 +19,15 @@ from watchdog.policy.engine import SEND, Decision, JobRef, Policy
 
 
 class _TraceJobs:
-    """Jobs for a trace: one per process seen in a finding, else the GPU."""
+    """Jobs for a trace: one per process, and for a GPU-level finding its culprits or the GPU."""
 
-    def __init__(self) -> None:
-        self._pids_by_gpu: dict[int, set[int]] = {}
-
-    def saw(self, gpu: int, pid: int | None) -> None:
-        if pid is not None:
-            self._pids_by_gpu.setdefault(gpu, set()).add(pid)
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
 
     def __call__(self, gpu: int, pid: int | None) -> list[JobRef]:
         if pid is not None:
             return [JobRef(f"pid:{pid}")]
-        pids = sorted(self._pids_by_gpu.get(gpu, ()))
+        pids = sorted(self._policy.culprits(gpu))
         return [JobRef(f"pid:{p}") for p in pids] or [JobRef(f"gpu:{gpu}")]
 
 
@@ -46,16 +43,14 @@ def decisions_over(
         settings: The policy settings.
     """
     policy = Policy.from_settings(settings)
-    jobs = _TraceJobs()
+    jobs = _TraceJobs(policy)
     pending = sorted(events, key=lambda event: event.t)
     decisions: list[Decision] = []
     index = 0
     t = pending[0].t if pending else end_t + 1
     while t <= end_t:
         while index < len(pending) and pending[index].t <= t:
-            event = pending[index]
-            jobs.saw(event.gpu, event.pid)
-            policy.observe(event)
+            policy.observe(pending[index])
             index += 1
         for decision in policy.decide(t, t, jobs):
             decisions.append(decision)
