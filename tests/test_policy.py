@@ -5,14 +5,22 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tests.factories import finding as _event
 from watchdog.config import ConfigError, PolicySettings, load_config
+from watchdog.daemon.supervisor import Supervisor
 from watchdog.policy.engine import DRY_RUN, SEND, SUPPRESSED, JobRef, Policy
 from watchdog.policy.journal import Journal, ReadStats, decision_entry, ledger_from
-from watchdog.policy.rules import DEFAULT_LADDER, LadderStep, parse_ladder, parse_schedules
+from watchdog.policy.rules import (
+    DEFAULT_LADDER,
+    SCHEDULE_MAX_S,
+    LadderStep,
+    parse_ladder,
+    parse_schedules,
+)
 
 
 def _jobs(gpu: int, pid: int | None) -> list[JobRef]:
@@ -205,6 +213,30 @@ def test_ladder_config_round_trip_and_errors(tmp_path: Path) -> None:
         parse_schedules([{"action": "empty_cache", "cron": "every day"}])
     with pytest.raises(ConfigError, match="set it in the file"):
         load_config(None, env={"GPU_WATCHDOG_POLICY_LADDER": "[]"})
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"interval_s": SCHEDULE_MAX_S, "jitter_s": SCHEDULE_MAX_S},
+        {"cron": "0 2 * * *", "jitter_s": SCHEDULE_MAX_S},
+    ],
+)
+def test_the_longest_schedule_accepted_can_be_scheduled(entry: dict[str, object]) -> None:
+    """What passes check-config is what the scheduler can take; a span past a year is refused."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    schedules = parse_schedules([{"action": "empty_cache", **entry}])
+    scheduler = BackgroundScheduler(timezone="UTC")
+    Supervisor.install_schedules(SimpleNamespace(on_schedule=print), scheduler, schedules)
+    scheduler.start(paused=True)
+    try:
+        assert scheduler.get_job("schedule-0").next_run_time is not None
+    finally:
+        scheduler.shutdown(wait=False)
+    for key in [key for key in entry if key.endswith("_s")]:
+        with pytest.raises(ValueError, match=f"{key} must be at most"):
+            parse_schedules([{"action": "empty_cache", **entry, key: 1e15}])
 
 
 def test_default_policy_settings_use_the_default_ladder() -> None:

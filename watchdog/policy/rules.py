@@ -17,6 +17,8 @@ ACTIONS = (
     "restart_group",
 )
 FINDINGS = ("leak", "near_oom", "stalled", "rank_lost", "*")
+SCHEDULE_MAX_S = 366 * 86400.0
+"""Longest schedule interval and jitter: a year (the scheduler overflows on absurd spans)."""
 CAUSES = ("tensors_kept_alive", "allocator_cache", "outside_pytorch", "unknown", "*")
 RESTART = "checkpoint_and_restart"
 GROUP_RESTART = "restart_group"
@@ -122,11 +124,15 @@ def _choice(table: dict[str, Any], key: str, choices: tuple[str, ...], default: 
     return str(value)
 
 
-def _number(table: dict[str, Any], key: str, minimum: float = 0.0) -> float:
+def _number(
+    table: dict[str, Any], key: str, minimum: float = 0.0, maximum: float = math.inf
+) -> float:
     value = table.get(key, 0.0)
     bad_type = isinstance(value, bool) or not isinstance(value, (int, float))
     if bad_type or not math.isfinite(value) or value < minimum:
         raise ValueError(f"{key} must be a number >= {minimum:g}, got {value!r}")
+    if value > maximum:
+        raise ValueError(f"{key} must be at most {maximum:g}, got {value!r}")
     return float(value)
 
 
@@ -188,7 +194,8 @@ def parse_schedules(value: Any) -> tuple[Schedule, ...]:
             cron = table.get("cron", "")
             if not isinstance(cron, str):
                 raise ValueError(f"cron must be a string, got {cron!r}")
-            interval = _number(table, "interval_s")
+            # The scheduler's date arithmetic overflows on absurd spans; a year is plenty.
+            interval = _number(table, "interval_s", maximum=SCHEDULE_MAX_S)
             if bool(cron) == bool(interval):
                 raise ValueError("give exactly one of interval_s (> 0) and cron")
             if interval and interval < 1:
@@ -200,7 +207,7 @@ def parse_schedules(value: Any) -> tuple[Schedule, ...]:
                     action=_choice(table, "action", ACTIONS, None),
                     interval_s=interval,
                     cron=cron,
-                    jitter_s=_number(table, "jitter_s"),
+                    jitter_s=_number(table, "jitter_s", maximum=SCHEDULE_MAX_S),
                     match=_match(table),
                 )
             )
