@@ -85,6 +85,25 @@ def test_send_errors_are_one_line(attached, short_dir):
     assert len(absent.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-5"])
+def test_send_refuses_a_timeout_that_is_no_positive_number(attached, timeout):
+    """A --timeout that is not a positive number is one line naming it, and nothing is sent."""
+    result = run_cli("send", "cli-job", "checkpoint", "--timeout", timeout,
+                     "--socket", attached.socket_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"gpu-watchdog send: error: --timeout must be a number of seconds > 0, got {timeout}"
+    ]
+    assert attached.server.stats()[0] == {}  # no command counted: nothing was sent
+
+
+def test_send_to_a_target_of_other_digits_is_an_unknown_job(attached):
+    """A target "²" (str.isdigit, yet no int) is a job name nobody has, not a traceback."""
+    result = run_cli("send", "\u00b2", "checkpoint", "--socket", attached.socket_path)
+    assert result.returncode == 1
+    assert "no registered client is pid or job '²'" in result.stderr
+
+
 def test_socket_from_environment(attached):
     """GPU_WATCHDOG_SOCKET points `clients` at the daemon when --socket is not given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
@@ -115,6 +134,9 @@ def test_table_and_describe_formatting():
                                   "ok": True, "duration_s": 0.001,
                                   "details": {"stacks": "Thread 0x1", "threads": {}}})
     assert text.splitlines() == ["pid 1 (job j, rank 0): dump_stacks ok in 0.001 s", "Thread 0x1"]
+    no_rank = send_command.describe({"pid": 1, "job": "j", "rank": None, "command": "checkpoint",
+                                     "ok": True})
+    assert no_rank == "pid 1 (job j, rank -): checkpoint ok"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as another user")

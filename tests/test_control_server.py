@@ -238,6 +238,20 @@ def test_a_target_of_other_digits_is_no_pid(server_factory):
     assert peer.recv()["type"] == "pong"
 
 
+@pytest.mark.parametrize("timeout_s", [0, -5])
+def test_a_send_with_no_time_to_answer_is_refused(server_factory, timeout_s):
+    """timeout_s 0 would wait the default 600 s, a negative one time out unanswered: refused."""
+    server = server_factory()
+    client = RawPeer(server.socket_path)
+    client.register()
+    wait_for(server.clients)
+    requester = RawPeer(server.socket_path)
+    requester.send({"type": "send", "id": 1, "target": os.getpid(), "command": "checkpoint",
+                    "timeout_s": timeout_s})
+    assert requester.closed_by_server()
+    assert server.stats() == ({}, {"malformed": 1})
+
+
 def test_a_malformed_result_still_answers_the_command(server_factory):
     """A result the server cannot read ends the command with an error, and drops its sender."""
     server = server_factory()

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 from typing import Any
 
 from watchdog.commands.clients import add_socket_options, socket_path
 from watchdog.control.protocol import COMMANDS
 from watchdog.control.requests import ControlRequester
-from watchdog.errors import EXIT_FAILURE, EXIT_OK
+from watchdog.errors import EXIT_FAILURE, EXIT_OK, UsageError
+
+_PID = re.compile(r"[0-9]{1,10}")
+"""A target that names a pid: ASCII digits (``str.isdigit`` also takes "²", which int refuses)."""
 
 
 def register(subparsers: Any) -> None:
@@ -20,7 +25,8 @@ def register(subparsers: Any) -> None:
                     "Allowed to root and to the process's own user.",
     )
     parser.add_argument("target", metavar="PID|JOB", help="process id or job id")
-    parser.add_argument("command", choices=COMMANDS, metavar="COMMAND",
+    # dest "action": "command" is the subcommand's name, which error messages print.
+    parser.add_argument("action", choices=COMMANDS, metavar="COMMAND",
                         help=f"one of: {', '.join(COMMANDS)}")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
                         help="seconds to wait for the result (default 600)")
@@ -32,7 +38,8 @@ def register(subparsers: Any) -> None:
 
 def describe(result: dict[str, Any]) -> str:
     """A few readable lines for one result."""
-    who = f"pid {result['pid']} (job {result['job']}, rank {result.get('rank', '-')})"
+    rank = result.get("rank")
+    who = f"pid {result['pid']} (job {result['job']}, rank {'-' if rank is None else rank})"
     duration = result.get("duration_s")
     took = f" in {duration:.3f} s" if isinstance(duration, (int, float)) else ""
     head = f"{who}: {result['command']} {'ok' if result['ok'] else 'FAILED'}{took}"
@@ -50,10 +57,12 @@ def describe(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Send; exit 0 when every targeted process answered ok, else 1."""
-    target: int | str = int(args.target) if args.target.isdigit() else args.target
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError(f"--timeout must be a number of seconds > 0, got {args.timeout:g}")
+    target: int | str = int(args.target) if _PID.fullmatch(args.target) else args.target
     command_args = {"dir": args.dir} if args.dir else {}
     with ControlRequester(socket_path(args)) as requester:
-        results = requester.send(target, args.command, command_args, timeout_s=args.timeout)
+        results = requester.send(target, args.action, command_args, timeout_s=args.timeout)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -750,6 +750,8 @@ class ControlServer:
         if not isinstance(command, str) or not isinstance(args, dict):
             raise ProtocolError("send needs a string command and an object args")
         timeout_s = opt_float(message, "timeout_s")
+        if timeout_s is not None and not timeout_s > 0:
+            raise ProtocolError(f"timeout_s must be > 0, got {timeout_s:g}")
         try:
             done = self._dispatch(target, command, conn.peer.uid, args, timeout_s)
         except ControlError as exc:
