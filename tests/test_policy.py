@@ -114,6 +114,37 @@ def test_dry_run_sends_nothing_but_records() -> None:
     assert all(d.outcome != SEND for d in policy.decide(1, 1, _jobs))
 
 
+def test_a_dry_run_spends_none_of_the_live_budget(tmp_path: Path) -> None:
+    """Restarted live after a dry run, the daemon's guards see only commands really sent."""
+    journal = Journal(tmp_path)
+    dry = _policy(dry_run=True, max_restarts=1)
+    dry.observe(_event(0.0, tto=600, pid=100))
+    for decision in dry.decide(0.0, 0.0, _jobs):
+        journal.append(decision_entry(decision))
+    assert [(e["action"], e["outcome"]) for e in journal.read()] == [
+        ("dump_snapshot", DRY_RUN), ("checkpoint_and_restart", DRY_RUN)
+    ]
+    live = _policy(max_restarts=1, ledger=ledger_from(journal.read()))
+    live.observe(_event(20000.0, tto=600, pid=200))
+    assert _sent(live.decide(20000.0, 20000.0, _jobs)) == ["dump_snapshot"]  # no cooldown
+    live.ledger.finished("train")
+    assert _sent(live.decide(20001.0, 20001.0, _jobs)) == ["checkpoint_and_restart"]
+
+
+def test_a_reload_that_keeps_a_rung_does_not_fire_it_again() -> None:
+    """SIGHUP with the same ladder: a finding already acted on is not acted on twice."""
+    policy = _policy(cooldown_s=60.0)
+    policy.observe(_event(0, tto=7200))
+    assert _sent(policy.decide(0, 0, _jobs)) == ["dump_snapshot"]
+    policy.ledger.finished("train")
+    policy.reconfigure(PolicySettings(cooldown_s=60.0))
+    assert policy.decide(2000, 2000, _jobs) == []  # past the cooldown, the same finding
+    policy.reconfigure(PolicySettings(cooldown_s=60.0, ladder=(
+        LadderStep("leak", "dump_snapshot", under_time_to_oom_s=7000.0),
+    )))
+    assert _sent(policy.decide(2001, 2001, _jobs)) == ["dump_snapshot"]  # a new rung acts
+
+
 def test_one_command_in_flight_per_job() -> None:
     """While a command is in flight for a job, the next one waits for its result."""
     policy = _policy()

@@ -473,7 +473,7 @@ class Supervisor:
         jobs = {c.job for c in self._server.clients()} if self._server is not None else set()
         since = self._wall() - window
         for job in sorted(jobs):
-            used = self._policy.ledger.restarts_since(job, since)
+            used = self._policy.ledger.restarts_since(job, since, self._policy.dry_run)
             restarts.add_metric([job], used)
             budget.add_metric([job], max(0, limit - used))
         yield budget

@@ -100,11 +100,16 @@ class Decision:
 
 
 class Ledger:
-    """What was done to each job: the memory the guards read, rebuilt from the journal at start."""
+    """What was done to each job: the memory the guards read, rebuilt from the journal at start.
+
+    Dry-run decisions are kept apart from sent ones: a dry run paces itself by
+    its own cooldowns and budget, and a daemon switched to live (by a restart or
+    a reload) starts with the budget its real commands left.
+    """
 
     def __init__(self) -> None:
-        self._last: dict[tuple[str, str], float] = {}
-        self._restarts: dict[str, list[float]] = {}
+        self._last: dict[tuple[bool, str, str], float] = {}
+        self._restarts: dict[tuple[bool, str], list[float]] = {}
         self._in_flight: dict[str, tuple[str, float]] = {}
         """job -> (action, wall time after which it no longer counts as in flight)."""
 
@@ -112,9 +117,10 @@ class Ledger:
         """Remember a sent (or dry-run) decision."""
         if decision.outcome == SUPPRESSED:
             return
-        self._last[(decision.job, decision.action)] = decision.wall
+        dry = decision.outcome == DRY_RUN
+        self._last[(dry, decision.job, decision.action)] = decision.wall
         if decision.action in RESTARTS:
-            self._restarts.setdefault(decision.job, []).append(decision.wall)
+            self._restarts.setdefault((dry, decision.job), []).append(decision.wall)
         if decision.outcome == SEND:
             self._in_flight[decision.job] = (decision.action, math.inf)
 
@@ -132,19 +138,19 @@ class Ledger:
         another command meanwhile, or the same one again.
         """
         for job, (action, _) in list(self._in_flight.items()):
-            sent = self._last.get((job, action))
+            sent = self._last.get((False, job, action))
             if sent is None or for_s <= 0:
                 del self._in_flight[job]
             else:
                 self._in_flight[job] = (action, sent + for_s)
 
-    def last(self, job: str, action: str) -> float | None:
-        """Wall time ``action`` was last taken on ``job``."""
-        return self._last.get((job, action))
+    def last(self, job: str, action: str, dry_run: bool = False) -> float | None:
+        """Wall time ``action`` was last taken (or, ``dry_run``, would have been) on ``job``."""
+        return self._last.get((dry_run, job, action))
 
-    def restarts_since(self, job: str, since_wall: float) -> int:
-        """Restarts of ``job`` at or after ``since_wall``."""
-        return sum(1 for when in self._restarts.get(job, ()) if when >= since_wall)
+    def restarts_since(self, job: str, since_wall: float, dry_run: bool = False) -> int:
+        """Restarts of ``job`` (or dry-run ones) at or after ``since_wall``."""
+        return sum(1 for when in self._restarts.get((dry_run, job), ()) if when >= since_wall)
 
     def in_flight(self, job: str, wall: float = -math.inf) -> str | None:
         """The command in flight for ``job`` at wall time ``wall``, if any."""
@@ -191,7 +197,8 @@ class Policy:
         self._active: dict[FindingKey, Finding] = {}
         # Each rung acts at most once per job while a finding that made it act is active
         # (one leak is often seen on the GPU and on its process); cooldowns span episodes.
-        self._fired: dict[tuple[str, int], set[FindingKey]] = {}
+        # Keyed by the rung itself, not its place: a reload that keeps a rung keeps its memory.
+        self._fired: dict[tuple[str, LadderStep], set[FindingKey]] = {}
         self._suppressed_seen: set[tuple[str, str, str]] = set()
 
     @classmethod
@@ -213,7 +220,14 @@ class Policy:
         self._max_restarts = settings.max_restarts
         self._restart_window_s = settings.restart_window_s
         self._dry_run = settings.dry_run
-        self._fired.clear()  # rung numbers refer to the old ladder
+        # A rung the new ladder still has stays fired for the findings it acted on; a
+        # changed or new rung acts afresh.
+        self._fired = {key: keys for key, keys in self._fired.items() if key[1] in self._ladder}
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether decisions are recorded only (``policy.dry_run``)."""
+        return self._dry_run
 
     @property
     def active(self) -> list[Finding]:
@@ -271,8 +285,8 @@ class Policy:
         for key, finding in sorted(self._active.items(), key=_finding_order):
             time_to_oom = finding.time_to_oom_at(t)
             for ref in jobs(finding.gpu, finding.pid):
-                for index, step in enumerate(self._ladder):
-                    if (ref.job, index) in self._fired or (ref.job, step.action) in decided:
+                for step in self._ladder:
+                    if (ref.job, step) in self._fired or (ref.job, step.action) in decided:
                         continue
                     if not step.match.matches(ref.job, ref.user, finding.gpu):
                         continue
@@ -284,7 +298,7 @@ class Policy:
                     decided.add((ref.job, step.action))
                     decisions.append(decision)
                     if decision.outcome != SUPPRESSED:
-                        self._fired.setdefault((ref.job, index), set()).add(key)
+                        self._fired.setdefault((ref.job, step), set()).add(key)
         return decisions
 
     def scheduled(
@@ -338,12 +352,12 @@ class Policy:
 
     def _guard(self, action: str, job: str, wall: float) -> str:
         """Which guard stops ``action`` on ``job`` now, or "" if none."""
-        last = self.ledger.last(job, action)
+        last = self.ledger.last(job, action, self._dry_run)
         if last is not None and wall - last < self._cooldown_s:
             return "cooldown"
         if action in RESTARTS:
             since = wall - self._restart_window_s
-            if self.ledger.restarts_since(job, since) >= self._max_restarts:
+            if self.ledger.restarts_since(job, since, self._dry_run) >= self._max_restarts:
                 return "restart_budget"
         if self.ledger.in_flight(job, wall):
             return "in_flight"
