@@ -81,8 +81,10 @@ def test_history_filters_by_job_and_time(tmp_path: Path, cli_env: dict[str, str]
     assert everything.returncode == 0, everything.stderr
     assert len(everything.stdout.splitlines()) == 4
     job_a = _history(tmp_path, "--job", "a", env=cli_env).stdout.splitlines()
-    assert len(job_a) == 2
-    assert all("job a" in line for line in job_a)
+    assert len(job_a) == 3  # its decision and result, and the finding on its pid 7
+    assert "old leak" in job_a[0]
+    assert all("job a" in line for line in job_a[1:])
+    assert len(_history(tmp_path, "--job", "b", env=cli_env).stdout.splitlines()) == 1
     recent = _history(tmp_path, "--since", "1h", "--json", env=cli_env).stdout.splitlines()
     assert [json.loads(line)["type"] for line in recent] == ["decision", "decision", "result"]
 
@@ -96,6 +98,20 @@ def test_history_of_a_torn_journal_says_what_it_skipped(
         stream.write('{"type": "decis')
     result = _history(tmp_path, env=cli_env)
     assert result.returncode == 0
+    assert "(1 unreadable line(s) skipped)" in result.stdout
+
+
+@pytest.mark.parametrize("wall", ['"2024-01-01"', "1e20", "null", "[1]"])
+def test_a_hand_edited_line_is_skipped_not_a_traceback(
+    tmp_path: Path, cli_env: dict[str, str], wall: str
+) -> None:
+    """JSON whose fields have the wrong type is skipped and counted like a torn line."""
+    _fill(tmp_path)
+    with (tmp_path / "journal.jsonl").open("a") as stream:
+        stream.write(f'{{"type": "finding", "wall": {wall}, "gpu": 0}}\n')
+    result = _history(tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 5
     assert "(1 unreadable line(s) skipped)" in result.stdout
 
 

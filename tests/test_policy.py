@@ -186,7 +186,10 @@ def test_ledger_survives_a_restart_through_the_journal(tmp_path: Path) -> None:
                 journal.append(decision_entry(decision))
             policy.ledger.finished("train")
     with journal.path.open("ab") as stream:
-        stream.write(b'{"type": "decision", "wall": 9')  # a torn last line, as after SIGKILL
+        # A hand-edited line (int(1e999) overflows), and a torn last one, as after SIGKILL.
+        stream.write(b'{"type": "decision", "t": 1, "wall": 1, "action": "empty_cache", '
+                     b'"job": "x", "gpu": 1e999, "outcome": "send"}\n')
+        stream.write(b'{"type": "decision", "wall": 9')
     stats = ReadStats()
     restarted = _policy(cooldown_s=0.0)
     restarted.ledger = ledger_from(journal.read(stats))

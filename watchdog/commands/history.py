@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -64,16 +65,36 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"no journal: {directory} does not exist")
         print(f"no journal entries in {directory}")
         return 0
+    # Findings name a pid, not a job: a job's own are those on the pids its commands went to.
+    pids = _pids_of(journal.read(), args.job) if args.job else set()
     stats = ReadStats()
     for entry in journal.read(stats):
-        if args.job and entry.get("job") != args.job:
+        if args.job and entry.get("job", _pid_job(entry, pids, args.job)) != args.job:
             continue
-        if since is not None and float(entry.get("wall", 0)) < since:
+        try:
+            if since is not None and float(entry.get("wall", 0)) < since:
+                continue
+            line = json.dumps(entry, sort_keys=True) if args.json else render(entry)
+        except (TypeError, ValueError, OverflowError):
+            stats.skipped_lines += 1  # JSON, but not an entry this daemon wrote (a hand edit)
             continue
-        print(json.dumps(entry, sort_keys=True) if args.json else render(entry))
+        print(line)
     if stats.skipped_lines:
         print(f"({stats.skipped_lines} unreadable line(s) skipped)")
     return 0
+
+
+def _pids_of(entries: Iterable[dict[str, Any]], job: str) -> set[int]:
+    """The pids the journal's decisions and results about ``job`` name."""
+    return {
+        entry["pid"] for entry in entries
+        if entry.get("job") == job and isinstance(entry.get("pid"), int)
+    }
+
+
+def _pid_job(entry: dict[str, Any], pids: set[int], job: str) -> str | None:
+    """``job`` for a finding about one of its ``pids``, else None."""
+    return job if entry.get("type") == "finding" and entry.get("pid") in pids else None
 
 
 def render(entry: dict[str, Any]) -> str:

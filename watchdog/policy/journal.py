@@ -173,7 +173,7 @@ def ledger_from(entries: Iterator[dict[str, Any]], unanswered_for_s: float = 0.0
                 outcome=str(entry["outcome"]),
                 reason=str(entry.get("reason", "")),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # a hand-edited line
             continue
         ledger.record(decision)
     ledger.unanswered(unanswered_for_s)
