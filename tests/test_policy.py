@@ -262,7 +262,8 @@ def test_the_longest_schedule_accepted_can_be_scheduled(entry: dict[str, object]
 
     schedules = parse_schedules([{"action": "empty_cache", **entry}])
     scheduler = BackgroundScheduler(timezone="UTC")
-    Supervisor.install_schedules(SimpleNamespace(on_schedule=print), scheduler, schedules)
+    owner = SimpleNamespace(on_schedule=print, _installed_schedules=None)
+    Supervisor.install_schedules(owner, scheduler, schedules)  # type: ignore[arg-type]
     scheduler.start(paused=True)
     try:
         assert scheduler.get_job("schedule-0").next_run_time is not None

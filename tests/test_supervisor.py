@@ -292,3 +292,9 @@ def test_install_schedules_adds_jittered_coalescing_jobs(tmp_path: Path) -> None
     assert jobs["schedule-1"].trigger.jitter == 30
     assert all(job.coalesce and job.max_instances == 1 for job in jobs.values())
     assert all(job.misfire_grace_time == 60 for job in jobs.values())
+    # A reload: the same schedules keep their jobs (and timers); others replace them.
+    sup.install_schedules(scheduler, schedules)
+    assert {job.id: job for job in scheduler.get_jobs()} == jobs
+    sup.install_schedules(scheduler, schedules[1:])
+    (only,) = scheduler.get_jobs()
+    assert (only.id, only.args[0].action) == ("schedule-0", "empty_cache")

@@ -212,7 +212,7 @@ def _serve_metrics(
         config.sources.stall_after_s,
         sources.primary.name,
         notifier=Notifier.from_env(),
-        reload=lambda: _reload(args, config, supervisor, metrics),
+        reload=lambda: _reload(args, config, supervisor, metrics, poller.scheduler),
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -243,9 +243,17 @@ RELOADABLE = (
 
 
 def _reload(
-    args: argparse.Namespace, current: Config, supervisor: Supervisor, metrics: MetricsServer
+    args: argparse.Namespace,
+    current: Config,
+    supervisor: Supervisor,
+    metrics: MetricsServer,
+    scheduler: Any,
 ) -> None:
-    """Reload the config file (SIGHUP): apply what can change live, keep the old one if invalid."""
+    """Reload the config file (SIGHUP): apply what can change live, keep the old one if invalid.
+
+    ``changed`` is reported against the configuration the daemon started with, so a
+    setting that needs a restart stays listed until the daemon is restarted.
+    """
     try:
         new = load(args, metrics__listen=args.listen)
         # Certificate files are read again even if their names did not change (rotation);
@@ -259,6 +267,7 @@ def _reload(
     origin = SIMULATED if args.simulate else NVML
     configure_logging(new.daemon.log_level, new.daemon.log_format, always={"source": origin})
     supervisor.reconfigure_policy(new.policy)
+    supervisor.install_schedules(scheduler, new.policy.schedule)
     metrics.secure(security)
     log.info("config_reloaded", changed=changed, needs_restart=needs_restart)
 

@@ -86,6 +86,7 @@ class Supervisor:
         self._server = server
         self._wall = wall
         self._lock = threading.Lock()
+        self._installed_schedules: tuple[Any, tuple[Schedule, ...]] | None = None
         self._last_t = 0.0
         self._findings: Counter[tuple[str, str]] = Counter()
         self._actions: Counter[tuple[str, str]] = Counter()
@@ -209,7 +210,17 @@ class Supervisor:
             self._restart_budget = (settings.max_restarts, settings.restart_window_s)
 
     def install_schedules(self, scheduler: Any, schedules: tuple[Schedule, ...]) -> None:
-        """Add an APScheduler job per schedule (coalescing, jittered, one at a time)."""
+        """Add an APScheduler job per schedule (coalescing, jittered, one at a time).
+
+        Called again (a reload) with other schedules, it replaces the jobs it added;
+        with the same ones it leaves them, and their timers, as they are.
+        """
+        if self._installed_schedules == (scheduler, schedules):
+            return
+        for job in scheduler.get_jobs():
+            if job.id.startswith("schedule-"):
+                job.remove()
+        self._installed_schedules = (scheduler, schedules)
         for index, schedule in enumerate(schedules):
             trigger = (
                 IntervalTrigger(seconds=schedule.interval_s, jitter=schedule.jitter_s or None)
