@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PYTHON, REPO
+from watchdog.commands.check_config import render_toml
 from watchdog.config import ALIASES, Config, ConfigError, load_config, sections
 from watchdog.errors import EXIT_USAGE
 
@@ -160,3 +161,21 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert result.returncode == EXIT_USAGE
     assert result.stderr.count("\n") == 1
     assert "sources.device_interval_s must be >= 0.05" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[policy]\nladder = []\n"
+        "[[policy.schedule]]\naction = \"empty_cache\"\ncron = \"0 2 * * *\"\n"
+        "[[metrics.basic_auth]]\nuser = \"prometheus\"\n"
+        "password_hash = \"$2b$04$KpzqEDyA0ChNB1ItE2/l3uPNAzMwL5bYU1ICzmhu1r/Ch3qV0R4fa\"\n",
+    ],
+)
+def test_show_prints_toml_that_loads_back_the_same(tmp_path: Path, text: str) -> None:
+    """check-config --show is a config file: loaded again, it gives the same settings."""
+    config = load_config(_write(tmp_path, text), env={})
+    shown = tmp_path / "shown.toml"
+    shown.write_text(render_toml(config))
+    assert load_config(shown, env={}) == config

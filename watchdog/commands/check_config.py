@@ -39,12 +39,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render_toml(config: Config) -> str:
-    """The effective configuration as TOML."""
+    """The effective configuration as TOML that loads back to the same configuration."""
     lines: list[str] = []
     for section in dataclasses.fields(config):
         lines.append(f"[{section.name}]")
         values = getattr(config, section.name)
+        tables: list[str] = []
         for item in dataclasses.fields(values):
-            lines.append(f"{item.name} = {toml_value(getattr(values, item.name))}")
-        lines.append("")
+            value = getattr(values, item.name)
+            render = item.metadata.get("render")
+            if render and value:
+                # Arrays of tables ([[policy.ladder]]) must follow the table's plain keys.
+                tables += render(section.name, value)
+            elif render:
+                lines.append(f"{item.name} = []")  # none, which is not the default
+            else:
+                lines.append(f"{item.name} = {toml_value(value)}")
+        lines += [*tables, ""]
     return "\n".join(lines)
