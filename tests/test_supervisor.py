@@ -76,7 +76,10 @@ class FakeServer:
 
     clients_: list[FakeClient]
     ok: bool = True
+    answer: bool = True
+    """False: commands stay in flight (their futures are kept in ``pending``)."""
     sent: list[tuple[str, str]] = field(default_factory=list)
+    pending: list[Future[list[CommandResult]]] = field(default_factory=list)
 
     def clients(self) -> list[FakeClient]:
         return self.clients_
@@ -86,6 +89,9 @@ class FakeServer:
     ) -> Future[list[CommandResult]]:
         self.sent.append((target, command))
         future: Future[list[CommandResult]] = Future()
+        if not self.answer:
+            self.pending.append(future)
+            return future
         future.set_result(
             [
                 CommandResult(
@@ -268,6 +274,23 @@ def test_schedule_runs_its_action_on_matching_jobs_within_guards(tmp_path: Path)
     assert server.sent == [("train", "empty_cache")]
     reasons = [e["reason"] for e in journal.read() if e["type"] == "decision"]
     assert reasons == ["schedule: every 1800s -> empty_cache", "cooldown"]
+
+
+def test_a_schedule_run_stopped_by_a_command_in_flight_is_journalled(tmp_path: Path) -> None:
+    """Two schedules firing together: the second run is recorded as suppressed, every time."""
+    from watchdog.policy.rules import parse_schedules
+
+    server = FakeServer([_client()], answer=False)
+    sup, _, journal = _supervisor(tmp_path, server)
+    snapshot, empty = parse_schedules([{"action": "dump_snapshot", "cron": "0 * * * *"},
+                                       {"action": "empty_cache", "cron": "0 * * * *"}])
+    sup.on_schedule(snapshot)
+    sup.on_schedule(empty)
+    sup.on_schedule(empty)  # the next hour, the snapshot still running
+    assert server.sent == [("train", "dump_snapshot")]
+    decisions = [(e["action"], e["outcome"], e["reason"])
+                 for e in journal.read() if e["type"] == "decision"]
+    assert decisions[1:] == [("empty_cache", "suppressed", "in_flight")] * 2
 
 
 def test_install_schedules_adds_jittered_coalescing_jobs(tmp_path: Path) -> None:

@@ -304,10 +304,14 @@ class Policy:
     def scheduled(
         self, action: str, ref: JobRef, gpu: int, t: float, wall: float, reason: str
     ) -> Decision | None:
-        """The decision for a scheduled ``action`` on ``ref`` (guards apply as to the ladder)."""
+        """The decision for a scheduled ``action`` on ``ref`` (guards apply as to the ladder).
+
+        A run is not asked again as a rung is: one stopped by a guard, a command in
+        flight included, is a ``suppressed`` decision every time, never dropped unseen.
+        """
         finding = Finding("schedule", "", gpu, None, None, None, t)
         step = LadderStep(finding="*", action=action)
-        return self._guarded(step, finding, ref, t, wall, None, reason=reason)
+        return self._guarded(step, finding, ref, t, wall, None, reason=reason, once=True)
 
     def _guarded(
         self,
@@ -318,16 +322,18 @@ class Policy:
         wall: float,
         time_to_oom: float | None,
         reason: str = "",
+        once: bool = False,
     ) -> Decision | None:
         reason = reason or _describe(step)
         guard = self._guard(step.action, ref.job, wall)
-        if guard == "in_flight":
+        if guard == "in_flight" and not once:
             return None  # not refused, only later: asked again once the job answers
         if guard:
             seen = (ref.job, step.action, guard)
-            if seen in self._suppressed_seen:
-                return None
-            self._suppressed_seen.add(seen)
+            if not once:
+                if seen in self._suppressed_seen:
+                    return None
+                self._suppressed_seen.add(seen)
             outcome, reason = SUPPRESSED, guard
         else:
             self._suppressed_seen = {
