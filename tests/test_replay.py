@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from watchdog.cli import main
-from watchdog.detectors import DetectionEngine
+from watchdog.detectors import DetectionEngine, Event
 from watchdog.detectors.replay import replay_file, replay_lines
 from watchdog.samples import DeviceSample, GpuProcessSample, Reading
 from watchdog.trace import TraceError, TraceWriter, group_steps, read_trace
@@ -90,6 +91,11 @@ def test_healthy_trace_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str
         ("0,0,,100,\n", 2),
         ("0,0,7,100,200\n", 2),
         ("nan,0,,100,200\n", 2),
+        (",0,,100,200\n", 2),  # an empty t, which the fast parser once read as 0
+        ("0,0,,100,200\n0,0,,100,200\n", 3),
+        ("0,0,,100,200\n0,0,5,100,\n0,0,5,50,\n", 4),
+        ("0,0,," + "9" * 400 + ",200\n", 2),
+        ("0,0,,100,200\n1e16,0,,100,200\n", 3),
     ],
 )
 def test_malformed_trace_names_file_and_line(
@@ -131,6 +137,32 @@ def test_fast_parser_agrees_with_the_reference_parser(tmp_path: Path) -> None:
     expected = replay_file(plain).events
     assert expected
     assert replay_file(odd).events == expected
+
+
+def test_gpus_in_any_order_and_a_bom_replay_like_a_recording(tmp_path: Path) -> None:
+    """GPU rows in falling order (left to the reference parser) and a BOM change nothing."""
+    plain = tmp_path / "plain.csv"
+    write_leak_trace(plain)
+    rows = plain.read_text().splitlines()
+    shuffled = [rows[0]]
+    for t, group in itertools.groupby(rows[1:], key=lambda row: row.split(",")[0]):
+        devices = [row for row in group if row.split(",")[2] == ""]
+        devices += [row.replace(f"{t},0,,", f"{t},1,,", 1) for row in devices]
+        shuffled += reversed(devices)
+    both = tmp_path / "both.csv"
+    both.write_text("\ufeff" + "\n".join(shuffled) + "\n")
+    expected = replay_lines([shuffled[0], *sorted(shuffled[1:], key=_t_then_gpu)])
+
+    def key(event: Event) -> tuple[float, int, str, str]:  # row order orders one instant's
+        return event.t, event.gpu, event.kind, event.state
+
+    assert sorted(replay_file(both).events, key=key) == sorted(expected.events, key=key)
+    assert {e.gpu for e in expected.events} == {0, 1}
+
+
+def _t_then_gpu(row: str) -> tuple[float, int]:
+    t, gpu = row.split(",")[:2]
+    return float(t), int(gpu)
 
 
 def test_replay_equals_live_readings(leak_trace: Path) -> None:

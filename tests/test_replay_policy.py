@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from tests.factories import finding
 from watchdog.cli import main
 from watchdog.config import PolicySettings
+from watchdog.policy.engine import JobRef, Policy
 from watchdog.policy.replay import decisions_over
 from watchdog.sources.scenarios import scenario_rows
 from watchdog.trace import TraceWriter
@@ -96,3 +98,53 @@ def test_only_the_leaking_process_is_acted_on(tmp_path: Path, name: str) -> None
     trace = _write_scenario(name, tmp_path / f"{name}.csv")
     jobs = {i["job"] for i in _replay_json(str(trace)) if i["kind"] == "action"}
     assert jobs == {"pid:4000002"}
+
+
+def _asking_every_interval(events: list, end_t: float, interval_s: float) -> list:  # type: ignore[type-arg]
+    """The policy asked at every interval from the first event on: what replay must equal."""
+    policy = Policy.from_settings(PolicySettings(cooldown_s=300.0, max_restarts=1,
+                                                 restart_window_s=5000.0))
+
+    def jobs(gpu: int, pid: int | None) -> list[JobRef]:
+        pids = [pid] if pid is not None else sorted(policy.culprits(gpu))
+        return [JobRef(f"pid:{p}") for p in pids] or [JobRef(f"gpu:{gpu}")]
+
+    decided, index, t = [], 0, events[0].t
+    while t <= end_t:
+        while index < len(events) and events[index].t <= t:
+            policy.observe(events[index])
+            index += 1
+        for decision in policy.decide(t, t, jobs):
+            decided.append(decision)
+            if decision.outcome == "send":
+                policy.ledger.finished(decision.job)
+        t += interval_s
+    return decided
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_skipping_quiet_stretches_decides_exactly_as_asking_every_interval(seed: int) -> None:
+    """Replay jumps over stretches where nothing can change; it decides what every ask would."""
+    rng = random.Random(seed)
+    events, t = [], 0.0
+    for _ in range(rng.randint(1, 8)):
+        t += rng.choice([1.0, 30.0, 400.0, 2500.0])
+        pid = rng.choice([7, 8, None])
+        state = "cleared" if rng.random() < 0.25 else "raised"
+        kind = rng.choice(["leak", "leak", "near_oom"])
+        events.append(finding(t, state, kind=kind, tto=rng.choice([None, 600.0, 4000.0]),
+                              cause=rng.choice([None, "allocator_cache"]), pid=pid))
+    settings = PolicySettings(cooldown_s=300.0, max_restarts=1, restart_window_s=5000.0)
+    end_t = t + 9000.0
+    skipped = decisions_over(events, end_t, interval_s=1.0, settings=settings)
+    asked = _asking_every_interval(events, end_t, interval_s=1.0)
+    assert [(d.t, d.action, d.outcome, d.job, d.reason) for d in skipped] == [
+        (d.t, d.action, d.outcome, d.job, d.reason) for d in asked
+    ]
+
+
+def test_a_trace_with_a_huge_gap_replays_at_once() -> None:
+    """A finding standing over a gap of years is not asked about second by second."""
+    events = [finding(0.0, tto=600.0, pid=7), finding(1e16, "cleared", tto=None, pid=7)]
+    decisions = decisions_over(events, end_t=1e16, interval_s=1.0, settings=PolicySettings())
+    assert [d.action for d in decisions] == ["dump_snapshot", "checkpoint_and_restart"]

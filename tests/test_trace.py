@@ -64,6 +64,19 @@ def test_columns_may_come_in_any_order(tmp_path: Path) -> None:
         ),
         ("t,gpu,pid,used_bytes,total_bytes\n0,-1,,1,9\n", "trace.csv:2: gpu must be >= 0"),
         ("t,gpu,pid,used_bytes,total_bytes\n0,0\n", "trace.csv:2: expected at least 5 columns"),
+        (
+            "t,gpu,pid,used_bytes,total_bytes\n0,0,,1,9\n0,1,,1,9\n0,0,,2,9\n",
+            "trace.csv:4: a second row for gpu 0 at t=0",
+        ),
+        (
+            "t,gpu,pid,used_bytes,total_bytes\n0,0,,1,9\n0,0,7,1,\n0,0,7,1,\n",
+            "trace.csv:4: a second row for pid 7 on gpu 0 at t=0",
+        ),
+        (
+            "t,gpu,pid,used_bytes,total_bytes\n0,0,,1," + "9" * 400 + "\n",
+            "trace.csv:2: total_bytes must be at most 18446744073709551615",
+        ),
+        ("t,gpu,pid,used_bytes,total_bytes\n1e16,0,,1,9\n", "trace.csv:2: t must be under"),
     ],
 )
 def test_malformed_trace_names_file_and_line(tmp_path: Path, text: str, message: str) -> None:
@@ -72,6 +85,12 @@ def test_malformed_trace_names_file_and_line(tmp_path: Path, text: str, message:
         list(read_trace(_trace(tmp_path, text)))
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_the_same_gpu_and_pid_at_another_time_are_fine(tmp_path: Path) -> None:
+    """Only a repeat within one sample is refused; and a spreadsheet's BOM is no problem."""
+    text = "\ufefft,gpu,pid,used_bytes,total_bytes\n0,0,,1,9\n0,0,7,1,\n1,0,,1,9\n1,0,7,1,\n"
+    assert len(list(read_trace(_trace(tmp_path, text)))) == 4
 
 
 def test_missing_and_binary_files_are_clear_errors(tmp_path: Path) -> None:

@@ -18,6 +18,13 @@ from typing import IO, NamedTuple
 from watchdog.errors import UsageError
 
 COLUMNS = ("t", "gpu", "pid", "used_bytes", "total_bytes")
+MAX_BYTES = (1 << 64) - 1
+"""The largest memory figure a trace may hold: NVML's own are 64-bit."""
+MAX_T = 1e12
+"""Trace time stays under this (31,700 years): past it, adding a poll interval to a
+time no longer moves it, and a replay could not step through the trace."""
+BOM = "\ufeff"
+"""What a spreadsheet's "CSV UTF-8" puts before the header."""
 
 
 class TraceError(UsageError, ValueError):
@@ -42,13 +49,15 @@ class TraceStep(NamedTuple):
     processes: list[TraceRow]
 
 
-def _parse_int(text: str, column: str, minimum: int) -> int:
+def _parse_int(text: str, column: str, minimum: int, maximum: int = MAX_BYTES) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"{column} is not an integer: {text!r}") from None
+        raise ValueError(f"{column} is not an integer: {text[:40]!r}") from None
     if value < minimum:
         raise ValueError(f"{column} must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{column} must be at most {maximum}, got {text[:40]}")
     return value
 
 
@@ -63,6 +72,8 @@ def _parse_row(fields: list[str], index: tuple[int, ...]) -> TraceRow:
         raise ValueError(f"t is not a number: {t_text!r}") from None
     if not math.isfinite(t) or t < 0:
         raise ValueError(f"t must be a finite number >= 0, got {t_text!r}")
+    if t >= MAX_T:
+        raise ValueError(f"t must be under {MAX_T:g} seconds, got {t_text!r}")
     gpu = _parse_int(gpu_text, "gpu", 0)
     used = _parse_int(used_text, "used_bytes", 0)
     if pid_text:
@@ -84,6 +95,8 @@ def read_rows(stream: IO[str], name: str) -> Iterator[TraceRow]:
     except csv.Error as exc:
         raise TraceError(f"{name}:1: {exc}") from None
     columns = [column.strip() for column in header]
+    if columns:
+        columns[0] = columns[0].removeprefix(BOM).strip()
     missing = [column for column in COLUMNS if column not in columns]
     if missing:
         raise TraceError(
@@ -93,6 +106,7 @@ def read_rows(stream: IO[str], name: str) -> Iterator[TraceRow]:
     index = tuple(columns.index(column) for column in COLUMNS)
     previous_t = 0.0
     line = 1
+    seen: set[tuple[int, int | None]] = set()  # (gpu, pid) of the rows at ``previous_t``
     try:
         for fields in reader:
             line = reader.line_num
@@ -101,6 +115,14 @@ def read_rows(stream: IO[str], name: str) -> Iterator[TraceRow]:
             row = _parse_row(fields, index)
             if row.t < previous_t:
                 raise ValueError(f"t goes backwards ({row.t:g} after {previous_t:g})")
+            if row.t != previous_t:
+                seen.clear()
+            if (row.gpu, row.pid) in seen:
+                # Two figures for one thing at one instant: whichever won, the other
+                # would be lost without a word (a flat copy can hide a leak).
+                what = f"gpu {row.gpu}" if row.pid is None else f"pid {row.pid} on gpu {row.gpu}"
+                raise ValueError(f"a second row for {what} at t={fields[index[0]].strip()}")
+            seen.add((row.gpu, row.pid))
             previous_t = row.t
             yield row
     except (ValueError, csv.Error) as exc:
@@ -110,7 +132,7 @@ def read_rows(stream: IO[str], name: str) -> Iterator[TraceRow]:
 def read_trace(path: str | Path) -> Iterator[TraceRow]:
     """Yield the rows of the trace file at ``path``; errors name the file and line."""
     try:
-        stream = open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed below
+        stream = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise TraceError(f"{path}: cannot open trace: {exc.strerror or exc}") from None
     with stream:

@@ -14,7 +14,6 @@ any is "processes not polled at this instant".
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,16 @@ from pathlib import Path
 from watchdog.config import DetectionSettings
 from watchdog.detectors.engine import DetectionEngine
 from watchdog.detectors.events import Event
-from watchdog.trace import COLUMNS, TraceError, group_steps, read_rows, read_trace
+from watchdog.trace import (
+    BOM,
+    COLUMNS,
+    MAX_BYTES,
+    MAX_T,
+    TraceError,
+    group_steps,
+    read_rows,
+    read_trace,
+)
 
 SeriesKey = tuple[int, int | None]
 """(gpu, pid); pid None for the GPU itself."""
@@ -68,7 +76,7 @@ def replay_file(
 ) -> ReplayResult:
     """Replay the trace file at ``path``; raise ``TraceError`` if it is malformed."""
     try:
-        with open(path, encoding="utf-8") as stream:
+        with open(path, encoding="utf-8-sig") as stream:
             text = stream.read()
     except OSError as exc:
         raise TraceError(f"{path}: cannot open trace: {exc.strerror or exc}") from None
@@ -130,8 +138,14 @@ def _feed(
             recording.add(t, (gpu, pid), used)
 
 
+def _check_distinct(processes: list[tuple[int, int, int]]) -> None:
+    """A second row for one pid at one instant: the reference parser names its line."""
+    if len(processes) > 1 and len({p[:2] for p in processes}) != len(processes):
+        raise _NotFast
+
+
 def _header(line: str, name: str) -> tuple[int, ...]:
-    if '"' in line:
+    if '"' in line or line.startswith(BOM):
         raise _NotFast
     columns = [column.strip() for column in line.split(",")]
     if any(column not in columns for column in COLUMNS):
@@ -153,10 +167,11 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
     width = max(index) + 1
     it, ig, ip, iu, itot = index
     current = t = 0.0
-    current_text = ""
+    current_text: str | None = None
     devices: list[tuple[int, int, int]] = []
     processes: list[tuple[int, int, int]] = []
     steps = device_count = process_count = 0
+    last_gpu = -1
     try:
         for line in lines[1:] if isinstance(lines, list) else list(lines)[1:]:
             if not line:
@@ -178,9 +193,11 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
                 t = float(t_text)
                 current_text = t_text
             if t != current:
-                if not current <= t < math.inf:
+                if not current <= t < MAX_T:
                     raise _NotFast
                 if devices or processes:
+                    if processes:
+                        _check_distinct(processes)
                     if record:
                         _feed(engine, result, current, devices, processes or None)
                     else:
@@ -190,10 +207,11 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
                         process_count += len(processes)
                     devices = []
                     processes = []
+                    last_gpu = -1
                 current = t
             gpu = int(gpu_text)
             used = int(used_text)
-            if gpu < 0 or used < 0:
+            if gpu < 0 or not 0 <= used <= MAX_BYTES:
                 raise _NotFast
             if pid_text:
                 pid = int(pid_text)
@@ -202,12 +220,16 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
                 processes.append((gpu, pid, used))
             else:
                 total = int(total_text)
-                if total < 1:
+                # GPUs in rising order, as recordings write them: none twice. Any other
+                # order goes to the reference parser, which checks them one by one.
+                if not 1 <= total <= MAX_BYTES or gpu <= last_gpu:
                     raise _NotFast
+                last_gpu = gpu
                 devices.append((gpu, used, total))
     except (ValueError, TypeError):
         raise _NotFast from None
     if devices or processes:
+        _check_distinct(processes)
         if record:
             _feed(engine, result, current, devices, processes or None)
         else:

@@ -152,6 +152,13 @@ class Ledger:
         """Restarts of ``job`` (or dry-run ones) at or after ``since_wall``."""
         return sum(1 for when in self._restarts.get((dry_run, job), ()) if when >= since_wall)
 
+    def expiries(self, cooldown_s: float, restart_window_s: float) -> list[float]:
+        """Wall times at which a cooldown, a restart's count in the budget, or a wait ends."""
+        ends = [last + cooldown_s for last in self._last.values()]
+        ends += [when + restart_window_s for times in self._restarts.values() for when in times]
+        ends += [until for _, until in self._in_flight.values() if until < math.inf]
+        return ends
+
     def in_flight(self, job: str, wall: float = -math.inf) -> str | None:
         """The command in flight for ``job`` at wall time ``wall``, if any."""
         entry = self._in_flight.get(job)
@@ -233,6 +240,24 @@ class Policy:
     def active(self) -> list[Finding]:
         """The findings currently raised."""
         return list(self._active.values())
+
+    def next_change(self, t: float) -> float:
+        """The earliest time from ``t`` on at which ``decide`` could decide anything new.
+
+        With no new event until then, every ask in between gives what the ask at
+        ``t`` gave: a rung waits for a finding's countdown to pass under its
+        ``under_time_to_oom_s``, a guard for its cooldown, budget window or wait to
+        end (decisions are taken at wall time = ``t`` here, as in replay).
+        """
+        due = [
+            finding.t + finding.time_to_oom_s - step.under_time_to_oom_s
+            for finding in self._active.values()
+            if finding.time_to_oom_s is not None
+            for step in self._ladder
+            if step.under_time_to_oom_s > 0
+        ]
+        due += self.ledger.expiries(self._cooldown_s, self._restart_window_s)
+        return min((when for when in due if when >= t), default=math.inf)
 
     def culprits(self, gpu: int) -> set[int]:
         """Pids with a memory finding of their own raised on ``gpu``.

@@ -12,6 +12,7 @@ on that GPU, as in the live daemon (``Policy.culprits``; else the GPU itself,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,7 +53,8 @@ def decisions_over(
         while index < len(pending) and pending[index].t <= t:
             policy.observe(pending[index])
             index += 1
-        for decision in policy.decide(t, t, jobs):
+        decided = policy.decide(t, t, jobs)
+        for decision in decided:
             decisions.append(decision)
             if decision.outcome == SEND:
                 policy.ledger.finished(decision.job)
@@ -60,6 +62,17 @@ def decisions_over(
             if index >= len(pending):
                 break
             t = max(t + interval_s, pending[index].t)  # nothing to decide until the next event
-        else:
+        elif decided:
             t += interval_s
+        else:
+            # Nothing can change before the policy's next due time or the next event, so
+            # skip the asks before it, but the last: from there on, ask at every interval
+            # again, and the first ask to see the change is the one the daemon makes.
+            # A day-long gap in a trace is then a few steps, not 86,400.
+            wake = policy.next_change(t)
+            if index < len(pending):
+                wake = min(wake, pending[index].t)
+            if wake == math.inf:
+                break  # no event left and nothing the passing of time would change
+            t += max(1, math.floor((wake - t) / interval_s) - 1) * interval_s
     return decisions
