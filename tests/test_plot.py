@@ -54,6 +54,22 @@ def test_plot_with_json_keeps_stdout_pure(
     assert png.exists()
 
 
+def test_a_format_matplotlib_cannot_write_is_refused_before_the_replay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--plot out.txt is one line naming the formats (exit 2), with nothing printed first."""
+    pytest.importorskip("matplotlib")
+    trace = tmp_path / "t.csv"
+    write_trace(trace)
+    assert main(["replay", str(trace), "--plot", str(tmp_path / "out.txt")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1
+    assert "cannot write .txt files; use one of" in captured.err
+    assert ".png" in captured.err
+    assert main(["replay", str(trace), "--plot", str(tmp_path / "out.SVG")]) == 0
+
+
 def test_missing_matplotlib_is_one_clear_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,17 +20,29 @@ MAX_POINTS = 4000
 """Points drawn per line; longer series are reduced to the min and max of each stretch."""
 
 
-def require_matplotlib() -> Any:
-    """Import matplotlib with a non-interactive backend, or fail with a one-line fix."""
+def require_matplotlib(path: Path | None = None) -> Any:
+    """Import matplotlib with a non-interactive backend, or fail with a one-line fix.
+
+    With ``path``, also check that matplotlib can write its format (the file's
+    suffix), so a replay is not run for a plot that cannot be saved.
+    """
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
         raise UsageError(
             "--plot needs matplotlib, which is not installed: pip install 'gpu-job-watchdog[plot]'"
         ) from None
+    suffix = path.suffix.lower().removeprefix(".") if path is not None else ""
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        raise UsageError(
+            f"--plot {path}: cannot write .{suffix} files; use one of "
+            + ", ".join(f".{name}" for name in sorted(formats))
+        )
     return plt
 
 

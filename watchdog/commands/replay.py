@@ -34,7 +34,8 @@ def register(subparsers: Any) -> None:
         "--plot",
         type=Path,
         metavar="OUT.png",
-        help="also draw the trace and its detections to a PNG (needs the [plot] extra)",
+        help="also draw the trace and its detections to an image: PNG, or SVG, PDF... by the "
+        "suffix (needs the [plot] extra)",
     )
     parser.set_defaults(func=run)
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         from watchdog.plot import require_matplotlib
 
-        require_matplotlib()
+        require_matplotlib(args.plot)
     result = replay_file(args.trace, config.detection, record=args.plot is not None)
     decisions = decisions_over(
         result.events, result.duration_s, config.sources.device_interval_s, config.policy
