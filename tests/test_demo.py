@@ -10,7 +10,13 @@ import pytest
 from conftest import REPO
 
 from watchdog.demo.display import Display, minutes, sparkline
-from watchdog.demo.runner import MAX_LEAK_RATE, MIN_LEAK_RATE, leak_rate_for
+from watchdog.demo.runner import (
+    MAX_LEAK_RATE,
+    MIN_LEAK_RATE,
+    Demo,
+    DemoOptions,
+    leak_rate_for,
+)
 
 GIB = 1 << 30
 
@@ -88,3 +94,13 @@ def test_bad_demo_arguments_exit_2_with_one_line(args, message):
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
 
+
+
+@pytest.mark.parametrize(("loss", "said"), [(0.01234, "final loss 0.0123"), (None, "no step left")])
+def test_the_end_of_training_is_shown_with_or_without_a_last_step(tmp_path, loss, said):
+    """A job restarted on its last step resumes with no step to run and no loss to report."""
+    out = io.StringIO()
+    demo = Demo(DemoOptions(run_dir=tmp_path), Display(out, live=False))
+    demo._show_event({"event": "done", "step": 200, "loss": loss, "out": "final.pt"})
+    assert out.getvalue().rstrip().endswith(f"finished at step 200, {said}")
+    assert demo.result.final_step == 200

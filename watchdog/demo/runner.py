@@ -341,7 +341,10 @@ class Demo:
             self._step = int(event.get("step", 0))
             self.result.final_step = self._step
             self.result.weights = str(event.get("out", ""))
-            show("train", f"finished at step {self._step}, final loss {event.get('loss'):.4f}")
+            loss = event.get("loss")
+            # None when a restart came on the last step: the resumed job has no step left.
+            said = f"final loss {loss:.4f}" if isinstance(loss, (int, float)) else "no step left"
+            show("train", f"finished at step {self._step}, {said}")
 
     def _poll_journal(self) -> None:
         path = self.state_dir / "journal.jsonl"
