@@ -381,7 +381,7 @@ def test_lost_device_and_hidden_process_figures_are_skipped() -> None:
     assert engine.status() == []
 
 
-def allocator_run(allocated: float, reserved: float) -> list[Event]:
+def allocator_run(allocated: float, reserved: float, series: str = "process") -> list[Event]:
     """A process leaking 2 MiB/s on NVML while its allocator figures grow as given (bytes/s)."""
     engine = DetectionEngine()
     events: list[Event] = []
@@ -393,7 +393,7 @@ def allocator_run(allocated: float, reserved: float) -> list[Event]:
             t, 0, PID, int(8 * GIB + grown * allocated), int(12 * GIB + grown * reserved)
         )
         events += engine.observe_step(t, [(0, used + GIB, TOTAL)], [(0, PID, used)])
-    return [e for e in leaks(events) if e.series == "process"]
+    return [e for e in events if e.kind == "leak" and e.state == "raised" and e.series == series]
 
 
 @pytest.mark.parametrize(
@@ -411,6 +411,32 @@ def test_allocator_figures_name_the_kind_of_growth(
     raised = allocator_run(allocated, reserved)
     assert raised
     assert raised[0].cause == cause
+    # The GPU's leak is its one leaking process's (docs/detection.md, "Growth kind").
+    (gpu_leak,) = allocator_run(allocated, reserved, series="gpu")
+    assert gpu_leak.cause == cause
+
+
+@pytest.mark.parametrize("gpus_over_time", [[(), (0,)], [(0, 1), (1,)]])
+def test_a_process_has_one_host_series_whichever_gpus_it_is_on(
+    gpus_over_time: list[tuple[int, ...]],
+) -> None:
+    """Seen on the host before its first CUDA context, or leaving one of two GPUs: one series.
+
+    Keyed by its GPU, the host series was duplicated, and the stale copy's findings
+    were later cleared as "no samples" while the memory still grew.
+    """
+    engine = DetectionEngine()
+    host_total = 64 * GIB
+    for step, gpus in enumerate(gpus_over_time):
+        t = step * 5.0
+        engine.observe_step(
+            t, [(gpu, 5 * GIB, TOTAL) for gpu in (0, 1)], [(gpu, PID, 4 * GIB) for gpu in gpus]
+        )
+        engine.observe(Reading(
+            t=t, host_processes=[HostProcessSample(pid=PID, rss_bytes=4 * GIB)],
+            host_memory=HostMemory(total_bytes=host_total, available_bytes=host_total // 2),
+        ))
+    assert [s.pid for s in engine.status() if s.series == "host_rss"] == [PID]
 
 
 def test_host_rss_leak_is_raised_against_host_memory() -> None:

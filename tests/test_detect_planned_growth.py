@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from watchdog.detectors import DetectionEngine, Event
 from watchdog.detectors.engine import MAX_PLANNED_GROWTH_S
+from watchdog.samples import DeviceSample, GpuProcessSample, Reading
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -175,3 +176,45 @@ def test_the_status_shows_which_series_a_plan_holds() -> None:
     assert held == {("gpu", None), ("process", PID)}
     engine.end_growth(1.0, PID)
     assert not any(s.growth_planned for s in engine.status())
+
+
+def test_growing_past_a_plan_loses_none_of_the_poll_s_other_events() -> None:
+    """The poll where a process passes its planned size reports its GPU's near_oom too."""
+    engine = DetectionEngine()
+    for t in range(0, 300, 5):
+        if t == 100:
+            engine.plan_growth(float(t), 0, PID, 3600.0, up_to_bytes=30 * GIB)
+        engine.observe_step(float(t), [(0, 21 * GIB, TOTAL)], [(0, PID, 20 * GIB)])
+    # One poll: past the planned 30 GiB, and the GPU at 95 %.
+    events = engine.observe_step(300.0, [(0, 38 * GIB, TOTAL)], [(0, PID, 37 * GIB)])
+    assert ("near_oom", "raised", None) in [(e.kind, e.state, e.pid) for e in events]
+
+
+def test_a_hidden_process_that_exits_takes_its_plan_with_it() -> None:
+    """Where the driver hides per-process memory there is no series to forget: the plan goes.
+
+    A plan left behind held the GPU for its next job's leak (up to six hours), and
+    the plans of such jobs piled up in the engine.
+    """
+    engine = DetectionEngine()
+
+    def poll(t: float, used: float, pid: int) -> list[Event]:
+        return engine.observe(Reading(
+            t=t, devices=[DeviceSample(gpu=0, used_bytes=int(used), total_bytes=TOTAL)],
+            processes=[GpuProcessSample(gpu=0, pid=pid, used_bytes=None)],
+        ))
+
+    for t in range(0, 600, 5):
+        if t == 300:
+            engine.plan_growth(float(t), 0, OTHER, 3600.0, up_to_bytes=20 * GIB)
+        poll(float(t), 10 * GIB, OTHER)
+    raised = None
+    for t in range(600, 4 * 3600, 5):  # the next job: no plan, a leak of 3 MiB/s from 1200 s
+        used = 10 * GIB + max(0, t - 1200) * 3 * MIB
+        if used >= TOTAL or raised is not None:
+            break
+        if leaks(poll(float(t), used, PID), None):
+            raised = t
+    assert raised is not None
+    assert raised < 4500  # 4160 s; with the old plan left, 6560
+    assert (engine._plans, engine._outgrown) == ({}, {})

@@ -69,6 +69,8 @@ class DetectionEngine:
         self._processes: dict[tuple[int, int], Series] = {}
         self._others: dict[Key, Series] = {}
         self._pids: dict[int, frozenset[int]] = {}
+        self._present: set[tuple[int, int]] = set()
+        """(gpu, pid) of the last full process list, hidden figures included."""
         self._gpu_of_pid: dict[int, int] = {}
         self._started: dict[int, int] = {}
         """pid -> start time of the process whose series are kept under that pid."""
@@ -123,7 +125,7 @@ class DetectionEngine:
             for gpu, used, total in devices:
                 series = gpus.get(gpu)
                 if series is None:
-                    series = gpus[gpu] = Series(GPU, gpu, None, self.settings, out, t, total)
+                    series = gpus[gpu] = self._new(GPU, gpu, None, t, total)
                 series.add(t, used, total)
         if processes is not None:
             self._observe_processes(t, processes, still_running)
@@ -181,6 +183,11 @@ class DetectionEngine:
         ``afresh``: from where the memory stands now (the plan ended as planned);
         otherwise with what came before, so a climb past the plan is judged whole.
         """
+        self._end_growth(t, pid, afresh)
+        return self._drain()
+
+    def _end_growth(self, t: float, pid: int, afresh: bool) -> None:
+        """``end_growth`` without draining: inside a poll, its events join the poll's."""
         plan = self._plans.pop(pid, None)
         if afresh:
             self._outgrown.pop(pid, None)
@@ -190,12 +197,11 @@ class DetectionEngine:
             for series in self._series_of(pid):
                 series.end_growth(t, afresh)
             self._gpus_plan(plan.gpu, t, afresh)
-        return self._drain()
 
     def _check_plan(self, t: float, pid: int, used: int) -> None:
         plan = self._plans.get(pid)
         if plan is not None and plan.up_to_bytes is not None and used > plan.up_to_bytes:
-            self.end_growth(t, pid, afresh=False)
+            self._end_growth(t, pid, afresh=False)
 
     def _series_of(self, pid: int) -> Iterator[Series]:
         yield from (s for (_, p), s in self._processes.items() if p == pid)
@@ -239,10 +245,17 @@ class DetectionEngine:
                 self._check_plan(t, pid, used)
         present = {(gpu, pid) for gpu, pid, _ in processes}
         present.update(still)
-        if not started and len(present) == len(table) and all(key in present for key in table):
+        if not started and present == self._present:
             return  # the usual case: the same processes as last time
+        self._present = present
         for gpu, pid in [key for key in table if key not in present]:
             self._forget_process(t, gpu, pid)
+        # A process whose memory the driver hides has no series to forget, only its plan
+        # (or the size of one it went past).
+        listed = {pid for _, pid in present}
+        for pid in [pid for pid in {*self._plans, *self._outgrown} if pid not in listed]:
+            if any(pid in pids for pids in self._pids.values()):  # it was listed, and left
+                self._drop_plan(t, pid)
         seen: dict[int, set[int]] = {}
         for gpu, pid in present:
             seen.setdefault(gpu, set()).add(pid)
@@ -266,11 +279,14 @@ class DetectionEngine:
             if rss is None or memory is None:
                 continue
             present.add(sample.pid)
-            key: Key = (HOST_RSS, self._gpu_of_pid.get(sample.pid, -1), sample.pid)
+            # One series per process, whichever GPU it is on (or none yet): its host
+            # memory does not change with the GPUs it holds a context on.
+            key: Key = (HOST_RSS, -1, sample.pid)
             series = self._others.get(key)
             if series is None:
+                gpu = self._gpu_of_pid.get(sample.pid, -1)
                 series = self._others[key] = self._new(
-                    HOST_RSS, key[1], sample.pid, reading.t, memory.total_bytes
+                    HOST_RSS, gpu, sample.pid, reading.t, memory.total_bytes
                 )
             available = float(memory.available_bytes)
             series.headroom_of = lambda available=available: available
@@ -302,8 +318,13 @@ class DetectionEngine:
 
     def _forget_process(self, t: float, gpu: int, pid: int) -> None:
         self._processes.pop((gpu, pid)).forget(t, "process exited")
-        self._drop_plan(t, pid)
-        self._gpu_of_pid.pop(pid, None)
+        others = [g for g, p in self._processes if p == pid]
+        if others:  # still on another GPU: it is alive, its plan and host series stay
+            if self._gpu_of_pid.get(pid) == gpu:
+                self._gpu_of_pid[pid] = others[0]
+        else:
+            self._drop_plan(t, pid)
+            self._gpu_of_pid.pop(pid, None)
         for kind in (ALLOCATED, RESERVED):
             series = self._others.pop((kind, gpu, pid), None)
             if series is not None:
