@@ -161,17 +161,18 @@ def judge(
     start = label.leak_start_t or 0.0
     deadline = label.deadline()
     outcome.early = any(a < start for a, _ in intervals)
+    if deadline is None:
+        return outcome  # a leak that never ran out in the trace: no deadline, no catch
     if twin is None:
         twin = [(a, b) for a, b in intervals if a < start]
     for a, b in intervals:
-        standing = deadline is None or (a <= deadline < b)
-        if not standing:
+        if not a <= deadline < b:
             continue
         about = _past(max(a, start), twin)
-        if deadline is not None and about > deadline:
+        if about > deadline:
             break  # the healthy twin alarmed all along: nothing here is about the leak
         outcome.caught = True
-        outcome.lead_s = (label.oom_t - about) if label.oom_t is not None else None
+        outcome.lead_s = label.oom_t - about if label.oom_t is not None else None
         break
     return outcome
 
@@ -331,13 +332,18 @@ def evaluate(
     healthy = twin_alarms(label, settings, generator) if label.leak else TwinAlarms()
     intervals, near = project_intervals(result.events, label, end)
     outcome = judge(label, intervals, healthy.project)
-    # Any finding that lets the policy checkpoint: leak or near_oom on the leaking series.
-    # On healthy traces only a leak is a false alarm (near_oom on a full card is right).
+    # Any finding that lets the policy act: leak or near_oom on the leaking series. On a
+    # healthy trace either is a false alarm, but for near_oom on a job sized to its card,
+    # where it is right.
     either, _ = project_intervals(result.events, label, end, ("leak", "near_oom"))
     device = list(device_series(lines, label.gpu))
+    if label.leak:
+        any_finding = judge(label, either, healthy.either)
+    else:
+        any_finding = outcome if label.near_oom_expected else judge(label, either)
     outcomes = {
         "project": outcome,
-        ANY_FINDING: judge(label, either, healthy.either) if label.leak else outcome,
+        ANY_FINDING: any_finding,
         "static >= 95%": judge(label, intervals_of(static_threshold(device), end), healthy.static),
         "predict_linear 1h/4h": judge(
             label, intervals_of(predict_linear(device), end), healthy.predicted
@@ -433,6 +439,11 @@ def report(records: list[Record], generator: ModuleType, seeds: list[int]) -> in
     print(
         f"\nnear_oom raised on jobs sized near the card: {sum(r.near_oom for r in expected)}"
         f"/{len(expected)}; on other healthy traces: {len(near_healthy)}"
+    )
+    static_full = sum(r.outcomes["static >= 95%"].alarmed for r in expected)
+    print(
+        f"static >= 95% false alarms on jobs sized near the card (where near_oom is right): "
+        f"{static_full} of {tallies['static >= 95%'].false_alarms}"
     )
     healthy_alarms = [r.alarms for r in records if not r.label.leak and r.alarms]
     if healthy_alarms:

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import scenarios
 import score
 
+from watchdog.config import DetectionSettings
 from watchdog.detectors.replay import replay_lines
 from watchdog.trace import read_rows
 
@@ -95,6 +96,35 @@ def test_only_the_alarm_standing_at_the_deadline_counts() -> None:
     early = score.judge(label, [(500.0, 5001.0)])
     assert early.early
     assert not early.caught
+
+
+def test_a_leak_that_never_ran_out_is_a_miss_for_every_method() -> None:
+    """No OOM in the trace: no deadline to be in time for, so no catch and no crash."""
+    label = scenarios.Label("x", "steady_late", 1, leak=True, leak_start_t=1000.0, oom_t=None)
+    outcome = score.judge(label, [(2000.0, 9000.0)])
+    assert not outcome.caught
+    tally = score.Tally()
+    tally.add(label, outcome)
+    assert (tally.caught, tally.missed) == (0, ["x"])
+
+
+@pytest.mark.parametrize(("sized_to_the_card", "false_alarm"), [(True, False), (False, True)])
+def test_near_oom_on_a_healthy_job_is_a_false_alarm_unless_it_is_sized_to_its_card(
+    sized_to_the_card: bool, false_alarm: bool
+) -> None:
+    """In the "leak or near_oom" row a healthy job's near_oom counts as an alarm too, but where
+    the job is meant to fill its card; the leak-only row and the static baseline are as ever."""
+    total = 16 << 30
+    lines = ["t,gpu,pid,used_bytes,total_bytes"]
+    for step in range(0, 2 * 3600, 5):
+        used = int(total * 0.935) if step >= 600 else (1 << 30) + step * total // 700
+        lines += [f"{step},0,,{used},{total}", f"{step},0,42,{used - (300 << 20)},"]
+    label = scenarios.Label("flat", "flat_95", 1, leak=False,
+                            near_oom_expected=sized_to_the_card)
+    record = score.evaluate(lines, label, DetectionSettings(), scenarios)
+    assert record.near_oom
+    assert not record.outcomes["project"].alarmed
+    assert record.outcomes[score.ANY_FINDING].alarmed is false_alarm
 
 
 @pytest.mark.parametrize(("scenario", "seed"), [("sawtooth", 500057), ("restart", 700061)])
