@@ -330,6 +330,20 @@ def test_a_trickling_client_is_cut_at_the_connection_deadline(
         loris.close()
 
 
+def test_out_of_descriptors_a_scrape_goes_without_its_deadline_and_frees_its_slot(
+    serve: Callable[..., MetricsServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMFILE on the deadline's dup: served all the same, and the one slot is free again."""
+    server = serve(max_concurrent=1)
+
+    def no_descriptors(self: socket.socket) -> socket.socket:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(socket.socket, "dup", no_descriptors)
+    for _ in range(3):
+        assert _request(server.port).status == 200
+
+
 def test_stop_returns_while_every_slot_is_held(serve: Callable[..., MetricsServer]) -> None:
     """With the slots taken and a connection waiting for one, stop() still returns at once."""
     server = serve(max_concurrent=1, request_timeout_s=60.0)

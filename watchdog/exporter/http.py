@@ -102,16 +102,24 @@ class _BoundedServer(ThreadingHTTPServer):
         # through a duplicate of the socket, which stays valid after the handler
         # closes its own (no descriptor reused meanwhile is ever touched), and
         # reaches a TLS connection too, whose socket replaced ``request``.
-        guard = request.dup()
-        deadline = threading.Timer(self.request_timeout_s, _cut, (guard,))
-        deadline.daemon = True
-        deadline.start()
+        guard: socket.socket | None = None
+        deadline: threading.Timer | None = None
         try:
+            try:
+                guard = request.dup()
+            except OSError:  # out of descriptors: this one has only the per-read timeout
+                pass
+            else:
+                deadline = threading.Timer(self.request_timeout_s, _cut, (guard,))
+                deadline.daemon = True
+                deadline.start()
             super().process_request_thread(request, client_address)
         finally:
-            deadline.cancel()
-            deadline.join()
-            guard.close()
+            if deadline is not None:
+                deadline.cancel()
+                deadline.join()
+            if guard is not None:
+                guard.close()
             self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
