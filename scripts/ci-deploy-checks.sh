@@ -34,17 +34,18 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 step "systemd-analyze verify $UNIT"
-# verify checks that ExecStart exists, so it runs on a root made of this machine's units,
-# the unit, and a stand-in for /opt/gpu-watchdog/bin/gpu-watchdog.
+# verify checks that ExecStart and ExecReload exist, so it runs on a root made of this
+# machine's units, the unit, and stand-ins for /opt/gpu-watchdog/bin/gpu-watchdog and /bin/kill.
 root=$work/root
 mkdir -p "$root/usr/lib/systemd" "$root/etc/systemd/system"
 if [ -d /usr/lib/systemd/system ]; then units=/usr/lib/systemd/system; else units=/lib/systemd/system; fi
 cp -a "$units" "$root/usr/lib/systemd/system"
 cp "$UNIT" "$root/etc/systemd/system/"
-exe=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$UNIT")
-mkdir -p "$root$(dirname "$exe")"
-printf '#!/bin/sh\n' > "$root$exe"
-chmod 755 "$root$exe"
+for exe in $(sed -n 's/^Exec\(Start\|Reload\)=\([^ ]*\).*/\2/p' "$UNIT"); do
+  mkdir -p "$root$(dirname "$exe")"
+  printf '#!/bin/sh\n' > "$root$exe"
+  chmod 755 "$root$exe"
+done
 out=$(systemd-analyze verify --root="$root" --man=no --generators=no \
   "$root/etc/systemd/system/$(basename "$UNIT")" 2>&1) || fail "systemd-analyze verify: $out"
 # Unknown keys and bad values are only warnings with exit status 0: any output fails.
