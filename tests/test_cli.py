@@ -29,16 +29,19 @@ def _cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.Com
     )
 
 
-def _scrape(url: str, timeout: float = 15) -> str:
+def _scrape(url: str, timeout: float = 15, until: str = "") -> str:
+    """The body at ``url`` once it answers (and, with ``until``, once the body holds it)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                return response.read().decode()
+                body = response.read().decode()
+            if until in body or time.monotonic() > deadline:
+                return body
         except OSError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.1)
+        time.sleep(0.1)
 
 
 def test_run_simulated_serves_labelled_metrics_and_stops_on_sigterm(
@@ -65,8 +68,10 @@ def test_run_simulated_serves_labelled_metrics_and_stops_on_sigterm(
         env=cli_env,
     )
     try:
-        body = _scrape(f"http://127.0.0.1:{port}/metrics")
-        assert 'gpu_watchdog_gpu_memory_used_bytes{gpu="0",source="simulated"}' in body
+        # /metrics answers from the moment the port is bound, the first poll a moment later.
+        used = 'gpu_watchdog_gpu_memory_used_bytes{gpu="0",source="simulated"}'
+        body = _scrape(f"http://127.0.0.1:{port}/metrics", until=used)
+        assert used in body
         assert "gpu_watchdog_build_info{" in body
         assert 'source="simulated"' in body
         assert _scrape(f"http://127.0.0.1:{port}/healthz").strip() == "ok"
