@@ -774,3 +774,32 @@ def test_a_process_list_the_driver_failed_to_give_ends_no_finding() -> None:
         poll(t + 5.0 * step, unread=False)
     assert leaks(events, "cleared") == []
     assert len(leaks(events)) == len({e.pid for e in leaks(events)})  # none raised twice
+
+
+def test_the_series_index_by_pid_follows_every_process_coming_and_going() -> None:
+    """Processes come, go, move GPUs and have their pids reused: the index stays exact."""
+    rng = random.Random(7)
+    engine = DetectionEngine()
+    host = HostMemory(total_bytes=512 * GIB, available_bytes=400 * GIB)
+    started = dict.fromkeys(range(100, 130), 1)
+    devices = [DeviceSample(gpu=g, total_bytes=TOTAL, used_bytes=10 * GIB) for g in range(4)]
+    for step in range(400):
+        t = float(step * 5)
+        alive = [pid for pid in started if rng.random() < 0.7]
+        for pid in rng.sample(sorted(started), 2):
+            started[pid] += 1  # the kernel gave the pid to a new process
+        processes = [GpuProcessSample(gpu=pid % 4 + step % 2, pid=pid, used_bytes=GIB)
+                     for pid in alive]
+        hosts = [HostProcessSample(pid=pid, rss_bytes=GIB, started=started[pid])
+                 for pid in alive if rng.random() < 0.9]
+        engine.observe(Reading(t=t, devices=devices, processes=processes,
+                               host_processes=hosts, host_memory=host))
+        for pid in alive[:5]:
+            engine.observe_allocator(t, pid % 4, pid, GIB // 2, GIB)
+        expected: dict[int, set[tuple[str, int, int | None]]] = {}
+        for gpu, pid in engine._processes:
+            expected.setdefault(pid, set()).add(("process", gpu, pid))
+        for key in engine._others:
+            expected.setdefault(key[2], set()).add(key)
+        assert {pid: set(keys) for pid, keys in engine._keys_of_pid.items()} == expected
+        assert set(engine._started) <= set(expected)

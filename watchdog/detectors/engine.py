@@ -74,6 +74,10 @@ class DetectionEngine:
         self._gpu_of_pid: dict[int, int] = {}
         self._started: dict[int, int] = {}
         """pid -> start time of the process whose series are kept under that pid."""
+        self._keys_of_pid: dict[int, dict[Key, None]] = {}
+        """pid -> the keys of its series, process ones as ``(PROCESS, gpu, pid)``, in the
+        order they were made. Finding them without a scan of every series keeps many
+        processes exiting at once linear in their number, not quadratic."""
         self._plans: dict[int, PlannedGrowth] = {}
         """pid -> the growth that process planned (``plan_growth``)."""
         self._outgrown: dict[int, int | None] = {}
@@ -146,7 +150,7 @@ class DetectionEngine:
             key = (kind, gpu, pid)
             series = self._others.get(key)
             if series is None:
-                series = self._others[key] = self._new(kind, gpu, pid, t, limit)
+                series = self._add_other(key, self._new(kind, gpu, pid, t, limit))
             series.add(t, value, limit or series.limit)
         if self._plans:
             # Where the driver hides per-process memory, the allocator's is what was planned.
@@ -204,8 +208,32 @@ class DetectionEngine:
             self._end_growth(t, pid, afresh=False)
 
     def _series_of(self, pid: int) -> Iterator[Series]:
-        yield from (s for (_, p), s in self._processes.items() if p == pid)
-        yield from (s for key, s in self._others.items() if key[2] == pid)
+        keys = list(self._keys_of_pid.get(pid, ()))
+        yield from (self._processes[(key[1], pid)] for key in keys if key[0] == PROCESS)
+        yield from (self._others[key] for key in keys if key[0] != PROCESS)
+
+    def _add_other(self, key: Key, series: Series) -> Series:
+        self._others[key] = series
+        if key[2] is not None:
+            self._keys_of_pid.setdefault(key[2], {})[key] = None
+        return series
+
+    def _pop_other(self, key: Key) -> Series:
+        self._unindex(key)
+        return self._others.pop(key)
+
+    def _pop_process(self, gpu: int, pid: int) -> Series:
+        self._unindex((PROCESS, gpu, pid))
+        return self._processes.pop((gpu, pid))
+
+    def _unindex(self, key: Key) -> None:
+        pid = key[2]
+        keys = self._keys_of_pid.get(pid) if pid is not None else None
+        if keys is None or pid is None:
+            return
+        keys.pop(key, None)
+        if not keys:
+            del self._keys_of_pid[pid]
 
     def _gpus_plan(self, gpu: int, t: float, afresh: bool = True) -> None:
         """Hold the GPU's series as long as the longest plan of a process on it."""
@@ -236,6 +264,7 @@ class DetectionEngine:
             device = gpus.get(gpu)
             if series is None:
                 series = table[(gpu, pid)] = self._new(PROCESS, gpu, pid, t, 0.0)
+                self._keys_of_pid.setdefault(pid, {})[(PROCESS, gpu, pid)] = None
                 self._gpu_of_pid[pid] = gpu
                 started = True
                 if device is not None:
@@ -285,14 +314,14 @@ class DetectionEngine:
             series = self._others.get(key)
             if series is None:
                 gpu = self._gpu_of_pid.get(sample.pid, -1)
-                series = self._others[key] = self._new(
-                    HOST_RSS, gpu, sample.pid, reading.t, memory.total_bytes
+                series = self._add_other(
+                    key, self._new(HOST_RSS, gpu, sample.pid, reading.t, memory.total_bytes)
                 )
             available = float(memory.available_bytes)
             series.headroom_of = lambda available=available: available
             series.add(reading.t, rss, memory.total_bytes)
         for gone in [k for k in self._others if k[0] == HOST_RSS and k[2] not in present]:
-            self._others.pop(gone).forget(reading.t, "process exited")
+            self._pop_other(gone).forget(reading.t, "process exited")
             self._release(gone[2])
         return self._drain()
 
@@ -317,8 +346,8 @@ class DetectionEngine:
         return device.headroom()
 
     def _forget_process(self, t: float, gpu: int, pid: int) -> None:
-        self._processes.pop((gpu, pid)).forget(t, "process exited")
-        others = [g for g, p in self._processes if p == pid]
+        self._pop_process(gpu, pid).forget(t, "process exited")
+        others = [key[1] for key in self._keys_of_pid.get(pid, ()) if key[0] == PROCESS]
         if others:  # still on another GPU: it is alive, its plan and host series stay
             if self._gpu_of_pid.get(pid) == gpu:
                 self._gpu_of_pid[pid] = others[0]
@@ -326,9 +355,8 @@ class DetectionEngine:
             self._drop_plan(t, pid)
             self._gpu_of_pid.pop(pid, None)
         for kind in (ALLOCATED, RESERVED):
-            series = self._others.pop((kind, gpu, pid), None)
-            if series is not None:
-                series.forget(t, "process exited")
+            if (kind, gpu, pid) in self._others:
+                self._pop_other((kind, gpu, pid)).forget(t, "process exited")
         self._release(pid)
 
     # -- process identity
@@ -346,12 +374,13 @@ class DetectionEngine:
 
     def _forget_pid(self, t: float, pid: int, why: str) -> None:
         """Forget every series of ``pid``: nothing of the old process carries over."""
-        for gpu, other in [key for key in self._processes if key[1] == pid]:
-            self._processes.pop((gpu, other)).forget(t, why)
+        keys = list(self._keys_of_pid.get(pid, ()))
+        for _, gpu, _ in [key for key in keys if key[0] == PROCESS]:
+            self._pop_process(gpu, pid).forget(t, why)
             # The GPU's sum now holds another process: judge it afresh on the next poll.
             self._pids[gpu] = self._pids.get(gpu, frozenset()) - {pid}
-        for key in [key for key in self._others if key[2] == pid]:
-            self._others.pop(key).forget(t, why)
+        for key in [key for key in keys if key[0] != PROCESS]:
+            self._pop_other(key).forget(t, why)
         self._gpu_of_pid.pop(pid, None)
         self._drop_plan(t, pid)
 
@@ -368,13 +397,8 @@ class DetectionEngine:
 
     def _release(self, pid: int | None) -> None:
         """Drop the identity of ``pid`` once no series of it is left (the process is gone)."""
-        if pid is None or pid not in self._started:
-            return
-        if any(key[1] == pid for key in self._processes) or any(
-            key[2] == pid for key in self._others
-        ):
-            return
-        del self._started[pid]
+        if pid is not None and pid in self._started and pid not in self._keys_of_pid:
+            del self._started[pid]
 
     def _sweep(self, t: float) -> None:
         """Forget series not seen for ``forget_after_s`` (GPU gone, process list not reported)."""
@@ -385,10 +409,9 @@ class DetectionEngine:
         for gpu, pid in [k for k, s in self._processes.items() if s.last_t < horizon]:
             self._forget_process(t, gpu, pid)
         for key in [k for k, s in self._others.items() if s.last_t < horizon]:
-            self._others.pop(key).forget(t, "no samples")
+            self._pop_other(key).forget(t, "no samples")
         # Identities of pids with no series left (gone, or never with a figure): bounded memory.
-        kept = {pid for _, pid in self._processes} | {key[2] for key in self._others}
-        self._started = {pid: at for pid, at in self._started.items() if pid in kept}
+        self._started = {pid: at for pid, at in self._started.items() if pid in self._keys_of_pid}
 
     # -- growth kind
 
