@@ -11,6 +11,7 @@ import threading
 import pytest
 from control_helpers import REPO, wait_for
 
+from watchdog.cli import build_parser
 from watchdog.commands import clients as clients_command
 from watchdog.commands import send as send_command
 from watchdog.testing import FakeDaemon
@@ -231,3 +232,28 @@ def test_another_user_may_not_join_a_registered_job():
     assert taken.startswith("error job_taken job 'root-job' is registered by another user")
     assert own.startswith("registered")
     assert jobs == {"root-job"}  # the refused one never joined; the other has left
+
+
+def test_send_dir_is_taken_from_where_the_command_runs(monkeypatch, tmp_path):
+    """A relative --dir names a directory under the caller's working directory, not the job's."""
+    sent: list[dict[str, object]] = []
+
+    class Requester:
+        def __init__(self, path: str) -> None:
+            pass
+
+        def __enter__(self) -> Requester:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def send(self, target, action, args, timeout_s):
+            sent.append(args)
+            return [{"pid": 1, "job": "j", "rank": 0, "command": action, "ok": True}]
+
+    monkeypatch.setattr(send_command, "ControlRequester", Requester)
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["send", "1", "dump_snapshot", "--dir", "snaps"])
+    assert send_command.run(args) == 0
+    assert sent == [{"dir": str(tmp_path / "snaps")}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 from typing import Any
 
@@ -30,7 +31,9 @@ def register(subparsers: Any) -> None:
                         help=f"one of: {', '.join(COMMANDS)}")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
                         help="seconds to wait for the result (default 600)")
-    parser.add_argument("--dir", metavar="DIR", help="dump_snapshot: directory for the snapshot")
+    parser.add_argument("--dir", metavar="DIR",
+                        help="dump_snapshot: directory for the snapshot, as the training "
+                             "process sees it (a relative one is taken from here)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     add_socket_options(parser)
     parser.set_defaults(func=run)
@@ -60,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise UsageError(f"--timeout must be a number of seconds > 0, got {args.timeout:g}")
     target: int | str = int(args.target) if _PID.fullmatch(args.target) else args.target
-    command_args = {"dir": args.dir} if args.dir else {}
+    # The training process opens the path; relative to its working directory, it would
+    # land wherever the job happened to start.
+    command_args = {"dir": os.path.abspath(args.dir)} if args.dir else {}
     with ControlRequester(socket_path(args)) as requester:
         results = requester.send(target, args.action, command_args, timeout_s=args.timeout)
     if args.json:
