@@ -149,3 +149,27 @@ def test_operator_rule_matches_the_rule_file() -> None:
         "python -c 'import tests.test_alerts as t; t.write_prometheus_rule()'"
     )
     assert OPERATOR_RULE.read_text().startswith(OPERATOR_HEADER)
+
+
+def test_rule_tests_feed_the_series_and_kind_values_the_daemon_exports() -> None:
+    """A promtool case built on label values the exporter never sets proves nothing."""
+    from watchdog.detectors.events import (
+        ALLOCATED,
+        GPU,
+        HOST_RSS,
+        LEAK,
+        NEAR_OOM,
+        PROCESS,
+        RESERVED,
+    )
+    from watchdog.detectors.orphans import ORPHANED_MEMORY
+    from watchdog.detectors.stall import RANK_LOST, STALLED
+
+    exported = {
+        "series": {GPU, PROCESS, HOST_RSS, ALLOCATED, RESERVED},
+        "kind": {LEAK, NEAR_OOM, STALLED, RANK_LOST, ORPHANED_MEMORY},
+    }
+    for path in [RULES, *RULE_TESTS]:
+        for label, allowed in exported.items():
+            used = set(re.findall(rf'\b{label}=~?"([^"]*)"', path.read_text()))
+            assert used <= allowed, f"{path.name}: {label} values never exported: {used - allowed}"
