@@ -323,8 +323,16 @@ def by(labels: str, function: str, inner: str) -> str:
 
 
 def increase(selector: str) -> str:
-    """Increase of a counter over Grafana's rate interval."""
-    return f"increase({selector}[$__rate_interval])"
+    """Increase of a counter over Grafana's rate interval, a series' first counts included.
+
+    The daemon exports a label set only once it has counted something, so a new
+    series' first sample already holds its count, which ``increase()`` cannot see:
+    a single Xid or a single leak raised would draw nothing.
+    """
+    return (
+        f"(increase({selector}[$__rate_interval])"
+        f" or ({selector} unless {selector} offset $__rate_interval))"
+    )
 
 
 def rate(selector: str) -> str:

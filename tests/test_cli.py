@@ -73,6 +73,8 @@ def test_run_simulated_serves_labelled_metrics_and_stops_on_sigterm(
         body = _scrape(f"http://127.0.0.1:{port}/metrics", until=used)
         assert used in body
         assert "gpu_watchdog_build_info{" in body
+        # The alerts tell a restart loop, and counts since a restart, by the start time.
+        assert re.search(r"^process_start_time_seconds \d", body, re.MULTILINE)
         assert 'source="simulated"' in body
         assert _scrape(f"http://127.0.0.1:{port}/healthz").strip() == "ok"
     finally:

@@ -388,3 +388,20 @@ def test_every_exported_metric_is_on_a_dashboard_or_deliberately_not(
         "on /metrics but on no dashboard panel, nor under 'Not on the dashboards' in "
         f"docs/metrics.md: {missing}"
     )
+
+
+def test_counter_panels_show_a_series_first_count(scraped: str) -> None:
+    """The one failed command is a bar on "Commands and actions", not a flat zero.
+
+    The daemon exports ``client_commands_total{result="error"}`` first when the
+    command fails, already at 1, and it stays 1: ``increase()`` alone never sees it.
+    """
+    node = load(REPO / "grafana" / "dashboards" / "gpu-watchdog-node.json")
+    panel = next(p for p in panels(node) if p["title"] == "Commands and actions")
+    target = next(t for t in panel["targets"] if "client_commands_total" in t["expr"])
+    expr = substitute(target["expr"], _variables(scraped, node))
+    shown = _query(scraped, f"max_over_time(({expr})[10m:1s])")
+    failed = [s for s in shown
+              if s["metric"] == {"command": FAILING_COMMAND, "result": "error"}]
+    assert failed, shown
+    assert float(failed[0]["value"][1]) > 0, shown

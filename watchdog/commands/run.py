@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from watchdog.commands._common import add_config_option, add_simulate_option, build_sources, load
@@ -180,6 +181,9 @@ def _serve_metrics(
     security: WebSecurity,
 ) -> int:
     registry = CollectorRegistry(auto_describe=True)
+    # process_start_time_seconds tells the alerts a restart loop, and counts since a
+    # restart, apart from a daemon that is simply up; the rest shows its footprint.
+    ProcessCollector(registry=registry)
     registry.register(StateCollector(state.snapshot, config.sources.stall_after_s))
     registry.register(DetectionCollector(supervisor.detection_status))
     registry.register(server.collector())
