@@ -7,6 +7,7 @@ rank and exits 75 (as checkpoint_and_restart does); generation 1 resumes and
 finishes, printing "done <rank> <resumed step> <final step>" after
 "gloo-workers <rank> <n>": the gloo worker threads that the exit hook of
 watchdog.client.distributed finds by name (it waits for them to park at exit).
+Each generation of each rank prints "job <rank> <generation> <job id>" first.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
                          restart_wait_s=30)
     resumed = wd.resume() or 0
     generation = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    print(f"job {dist.get_rank()} {generation} {wd.job}", flush=True)
     while wd.step_count < steps:
         optimizer.zero_grad()
         model(torch.randn(8, 4)).sum().backward()

@@ -36,8 +36,8 @@ def _env_int(env: dict[str, str] | os._Environ[str], name: str) -> int | None:
 
 
 def job_id(explicit: str | None = None, env: Any = None) -> str:
-    """The job this process belongs to: the name given, torchrun's run id, Slurm's job id, else
-    ``<user>-<pid>``."""
+    """The job this process belongs to: the name given, torchrun's run id, Slurm's job id,
+    ``<user>-torchrun-<agent pid>`` for torchrun without ``--rdzv-id``, else ``<user>-<pid>``."""
     env = os.environ if env is None else env
     if explicit:
         return explicit
@@ -50,6 +50,12 @@ def job_id(explicit: str | None = None, env: Any = None) -> str:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
+    if "TORCHELASTIC_RESTART_COUNT" in env:
+        # torchrun without --rdzv-id says "none". Its ranks on this node are children of
+        # one agent process, which outlives their restarts: one job, under one name,
+        # keeping its cooldowns and restart budget. A pid each would make every rank,
+        # and every restart of it, a job of its own.
+        return f"{user}-torchrun-{os.getppid()}"
     return f"{user}-{os.getpid()}"
 
 
