@@ -259,6 +259,39 @@ def test_checkpoint_and_restart_exits_with_the_code(server_factory, model_and_op
 
 
 @needs_torch
+def test_a_rank_restarts_only_once_rank_0_committed_the_checkpoint(
+    server_factory, model_and_optimizer, short_dir, handles, monkeypatch
+):
+    """Rank 1 waits for rank 0's checkpoint of the step: none, it fails and trains on."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    server = server_factory()
+    model, optimizer = model_and_optimizer
+    wd = attach(model, optimizer, socket_path=server.socket_path, checkpoint_dir=short_dir / "ck",
+                restart_wait_s=0.3)
+    handles.append(wd)
+    wait_for(server.clients)
+    # Sent to this rank alone: rank 0 never writes a checkpoint of step 10.
+    future = server.send_command_async(os.getpid(), "checkpoint_and_restart", requester_uid=0)
+    wait_for(lambda: wd._pending, what="command queued")
+    wd.step_count = 9
+    wd.step()  # no RestartRequested: restarting would lose every step since the last one
+    (result,) = future.result(5)
+    assert not result.ok
+    assert "rank 0 committed no checkpoint of step 10" in result.error
+    # Rank 0 committed this time: rank 1 reports it and leaves for the restart.
+    CheckpointStore(short_dir / "ck").save({"step": 20}, 20)
+    future = server.send_command_async(os.getpid(), "checkpoint_and_restart", requester_uid=0)
+    wait_for(lambda: wd._pending, what="command queued")
+    wd.step_count = 19
+    with pytest.raises(RestartRequested):
+        wd.step()
+    (result,) = future.result(5)
+    assert result.ok
+    assert result.details["path"].endswith("ckpt-000000000020.pt")
+
+
+@needs_torch
 def test_default_checkpoint_and_resume(model_and_optimizer, short_dir, handles):
     """The default checkpoint saves model, optimizer and step; resume restores all three."""
     model, optimizer = model_and_optimizer
@@ -343,6 +376,9 @@ def test_job_and_rank_from_environment(monkeypatch):
     assert runtime.job_id(env={"TORCHELASTIC_RUN_ID": "r", "SLURM_JOB_ID": "5"}) == "r"
     assert runtime.job_id(env={"TORCHELASTIC_RUN_ID": "none", "SLURM_JOB_ID": "5"}) == "5"
     assert runtime.job_id(env={}).endswith(f"-{os.getpid()}")
+    # torchrun without --rdzv-id: the ranks share their agent (parent), across restarts too.
+    torchrun = {"TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_RESTART_COUNT": "1"}
+    assert runtime.job_id(env=torchrun).endswith(f"-torchrun-{os.getppid()}")
     env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "TORCHELASTIC_RESTART_COUNT": "2"}
     assert runtime.ranks(env) == {"rank": 3, "local_rank": 1, "world_size": 8,
                                   "restart_count": 2}

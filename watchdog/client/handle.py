@@ -454,7 +454,10 @@ class Watchdog:
                 directory if isinstance(directory, str) else None,
             )
         if name in ("checkpoint", "checkpoint_and_restart"):
-            return self.save_checkpoint()
+            saved = self.save_checkpoint()
+            if name == "checkpoint_and_restart" and isinstance(saved, dict) and "skipped" in saved:
+                saved = self._rank0_checkpoint(saved)
+            return saved
         if name == "restart_group":
             refusal = commands.group_restart_refusal(
                 os.environ, self.step_count, os.getpid(), command.args
@@ -492,8 +495,6 @@ class Watchdog:
 
     def _exit_for_restart(self, details: dict[str, Any]) -> None:
         self.link.wait_flushed(5.0)
-        if "skipped" in details:  # rank > 0: let rank 0 commit before the group is torn down
-            self._wait_for_rank0(self.step_count)
         log.warning(
             "gpu-watchdog: checkpoint committed at step %d; exiting with code %d "
             "so the launcher restarts the job",
@@ -512,11 +513,23 @@ class Watchdog:
         distributed.register_exit_wait()
         raise RestartRequested(self.restart_exit_code)
 
-    def _wait_for_rank0(self, step: int) -> None:
-        path = self.store.path_for(step)
+    def _rank0_checkpoint(self, details: dict[str, Any]) -> dict[str, Any]:
+        """A rank > 0 restarts only once rank 0 has committed this step's checkpoint.
+
+        Leaving first would let the launcher kill rank 0 mid-write; leaving without it
+        (rank 0 never got the command) would restart the job from its last checkpoint.
+        """
+        path = self.store.path_for(self.step_count)
         deadline = time.monotonic() + self.restart_wait_s
         while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        if not path.exists():
+            raise commands.CommandError(
+                f"rank 0 committed no checkpoint of step {self.step_count} within "
+                f"{self.restart_wait_s:g} s ({path}): not restarting. Send "
+                f"checkpoint_and_restart to the job ({self.job}), not to one rank"
+            )
+        return {**details, "path": str(path)}
 
 
 def _exec_self() -> None:
