@@ -464,3 +464,33 @@ def test_report_updates_the_device(server_factory):
     peer.send({"type": "report", "step": 1, "device": "cuda:2", "device_uuid": "GPU-abc"})
     wait_for(lambda: server.clients()[0].registration.device == "cuda:2")
     assert server.clients()[0].registration.device_uuid == "GPU-abc"
+
+
+def test_commands_requested_over_the_socket_are_told_apart_from_the_policys(server_factory):
+    """on_request_sent/done see `send` requests only; one that raises costs no result."""
+    from watchdog.control.requests import ControlRequester
+
+    server = server_factory()
+    seen: list[tuple[str, int, object]] = []
+
+    def sent(uid: int, command: str, clients: list) -> None:
+        seen.append(("sent", uid, (command, [c.job for c in clients])))
+        raise RuntimeError("audit trail broken")
+
+    server.on_request_sent = sent
+    server.on_request_done = lambda uid, results: seen.append(
+        ("done", uid, [(r.command, r.ok) for r in results]))
+    peer = RawPeer(server.socket_path)
+    peer.register(rank=0)
+    stop = threading.Event()
+    answer_commands(peer, stop)
+    try:
+        server.send_command(os.getpid(), "empty_cache", requester_uid=0, timeout_s=5)
+        assert seen == []  # the policy's own commands are journalled by the supervisor
+        with ControlRequester(server.socket_path) as requester:
+            (result,) = requester.send("raw", "empty_cache", timeout_s=5)
+        assert result["ok"]
+        assert seen == [("sent", os.getuid(), ("empty_cache", ["raw"])),
+                        ("done", os.getuid(), [("empty_cache", True)])]
+    finally:
+        stop.set()

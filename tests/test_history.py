@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -131,3 +132,50 @@ def test_parse_since() -> None:
     assert parse_since("2026-01-01T00:00:00", 0) == 1767225600.0
     with pytest.raises(UsageError):
         parse_since("soon", 0)
+
+
+def test_commands_sent_by_hand_are_journalled(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """`send` by hand is in `history`, with who sent it; a quiet daemon's journal is empty."""
+    import signal
+    import threading
+
+    from control_helpers import wait_for
+
+    import watchdog
+    from tests.conftest import free_port
+
+    state = tmp_path / "state"
+    socket_path = cli_env["GPU_WATCHDOG_SOCKET"]
+    daemon = subprocess.Popen(
+        [PYTHON, "-m", "watchdog", "run", "--simulate", "healthy",
+         "--listen", f"127.0.0.1:{free_port()}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env,
+    )
+    stop = threading.Event()
+    try:
+        wait_for(lambda: Path(socket_path).exists(), timeout_s=30, what="the daemon's socket")
+        quiet = _history(state, env=cli_env)
+        assert quiet.returncode == 0, quiet.stderr
+        assert "no journal entries" in quiet.stdout
+        wd = watchdog.attach(socket_path=socket_path, job="by-hand",
+                             checkpoint=lambda step: {"saved": step})
+
+        def train() -> None:
+            while not stop.is_set():
+                wd.step()
+                stop.wait(0.005)
+
+        threading.Thread(target=train, daemon=True).start()
+        assert wd.link.connected.wait(10), "the client never registered"
+        sent = subprocess.run([PYTHON, "-m", "watchdog", "send", "by-hand", "checkpoint"],
+                              capture_output=True, text=True, env=cli_env, timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        lines = _history(state, "--job", "by-hand", env=cli_env).stdout.splitlines()
+        uid = f"(uid {os.getuid()})"
+        assert any("by hand" in line and "checkpoint" in line and f"sent {uid}" in line
+                   for line in lines), lines
+        assert any("by hand" in line and f"ok {uid}" in line for line in lines), lines
+    finally:
+        stop.set()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=20)

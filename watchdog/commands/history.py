@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     journal = Journal(directory, config.policy.journal_max_bytes, config.policy.journal_keep)
     if not journal.files():
         if not directory.exists():
-            raise UsageError(f"no journal: {directory} does not exist")
+            raise UsageError(
+                f"no journal: {directory} does not exist (no daemon has run with "
+                "daemon.state_dir there: pass the daemon's --config or --state-dir)"
+            )
         print(f"no journal entries in {directory}")
         return 0
     # Findings name a pid, not a job: a job's own are those on the pids its commands went to.
@@ -113,6 +116,14 @@ def render(entry: dict[str, Any]) -> str:
         return (
             f"{stamp}  result     {entry.get('action', '?'):<22} "
             f"job {entry.get('job', '?')} pid {entry.get('pid')}  {verdict}"
+        )
+    if kind in ("request", "request_result"):
+        verdict = "sent" if kind == "request" else "ok" if entry.get("ok") else "error"
+        error = f": {entry.get('error', '')}" if verdict == "error" else ""
+        return (
+            f"{stamp}  by hand    {entry.get('command', '?'):<22} "
+            f"job {entry.get('job', '?')} pid {entry.get('pid')}  {verdict}{error} "
+            f"(uid {entry.get('requester_uid', '?')})"
         )
     if kind == "finding":
         state, finding = entry.get("state", "?"), entry.get("kind", "?")

@@ -134,9 +134,14 @@ def _serve(
             sources.nvml.error_counts, sources.nvml.driver_version, sources.nvml.nvml_version
         )
     engine = DetectionEngine(config.detection)
-    journal = Journal(
-        Path(config.daemon.state_dir), config.policy.journal_max_bytes, config.policy.journal_keep
-    )
+    state_dir = Path(config.daemon.state_dir)
+    try:
+        # Made now, not at the first entry: `history` on a quiet daemon finds no entries,
+        # rather than no directory (which reads as a wrong daemon.state_dir).
+        state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:  # the journal counts its write errors; watching goes on
+        log.error("state_dir_unusable", path=str(state_dir), error=str(exc))
+    journal = Journal(state_dir, config.policy.journal_max_bytes, config.policy.journal_keep)
     stats = ReadStats()
     # A command the previous daemon sent and got no answer to holds its job as long as that
     # daemon would have waited for it: it may still be running, and is never sent again.
@@ -166,6 +171,8 @@ def _serve(
         pids.append(supervisor.monitored_pids)
         server.on_report = supervisor.on_report
         server.on_leave = supervisor.on_leave
+        server.on_request_sent = supervisor.on_request_sent
+        server.on_request_done = supervisor.on_request_done
         return _serve_metrics(args, config, state, sources, server, supervisor, security)
     finally:
         server.stop()

@@ -66,6 +66,11 @@ _ACCEPTS_PER_EVENT = 64
 _SYNCED_COMMANDS = frozenset({"checkpoint", "checkpoint_and_restart"})
 
 ReportCallback = Callable[[ClientInfo, AllocatorReport], None]
+RequestSentCallback = Callable[[int, str, list[ClientInfo]], None]
+"""Called when a command someone requested over the socket (``gpu-watchdog send``), not the
+policy, is sent: (requester uid, command, the clients it went to)."""
+RequestDoneCallback = Callable[[int, list[CommandResult]], None]
+"""Called when that command's results are in: (requester uid, one per client)."""
 LeaveCallback = Callable[[ClientInfo, bool, str, bool], None]
 """Called when a registered client's connection closes: (client, detached, error, peer_gone):
 ``detached`` says it sent ``detach`` first, ``error`` is the exception it reported dying of,
@@ -173,6 +178,8 @@ class ControlServer:
         self._proc_root = proc_root
         self.on_report: ReportCallback | None = None
         self.on_leave: LeaveCallback | None = None
+        self.on_request_sent: RequestSentCallback | None = None
+        self.on_request_done: RequestDoneCallback | None = None
         self._log = logger if logger is not None else structlog.get_logger("watchdog.control")
         self._clock = clock
         self._lock = threading.Lock()
@@ -759,13 +766,27 @@ class ControlServer:
                               "code": _error_code(exc), "message": str(exc)})
             return
         conn.requests += 1
+        uid, on_sent, on_done = conn.peer.uid, self.on_request_sent, self.on_request_done
+        if on_sent is not None:
+            now = self._clock()
+            sent_to = [client.info(now) for client in self._resolve(target)]
+            self._contain(lambda: on_sent(uid, command, sent_to))
 
         def reply(future: Future[list[CommandResult]]) -> None:
             conn.requests -= 1
+            results = future.result()
+            if on_done is not None:  # first: once `send` returns, `history` shows the result
+                self._contain(lambda: on_done(uid, results))
             self._send(conn, {"type": "send_result", "id": request_id,
-                              "results": [r.to_dict() for r in future.result()]})
+                              "results": [r.to_dict() for r in results]})
 
         done.add_done_callback(reply)
+
+    def _contain(self, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception:  # the audit trail failing must not take the command with it
+            self._log.exception("control_on_request_failed")
 
     # --- commands ---------------------------------------------------------------------------
 

@@ -169,6 +169,26 @@ class Supervisor:
         self._request_stacks()
         self._carry_out(decisions)
 
+    def on_request_sent(self, requester_uid: int, command: str, clients: list[Any]) -> None:
+        """A command someone sent by hand (``gpu-watchdog send``): journalled, for the audit."""
+        wall = self._wall()
+        for client in clients:
+            self._journal.append({
+                "type": "request", "wall": wall, "command": command, "job": client.job,
+                "pid": client.pid, "rank": client.registration.rank,
+                "requester_uid": requester_uid,
+            })
+
+    def on_request_done(self, requester_uid: int, results: list[Any]) -> None:
+        """The results of a command sent by hand: journalled, apart from the policy's."""
+        wall = self._wall()
+        for result in results:
+            self._journal.append({
+                "type": "request_result", "wall": wall, "command": result.command,
+                "job": result.job, "pid": result.pid, "ok": result.ok, "error": result.error,
+                "duration_s": result.duration_s, "requester_uid": requester_uid,
+            })
+
     def detection_status(self) -> list[Any]:
         """The detection engine's per-series status, read under the lock."""
         with self._lock:
