@@ -291,6 +291,29 @@ def test_a_rank_restarts_only_once_rank_0_committed_the_checkpoint(
     assert result.details["path"].endswith("ckpt-000000000020.pt")
 
 
+def test_a_checkpoint_function_that_skips_its_rank_is_not_held_for_rank_0(
+    server_factory, short_dir, handles, monkeypatch
+):
+    """Only the default checkpoint waits for rank 0's file: a user's writes elsewhere."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    server = server_factory()
+    wd = attach(socket_path=server.socket_path, checkpoint_dir=short_dir / "ck",
+                checkpoint=lambda step: {"skipped": "rank 0 saves to object storage"},
+                restart_wait_s=30)
+    handles.append(wd)
+    wait_for(server.clients)
+    future = server.send_command_async(os.getpid(), "checkpoint_and_restart", requester_uid=0)
+    wait_for(lambda: wd._pending, what="command queued")
+    started = time.monotonic()
+    with pytest.raises(RestartRequested):
+        wd.step()
+    assert time.monotonic() - started < 10  # not the 30 s wait for a file never coming
+    (result,) = future.result(5)
+    assert result.ok
+    assert result.details["skipped"] == "rank 0 saves to object storage"
+
+
 @needs_torch
 def test_default_checkpoint_and_resume(model_and_optimizer, short_dir, handles):
     """The default checkpoint saves model, optimizer and step; resume restores all three."""
@@ -376,9 +399,14 @@ def test_job_and_rank_from_environment(monkeypatch):
     assert runtime.job_id(env={"TORCHELASTIC_RUN_ID": "r", "SLURM_JOB_ID": "5"}) == "r"
     assert runtime.job_id(env={"TORCHELASTIC_RUN_ID": "none", "SLURM_JOB_ID": "5"}) == "5"
     assert runtime.job_id(env={}).endswith(f"-{os.getpid()}")
-    # torchrun without --rdzv-id: the ranks share their agent (parent), across restarts too.
-    torchrun = {"TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_RESTART_COUNT": "1"}
-    assert runtime.job_id(env=torchrun).endswith(f"-torchrun-{os.getppid()}")
+    # torchrun without --rdzv-id: the ranks share their agent's run directory, across
+    # restarts too; without one (--log-dir /dev/null) each is on its own.
+    error_file = "/tmp/torchelastic_x1/none_k2j4h6z8/attempt_1/0/error.json"
+    torchrun = {"TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_RESTART_COUNT": "1",
+                "TORCHELASTIC_ERROR_FILE": error_file}
+    assert runtime.job_id(env=torchrun).endswith("-torchrun-k2j4h6z8")
+    torchrun["TORCHELASTIC_ERROR_FILE"] = ""
+    assert runtime.job_id(env=torchrun).endswith(f"-{os.getpid()}")
     env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "TORCHELASTIC_RESTART_COUNT": "2"}
     assert runtime.ranks(env) == {"rank": 3, "local_rank": 1, "world_size": 8,
                                   "restart_count": 2}

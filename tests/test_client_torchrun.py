@@ -134,7 +134,7 @@ def test_checkpoint_exit_and_torchrun_restart_resume(short_dir):
     assert len(workers) == 2, result.stdout  # two ranks, counted at the end of generation 1
     assert all(int(n) > 0 for _, n in workers), result.stdout  # the exit hook finds gloo's threads
     assert "terminate called" not in result.stderr
-    # No --rdzv-id: still one job for both ranks and both generations (their torchrun agent).
-    jobs = re.findall(r"job (\d) (\d) (\S+?-torchrun-\d+)", result.stdout)  # one pipe
+    # No --rdzv-id: still one job for both ranks and both generations (their torchrun run).
+    jobs = re.findall(r"job (\d) (\d) (\S+?-torchrun-[a-z0-9_]{8})", result.stdout)  # one pipe
     assert len(jobs) == 4, result.stdout
     assert len({job for _, _, job in jobs}) == 1, jobs

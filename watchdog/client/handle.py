@@ -455,7 +455,14 @@ class Watchdog:
             )
         if name in ("checkpoint", "checkpoint_and_restart"):
             saved = self.save_checkpoint()
-            if name == "checkpoint_and_restart" and isinstance(saved, dict) and "skipped" in saved:
+            # The default checkpoint skipped this rank: rank 0 writes it, into our store. A
+            # function of the user's that skips writes where only it knows.
+            if (
+                name == "checkpoint_and_restart"
+                and self._checkpoint_fn is None
+                and isinstance(saved, dict)
+                and "skipped" in saved
+            ):
                 saved = self._rank0_checkpoint(saved)
             return saved
         if name == "restart_group":

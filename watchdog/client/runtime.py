@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import socket
 import sys
 from typing import Any
@@ -35,9 +36,13 @@ def _env_int(env: dict[str, str] | os._Environ[str], name: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+_TORCHRUN_RUN_DIR = re.compile(r"/([^/]+)/attempt_\d+/\d+/error\.json$")
+"""torchrun's per-worker error file: ``<log dir>/<run id>_<random>/attempt_<n>/<rank>/...``."""
+
+
 def job_id(explicit: str | None = None, env: Any = None) -> str:
     """The job this process belongs to: the name given, torchrun's run id, Slurm's job id,
-    ``<user>-torchrun-<agent pid>`` for torchrun without ``--rdzv-id``, else ``<user>-<pid>``."""
+    ``<user>-torchrun-<run>`` for torchrun without ``--rdzv-id``, else ``<user>-<pid>``."""
     env = os.environ if env is None else env
     if explicit:
         return explicit
@@ -50,12 +55,14 @@ def job_id(explicit: str | None = None, env: Any = None) -> str:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    if "TORCHELASTIC_RESTART_COUNT" in env:
-        # torchrun without --rdzv-id says "none". Its ranks on this node are children of
-        # one agent process, which outlives their restarts: one job, under one name,
-        # keeping its cooldowns and restart budget. A pid each would make every rank,
-        # and every restart of it, a job of its own.
-        return f"{user}-torchrun-{os.getppid()}"
+    run_dir = _TORCHRUN_RUN_DIR.search(env.get("TORCHELASTIC_ERROR_FILE", ""))
+    if run_dir:
+        # torchrun without --rdzv-id says "none". Its agent made this directory once,
+        # with a random name, for all its ranks and every restart of them: one job under
+        # one name, keeping its cooldowns and restart budget. A pid each would make every
+        # rank, and every restart, a job of its own; the agent's pid is 1 in every
+        # container that runs torchrun as its command.
+        return f"{user}-torchrun-{run_dir.group(1).removeprefix('none_')}"
     return f"{user}-{os.getpid()}"
 
 
