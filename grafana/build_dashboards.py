@@ -331,8 +331,19 @@ def increase(selector: str) -> str:
     """
     return (
         f"(increase({selector}[$__rate_interval])"
-        f" or ({selector} unless {selector} offset $__rate_interval))"
+        f" or ({selector} unless {_seen_before(selector, '$__rate_interval')}))"
     )
+
+
+def _seen_before(selector: str, window: str) -> str:
+    """The series of ``selector`` that had samples in the hour before ``window``.
+
+    What ``unless`` takes away to leave the series born within the window. Not the
+    series present just before it: a few missed scrapes end every series of the
+    target (stale markers), and each would come back looking newborn, drawing its
+    whole count as if it had all happened in that moment.
+    """
+    return f"max_over_time({selector}[1h] offset {window})"
 
 
 def rate(selector: str) -> str:
@@ -354,7 +365,7 @@ def _changed(counter: str) -> str:
     ``changes()`` cannot see a counter's first count: the daemon exports a label set
     only once it has counted something, so its first sample already holds 1.
     """
-    return f"changes({counter}[2m]) > 0 or ({counter} unless {counter} offset 2m)"
+    return f"changes({counter}[2m]) > 0 or ({counter} unless {_seen_before(counter, '2m')})"
 
 
 def _annotations(selector: str) -> list[Json]:
@@ -722,7 +733,8 @@ YES_NO = {"0": "no", "1": "yes"}
 
 def _counted_within(counter: str, window: str) -> str:
     """Counters that moved within ``window``, including series born in it (cf. ``_changed``)."""
-    return f"(increase({counter}[{window}]) > 0) or ({counter} unless {counter} offset {window})"
+    born = f"{counter} unless {_seen_before(counter, window)}"
+    return f"(increase({counter}[{window}]) > 0) or ({born})"
 
 
 def _fleet_faults() -> list[Json]:

@@ -160,3 +160,38 @@ def test_provisioning_points_grafana_at_the_dashboards() -> None:
 def test_uids_are_stable(path: Path) -> None:
     """Dashboards keep fixed uids, so links and bookmarks survive re-provisioning."""
     assert load(path)["uid"] == path.stem
+
+
+def test_counter_panels_draw_no_burst_after_missed_scrapes(tmp_path: Path) -> None:
+    """Every series of a target ends for a moment when scrapes are missed (stale markers);
+    when it comes back, a counter panel must not draw its whole count as new."""
+    yaml = _yaml()
+    node = load(GRAFANA / "dashboards" / "gpu-watchdog-node.json")
+    panel = next(p for p in panels(node) if p["title"] == "Commands and actions")
+    expr = next(t["expr"] for t in panel["targets"] if "client_commands_total" in t["expr"])
+    panel_expr = substitute(expr, {**ALL, "node": "node1:9723"})
+    counter = ('gpu_watchdog_client_commands_total{job="gpu-watchdog",instance="node1:9723",'
+               'command="checkpoint",result="error"}')
+    case = {
+        "rule_files": [],
+        "evaluation_interval": "15s",
+        "tests": [{
+            "interval": "15s",
+            # 5 failures long ago; 2 minutes of scrapes missed after 10m; the same 5 after.
+            "input_series": [{"series": counter,
+                              "values": "5x40 " + "stale " * 8 + "5x20"}],
+            "promql_expr_test": [
+                # The first sample back is alone in the rate interval: no increase, and
+                # nothing new to draw (not 5).
+                {"expr": panel_expr, "eval_time": "12m15s", "exp_samples": []},
+                {"expr": panel_expr, "eval_time": "13m",
+                 "exp_samples": [{"labels": '{command="checkpoint", result="error"}',
+                                  "value": 0}]},
+            ],
+        }],
+    }
+    test_file = tmp_path / "burst.test.yml"
+    test_file.write_text(yaml.safe_dump(case))
+    result = subprocess.run([require_tool("promtool"), "test", "rules", str(test_file)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
