@@ -130,6 +130,9 @@ def test_port_in_use_is_one_line_error(cli_env: dict[str, str]) -> None:
         ),
         (("record", "--out", "/nonexistent-dir/x.csv", "--simulate", "leak"), "cannot write"),
         (("status", "--simulate", "/dev/null"), "empty file"),
+        # An empty shell variable must not make a simulated run a real one.
+        (("status", "--simulate", ""), "got an empty string"),
+        (("run", "--simulate", ""), "got an empty string"),
         (("frobnicate",), "invalid choice"),
         (("check-config", "/nonexistent.toml"), "config file not found"),
     ],
@@ -193,6 +196,20 @@ def test_record_then_simulate_round_trip(cli_env: dict[str, str], tmp_path: Path
         # Recorded time is relative to the first sample, and matches the trace's to a poll.
         assert abs((source_rows[key] - first_t) - row.t) <= 10.0
     replayed = _cli("status", "--simulate", str(recorded), env=cli_env)
+    assert replayed.returncode == 0, replayed.stderr
+
+
+def test_a_recording_that_outlives_its_simulated_trace_replays(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Past the trace's end the simulated GPU repeats its last sample: not recorded twice."""
+    config = tmp_path / "fast.toml"
+    config.write_text("[sources]\ndevice_interval_s = 0.05\nprocess_interval_s = 0.1\n")
+    recorded = tmp_path / "recorded.csv"
+    result = _cli("record", "--out", str(recorded), "--duration", "1.5", "--config", str(config),
+                  "--simulate", "leak", "--speed", "100000", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    replayed = _cli("replay", str(recorded), env=cli_env)
     assert replayed.returncode == 0, replayed.stderr
 
 

@@ -606,3 +606,40 @@ def test_a_job_s_planned_growth_holds_its_leak_until_it_outgrows_the_plan(
     finally:
         planner.kill()
         planner.wait()
+
+
+def _status(
+    tmp_path: Path, env: dict[str, str], state: FakeState
+) -> subprocess.CompletedProcess[str]:
+    """``gpu-watchdog status`` on the fake NVML in ``state``."""
+    require_tool(Path(compiler() or "cc").name)
+    fake = FakeNvml(tmp_path / "nvml.json", state)
+    config = tmp_path / "status.toml"
+    config.write_text(_config_text(tmp_path))
+    return subprocess.run([PYTHON, "-m", "watchdog", "status", "--config", str(config)],
+                          capture_output=True, text=True, env=fake.env(env), timeout=60)
+
+
+def test_status_prints_only_the_table_on_stdout(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """Figures the GPU does not support (retired pages on Ampere) leave no log line in it."""
+    state = FakeState(gpus=gpus(2))
+    state.faults = [Fault("nvmlDeviceGetRetiredPages*", "NOT_SUPPORTED")]
+    done = _status(tmp_path, cli_env, state)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].split()[:2] == ["GPU", "NAME"], done.stdout
+
+
+@pytest.mark.parametrize("fault", [Fault("nvmlDeviceGetCount*", "UNKNOWN"),
+                                   Fault("nvmlDeviceGetMemoryInfo*", None, delay_ms=-1)],
+                         ids=["unknown_error", "hung_call"])
+def test_status_on_a_failing_driver_is_one_line(
+    tmp_path: Path, cli_env: dict[str, str], fault: Fault
+) -> None:
+    """A driver error, or a call that never returns: one line and exit 1, no traceback, no hang."""
+    state = FakeState(gpus=gpus(2))
+    state.faults = [fault]
+    done = _status(tmp_path, cli_env, state)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert ("hung" if fault.delay_ms else "Unknown") in done.stderr

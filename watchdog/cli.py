@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from watchdog import __version__
 from watchdog.errors import EXIT_USAGE, WatchdogError
+from watchdog.logs import configure_logging
 
 # Each module defines register(subparsers), which adds its parser and sets `func`.
 COMMAND_MODULES = (
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand and return its exit code."""
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        # Commands for a person: their output is stdout, what goes wrong is on stderr
+        # (a table or a TOML file with log lines in it is neither readable nor parsable).
+        configure_logging("warning", "console", stream=sys.stderr)
     try:
         return int(args.func(args))
     except WatchdogError as exc:

@@ -32,6 +32,7 @@ def add_simulate_option(parser: argparse.ArgumentParser) -> None:
     """``--simulate TRACE_OR_SCENARIO`` and ``--speed``."""
     parser.add_argument(
         "--simulate",
+        type=_simulate_target,
         metavar="TRACE_OR_SCENARIO",
         help="use a SIMULATED GPU playing a trace file or a built-in scenario "
         f"({', '.join(scenario_names())}) instead of NVML",
@@ -42,6 +43,16 @@ def add_simulate_option(parser: argparse.ArgumentParser) -> None:
         metavar="X",
         help="with --simulate: trace seconds per wall-clock second (default 1)",
     )
+
+
+def _simulate_target(text: str) -> str:
+    # An empty shell variable must not turn a simulated run into a real one.
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"needs a built-in scenario ({', '.join(scenario_names())}) or a trace "
+            "file, got an empty string"
+        )
+    return text
 
 
 def load(args: argparse.Namespace, **overrides: Any) -> Config:

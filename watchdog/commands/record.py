@@ -9,11 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from watchdog.commands._common import add_config_option, add_simulate_option, build_sources, load
 from watchdog.errors import UsageError
 from watchdog.samples import Reading
 from watchdog.sources.base import Source
 from watchdog.trace import TraceWriter
+
+log = structlog.get_logger("watchdog.record")
 
 
 def register(subparsers: Any) -> None:
@@ -74,6 +78,7 @@ def record(
     """Poll ``sources`` on their intervals into ``writer``; return the number of rows written."""
     started = clock()
     due = dict.fromkeys(range(len(sources)), started)
+    written_t: dict[int, float] = {}
     first_t: float | None = None
     last_t = 0.0
     rows = 0
@@ -85,11 +90,18 @@ def record(
             if now < due[index]:
                 continue
             due[index] = now + source.interval_s
-            reading = source.poll()
+            try:
+                reading = source.poll()
+            except Exception as exc:  # a failed poll is a gap in the trace, as in the daemon
+                log.warning("poll_failed", source=source.name, error=str(exc))
+                continue
             if first_t is None:
                 first_t = reading.t
             # Trace time never goes backwards, even if two sources' clocks interleave.
             last_t = max(last_t, reading.t - first_t)
+            if written_t.get(index, -1.0) >= last_t:
+                continue  # nothing new (a simulated trace that ended): a row again is no sample
+            written_t[index] = last_t
             rows += _write(writer, reading, last_t)
         flush()
         stop.wait(max(0.0, min(due.values()) - clock()))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import threading
 from typing import Any
 
 from watchdog.commands._common import add_config_option, add_simulate_option, build_sources, load
 from watchdog.daemon.state import DaemonState, Snapshot
+from watchdog.errors import WatchdogError
 from watchdog.samples import NVML, SIMULATED, HostProcessSample
 
 WIDTH = 80
@@ -29,11 +31,30 @@ def run(args: argparse.Namespace) -> int:
     config = load(args)
     state = DaemonState(origin=SIMULATED if args.simulate else NVML)
     sources = build_sources(config, args.simulate, state.gpu_pids)
-    try:
+    failure: list[str] = []
+
+    def poll_all() -> None:
         for source in sources.sources:  # devices and processes first, so host sees the pids
-            state.apply(source.poll())
-    finally:
-        sources.close()
+            try:
+                state.apply(source.poll())
+            except Exception as exc:  # a driver error (NVML's Unknown, ...): one line, no trace
+                failure.append(f"{source.name}: {exc}")
+                return
+
+    polling = threading.Thread(target=poll_all, name="status-poll", daemon=True)
+    polling.start()
+    # A hung driver call must not hang `status` too: three times what makes a poll stalled.
+    deadline_s = 3 * config.sources.stall_after_s
+    polling.join(deadline_s)
+    if polling.is_alive():
+        # Not closed: shutting NVML down would wait for the hung call too.
+        raise WatchdogError(
+            f"no answer from the GPUs within {deadline_s:g} s: a driver call is hung "
+            "(nvidia-smi probably hangs too; see docs/operations.md, GpuWatchdogPollStalled)"
+        )
+    sources.close()
+    if failure:
+        raise WatchdogError(f"cannot read the GPUs: {failure[0]}")
     print(render(state.snapshot()), end="")
     return 0
 
