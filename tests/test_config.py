@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -179,3 +180,56 @@ def test_show_prints_toml_that_loads_back_the_same(tmp_path: Path, text: str) ->
     shown = tmp_path / "shown.toml"
     shown.write_text(render_toml(config))
     assert load_config(shown, env={}) == config
+
+
+def _check_config(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
+    return subprocess.run([PYTHON, "-m", "watchdog", "check-config", *args],
+                          capture_output=True, text=True, env={**environ, **(env or {})})
+
+
+def test_check_config_show_redirected_is_a_config_file(tmp_path: Path) -> None:
+    """`check-config --show > file` writes the TOML alone; the verdict goes to stderr."""
+    source = _write(tmp_path, "[sources]\ndevice_interval_s = 7\n")
+    shown = _check_config("--show", str(source))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stderr.strip() == f"{source}: ok"
+    copy = tmp_path / "copy.toml"
+    copy.write_text(shown.stdout)
+    assert load_config(copy, env={}) == load_config(source, env={})
+
+
+def test_check_config_names_the_file_gpu_watchdog_config_gave(tmp_path: Path) -> None:
+    """The file read through GPU_WATCHDOG_CONFIG is the one named, not "defaults"."""
+    source = _write(tmp_path, "[sources]\ndevice_interval_s = 7\n")
+    result = _check_config(env={"GPU_WATCHDOG_CONFIG": str(source)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{source}: ok"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"GPU_WATCHDOG_CONTROL_SOCKET_GROUP": "no-such-group-here"},
+         "control.socket_group: no such group 'no-such-group-here' on this machine"),
+        ({"GPU_WATCHDOG_SOCKET": "/tmp/" + "s" * 120 + ".sock"},
+         "control.socket_path: 130 bytes, a Unix socket's path takes at most 103"),
+    ],
+)
+def test_socket_settings_this_machine_cannot_serve_fail_the_check_and_the_start(
+    tmp_path: Path, settings: dict[str, str], message: str
+) -> None:
+    """check-config and run both refuse them with exit 2 (run used to exit 1: systemd retried)."""
+    checked = _check_config(env=settings)
+    assert checked.returncode == EXIT_USAGE
+    assert checked.stderr.strip().endswith(message), checked.stderr
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
+    started = subprocess.run(
+        [PYTHON, "-m", "watchdog", "run", "--simulate", "healthy", "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+        env={**environ, "GPU_WATCHDOG_DAEMON_STATE_DIR": str(tmp_path / "state"), **settings},
+    )
+    assert started.returncode == EXIT_USAGE
+    assert started.stderr.strip().endswith(message), started.stderr

@@ -661,6 +661,17 @@ def _env_settings(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, st
     return found
 
 
+def config_path(path: Path | None = None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The file ``load_config`` reads: ``path``, else ``GPU_WATCHDOG_CONFIG``, else
+    ``DEFAULT_PATH`` if it exists; None: the defaults alone."""
+    env = os.environ if env is None else env
+    if path is not None:
+        return path
+    if "GPU_WATCHDOG_CONFIG" in env:
+        return Path(env["GPU_WATCHDOG_CONFIG"])
+    return DEFAULT_PATH if DEFAULT_PATH.exists() else None
+
+
 def load_config(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -678,14 +689,11 @@ def load_config(
         ConfigError: with a one-line message naming the key and where it came from.
     """
     env = os.environ if env is None else env
-    if path is None and "GPU_WATCHDOG_CONFIG" in env:
-        path = Path(env["GPU_WATCHDOG_CONFIG"])
+    path = config_path(path, env)
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
         data, source = _read_file(path), str(path)
-    elif DEFAULT_PATH.exists():
-        data, source = _read_file(DEFAULT_PATH), str(DEFAULT_PATH)
 
     known = sections()
     for name, table in data.items():

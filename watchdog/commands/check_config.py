@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
-from watchdog.config import DEFAULT_PATH, Config, load_config
+from watchdog.config import DEFAULT_PATH, Config, config_path, load_config
 from watchdog.config_docs import toml_value
+from watchdog.control.server import check_settings as check_control_settings
 from watchdog.exporter.security import WebSecurity
 
 
@@ -28,13 +30,19 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load and validate; print ``ok`` (and the effective settings with ``--show``)."""
-    config = load_config(args.path)
-    # The files the settings name, too: a certificate the daemon cannot read fails here.
+    path = config_path(args.path)
+    config = load_config(path)
+    # The files the settings name, too: a certificate the daemon cannot read fails here,
+    # and so does a socket group this machine lacks.
     WebSecurity.from_settings(config.metrics)
-    where = args.path or (DEFAULT_PATH if DEFAULT_PATH.exists() else "defaults")
-    print(f"{where}: ok")
+    check_control_settings(config.control)
+    verdict = f"{path or 'defaults'}: ok"
     if args.show:
+        # stdout is the TOML alone, so that `check-config --show > file` is a config file.
+        print(verdict, file=sys.stderr)
         print(render_toml(config), end="")
+    else:
+        print(verdict)
     return 0
 
 

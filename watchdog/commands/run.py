@@ -19,6 +19,7 @@ from watchdog.commands._common import add_config_option, add_simulate_option, bu
 from watchdog.config import Config, parse_listen
 from watchdog.control import ControlServer
 from watchdog.control.server import ControlError
+from watchdog.control.server import check_settings as check_control_settings
 from watchdog.daemon.notify import Notifier
 from watchdog.daemon.poller import Poller
 from watchdog.daemon.service import Daemon
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(config.daemon.log_level, config.daemon.log_format, always={"source": origin})
     # Certificates, keys and users are read before NVML is touched: a bad file exits 2 at once.
     security = WebSecurity.from_settings(config.metrics)
+    check_control_settings(config.control)  # likewise a socket group this machine lacks
 
     state = DaemonState(origin=origin)
     pids: list[Any] = []  # the supervisor's monitored_pids, once it exists

@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 
 from watchdog import __version__
-from watchdog.config import ControlSettings
+from watchdog.config import ConfigError, ControlSettings
 from watchdog.control.protocol import (
     COMMANDS,
     MAX_ERROR_CHARS,
@@ -163,6 +163,32 @@ def sync_step(clients: Iterable[_Client], now: float, lead_s: float) -> int | No
     return math.ceil(max(ahead)) + 1 if ahead else None
 
 
+MAX_SOCKET_PATH_BYTES = 103
+"""A Unix socket's path must fit ``sun_path`` (108 bytes on Linux, 104 elsewhere) with its NUL."""
+
+
+def check_settings(settings: ControlSettings) -> None:
+    """What only this machine can tell of the socket settings: checked by ``check-config``
+    and by ``run`` before anything starts.
+
+    Raises:
+        ConfigError: the socket path is too long, or its group does not exist here.
+    """
+    size = len(os.fsencode(settings.socket_path))
+    if size > MAX_SOCKET_PATH_BYTES:
+        raise ConfigError(
+            f"control.socket_path: {size} bytes, a Unix socket's path takes at most "
+            f"{MAX_SOCKET_PATH_BYTES}"
+        )
+    if settings.socket_group:
+        try:
+            grp.getgrnam(settings.socket_group)
+        except KeyError:
+            raise ConfigError(
+                f"control.socket_group: no such group {settings.socket_group!r} on this machine"
+            ) from None
+
+
 class ControlServer:
     """Serves the control socket in its own thread. ``start()``/``stop()``; see docs/protocol.md."""
 
@@ -242,8 +268,8 @@ class ControlServer:
         self.stop()
 
     def _bind(self, path: Path) -> socket.socket:
-        if len(os.fsencode(path)) >= 104:
-            raise ControlError(f"{path}: socket path too long (at most 103 bytes)")
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+            raise ControlError(f"socket path too long (at most {MAX_SOCKET_PATH_BYTES} bytes)")
         directory = path.parent
         if not directory.exists():
             try:
