@@ -99,7 +99,9 @@ def test_history_of_a_torn_journal_says_what_it_skipped(
         stream.write('{"type": "decis')
     result = _history(tmp_path, env=cli_env)
     assert result.returncode == 0
-    assert "(1 unreadable line(s) skipped)" in result.stdout
+    assert "(1 unreadable line(s) skipped)" in result.stderr
+    as_json = _history(tmp_path, "--json", env=cli_env)
+    assert all(json.loads(line) for line in as_json.stdout.splitlines())  # JSON lines alone
 
 
 @pytest.mark.parametrize("wall", ['"2024-01-01"', "1e20", "null", "[1]"])
@@ -112,8 +114,8 @@ def test_a_hand_edited_line_is_skipped_not_a_traceback(
         stream.write(f'{{"type": "finding", "wall": {wall}, "gpu": 0}}\n')
     result = _history(tmp_path, env=cli_env)
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.splitlines()) == 5
-    assert "(1 unreadable line(s) skipped)" in result.stdout
+    assert len(result.stdout.splitlines()) == 4
+    assert "(1 unreadable line(s) skipped)" in result.stderr
 
 
 def test_history_errors_are_one_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
@@ -121,6 +123,11 @@ def test_history_errors_are_one_line(tmp_path: Path, cli_env: dict[str, str]) ->
     missing = _history(tmp_path / "nope", env=cli_env)
     assert missing.returncode == 2
     assert "does not exist" in missing.stderr
+    a_file = tmp_path / "not-a-directory"
+    a_file.write_text("")
+    wrong = _history(a_file, env=cli_env)
+    assert wrong.returncode == 2
+    assert "is not a directory" in wrong.stderr
     bad = _history(tmp_path, "--since", "yesterday-ish", env=cli_env)
     assert bad.returncode == 2
     assert "--since: expected a duration" in bad.stderr

@@ -119,3 +119,48 @@ def test_decisions_are_marked_and_suppressed_ones_are_not() -> None:
     assert "checkpoint_and_restart (dry run)" in labels
     assert "empty_cache" not in labels
     plt.close(figure)
+
+
+@pytest.mark.parametrize("name", ["out", "", "folder", "missing/out.png"])
+def test_a_plot_path_that_would_not_be_written_as_named_is_refused_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    """No suffix (matplotlib would add .png), a directory, a missing folder: one line, exit 2,
+    before anything is printed; and no file appears elsewhere."""
+    pytest.importorskip("matplotlib")
+    trace = tmp_path / "t.csv"
+    write_trace(trace)
+    (tmp_path / "folder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["replay", str(trace), "--plot", name]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_predicted_oom_past_the_trace_s_end_is_on_the_plot(tmp_path: Path) -> None:
+    """The x axis reaches the OOM a leak raised near the end predicts (the mark is drawn)."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from watchdog.config import DetectionSettings
+    from watchdog.detectors.events import LEAK, RAISED
+    from watchdog.detectors.replay import replay_file
+    from watchdog.plot import _draw_gpu
+
+    full, cut = tmp_path / "full.csv", tmp_path / "cut.csv"
+    write_trace(full)
+    rows = full.read_text().splitlines()
+    cut.write_text("\n".join(rows[: len(rows) * 3 // 5]) + "\n")  # stops well before the OOM
+    result = replay_file(cut, DetectionSettings(), record=True)
+    ooms = [e.t + e.time_to_oom_s for e in result.events
+            if e.kind == LEAK and e.state == RAISED and e.time_to_oom_s is not None]
+    assert ooms
+    assert max(ooms) > result.duration_s
+    figure, axis = plt.subplots()
+    try:
+        _draw_gpu(axis, result, 0, 60.0, result.duration_s)
+        assert axis.get_xlim()[1] >= min(max(ooms), 2 * result.duration_s) / 60.0
+    finally:
+        plt.close(figure)

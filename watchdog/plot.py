@@ -6,6 +6,7 @@ it is imported only here and only when a plot is asked for.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,23 @@ def require_matplotlib(path: Path | None = None) -> Any:
         raise UsageError(
             "--plot needs matplotlib, which is not installed: pip install 'gpu-job-watchdog[plot]'"
         ) from None
-    suffix = path.suffix.lower().removeprefix(".") if path is not None else ""
+    if path is None:
+        return plt
     formats = FigureCanvasBase.get_supported_filetypes()
-    if suffix and suffix not in formats:
+    suffix = path.suffix.lower().removeprefix(".")
+    # matplotlib would add ".png" to a name without one: the file would not be where we said.
+    if path.is_dir() or not suffix:
+        raise UsageError(
+            f"--plot {path}: name an image file with its format's suffix, e.g. out.png"
+        )
+    if suffix not in formats:
         raise UsageError(
             f"--plot {path}: cannot write .{suffix} files; use one of "
             + ", ".join(f".{name}" for name in sorted(formats))
         )
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UsageError(f"--plot {path}: cannot write into {folder}")
     return plt
 
 
@@ -185,7 +196,11 @@ def _draw_gpu(axis: Any, result: ReplayResult, gpu: int, scale: float, duration:
                 label="cleared" if "cleared" not in labelled else None,
             )
             labelled.add("cleared")
-    axis.set_xlim(0, duration / scale * 1.02)
+    # Predicted OOMs past the trace's end are shown too, up to twice its length.
+    ooms = [e.t + e.time_to_oom_s for e in events
+            if e.kind == LEAK and e.state == RAISED and e.time_to_oom_s is not None]
+    right = min(max([duration, *ooms]), 2 * duration)
+    axis.set_xlim(0, right / scale * 1.02)
     axis.set_ylim(bottom=0, top=(total / GIB * 1.08) if total else None)
     axis.legend(loc="upper left", fontsize=7, ncol=4)
 

@@ -103,6 +103,10 @@ def read_rows(stream: IO[str], name: str) -> Iterator[TraceRow]:
             f"{name}:1: not a trace header (missing {', '.join(missing)}); "
             f"expected {','.join(COLUMNS)}"
         )
+    twice = sorted({column for column in COLUMNS if columns.count(column) > 1})
+    if twice:
+        # Which of two `t` columns is the time? Guessing could replay another trace.
+        raise TraceError(f"{name}:1: column {', '.join(twice)} given more than once")
     index = tuple(columns.index(column) for column in COLUMNS)
     previous_t = 0.0
     line = 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     config = load(args)
     since = parse_since(args.since, time.time()) if args.since else None
     directory = args.state_dir or Path(config.daemon.state_dir)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"no journal: {directory} is not a directory")
     journal = Journal(directory, config.policy.journal_max_bytes, config.policy.journal_keep)
     if not journal.files():
         if not directory.exists():
@@ -82,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
             stats.skipped_lines += 1  # JSON, but not an entry this daemon wrote (a hand edit)
             continue
         print(line)
-    if stats.skipped_lines:
-        print(f"({stats.skipped_lines} unreadable line(s) skipped)")
+    if stats.skipped_lines:  # on stderr: with --json, stdout is JSON lines alone
+        print(f"({stats.skipped_lines} unreadable line(s) skipped)", file=sys.stderr)
     return 0
 
 
