@@ -287,3 +287,29 @@ def test_one_leak_seen_on_gpu_and_process_is_one_decision() -> None:
     policy.observe(gpu_level)
     decisions = policy.decide(0, 0, _jobs)
     assert [(d.action, d.outcome) for d in decisions] == [("dump_snapshot", SEND)]
+
+
+def test_switched_from_dry_run_to_live_a_raised_leak_is_acted_on() -> None:
+    """SIGHUP with dry_run = false: the leak the dry run decided on is now really acted on."""
+    policy = _policy(dry_run=True)
+    policy.observe(_event(0, tto=100))
+    assert {d.outcome for d in policy.decide(0, 0, _jobs)} == {DRY_RUN}
+    assert policy.decide(10, 10, _jobs) == []  # the dry run does not repeat itself
+    policy.reconfigure(PolicySettings(cooldown_s=600.0, max_restarts=2, dry_run=False))
+    assert _sent(policy.decide(20, 20, _jobs)) == ["dump_snapshot"]
+
+
+def test_each_leak_the_restart_budget_refuses_is_recorded() -> None:
+    """Refused once per leak, not once per job forever: a later leak's refusal is on record."""
+    policy = _policy(cooldown_s=0.0, max_restarts=1)
+    refused = []
+    for episode in range(4):
+        t = episode * 600.0
+        policy.observe(_event(t, tto=100))
+        for step in range(3):  # snapshot, restart (or its refusal), then nothing new
+            for decision in policy.decide(t + step, t + step, _jobs):
+                if decision.outcome == SUPPRESSED:
+                    refused.append((episode, decision.reason))
+            policy.ledger.finished("train")
+        policy.observe(_event(t + 300, state="cleared"))
+    assert refused == [(1, "restart_budget"), (2, "restart_budget"), (3, "restart_budget")]

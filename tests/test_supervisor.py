@@ -321,3 +321,26 @@ def test_install_schedules_adds_jittered_coalescing_jobs(tmp_path: Path) -> None
     sup.install_schedules(scheduler, schedules[1:])
     (only,) = scheduler.get_jobs()
     assert (only.id, only.args[0].action) == ("schedule-0", "empty_cache")
+
+
+def test_a_command_cut_by_the_daemon_s_stop_keeps_its_job_in_flight_after(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while a checkpoint runs: the next daemon does not take it for answered."""
+    from watchdog.control.server import STOPPING_ERROR
+    from watchdog.policy.journal import ledger_from
+
+    server = FakeServer([_client()], answer=False)
+    sup, engine, journal = _supervisor(tmp_path, server)
+    engine.queued = [finding(0, tto=600.0, cause="tensors_kept_alive")]
+    sup.on_reading(Reading(t=0))
+    (pending,) = server.pending
+    command = server.sent[-1][1]
+    pending.set_result([CommandResult(pid=42, job="train", rank=0, command=command, ok=False,
+                                      error=STOPPING_ERROR)])
+    (result,) = [e for e in journal.read() if e["type"] == "result"]
+    assert result["unanswered"] is True
+    sent_at = max(e["wall"] for e in journal.read() if e["type"] == "decision")
+    ledger = ledger_from(journal.read(), unanswered_for_s=600.0)
+    assert ledger.in_flight("train", sent_at + 300.0)
+    assert not ledger.in_flight("train", sent_at + 601.0)

@@ -116,6 +116,8 @@ def render(entry: dict[str, Any]) -> str:
         )
     if kind == "result":
         verdict = "ok" if entry.get("ok") else f"error: {entry.get('error', '')}"
+        if entry.get("unanswered"):
+            verdict = "no answer before the daemon stopped (it may have run)"
         return (
             f"{stamp}  result     {entry.get('action', '?'):<22} "
             f"job {entry.get('job', '?')} pid {entry.get('pid')}  {verdict}"

@@ -163,6 +163,9 @@ def sync_step(clients: Iterable[_Client], now: float, lead_s: float) -> int | No
     return math.ceil(max(ahead)) + 1 if ahead else None
 
 
+STOPPING_ERROR = "daemon stopping"
+"""The error of every command still unanswered when the daemon stops: the process may
+still be running it (a checkpoint takes minutes), so it is not over."""
 MAX_SOCKET_PATH_BYTES = 103
 """A Unix socket's path must fit ``sun_path`` (108 bytes on Linux, 104 elsewhere) with its NUL."""
 
@@ -447,7 +450,7 @@ class ControlServer:
 
     def _shutdown(self) -> None:
         for pending in list(self._pending.values()):
-            self._finish(pending, error="daemon stopping")
+            self._finish(pending, error=STOPPING_ERROR)
         for conn in list(self._conns.values()):
             self._close(conn, None)
         for sock in (self._listener, self._wake_r, self._wake_w):

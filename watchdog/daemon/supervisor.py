@@ -28,6 +28,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from watchdog.control.server import STOPPING_ERROR
 from watchdog.daemon import hang_metrics, stacks
 from watchdog.daemon.state import DaemonState
 from watchdog.detectors.events import RAISED
@@ -454,6 +455,9 @@ class Supervisor:
         self._results[(decision.action, "ok" if ok else "error")] += 1
         entry = {"type": "result", "wall": self._wall(), "action": decision.action}
         entry |= {"job": decision.job, "pid": pid, "ok": ok, "error": error}
+        if error == STOPPING_ERROR:
+            # Cut by our own stop, not answered: the next daemon holds the job in flight.
+            entry["unanswered"] = True
         self._journal.append({**entry, "duration_s": duration_s})
         fields = {"action": decision.action, "job": decision.job, "pid": pid, "error": error}
         if ok:

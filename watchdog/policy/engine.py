@@ -205,8 +205,11 @@ class Policy:
         # Each rung acts at most once per job while a finding that made it act is active
         # (one leak is often seen on the GPU and on its process); cooldowns span episodes.
         # Keyed by the rung itself, not its place: a reload that keeps a rung keeps its memory.
-        self._fired: dict[tuple[str, LadderStep], set[FindingKey]] = {}
-        self._suppressed_seen: set[tuple[str, str, str]] = set()
+        # And by dry run or not: a dry run's decisions are not the live rung having acted.
+        self._fired: dict[tuple[bool, str, LadderStep], set[FindingKey]] = {}
+        # A guard's refusal is reported once per job, action and guard, until the findings
+        # it refused end: a later leak refused again is recorded again.
+        self._suppressed_seen: dict[tuple[str, str, str], set[FindingKey]] = {}
 
     @classmethod
     def from_settings(cls, settings: Any, ledger: Ledger | None = None) -> Policy:
@@ -229,7 +232,7 @@ class Policy:
         self._dry_run = settings.dry_run
         # A rung the new ladder still has stays fired for the findings it acted on; a
         # changed or new rung acts afresh.
-        self._fired = {key: keys for key, keys in self._fired.items() if key[1] in self._ladder}
+        self._fired = {key: keys for key, keys in self._fired.items() if key[2] in self._ladder}
 
     @property
     def dry_run(self) -> bool:
@@ -293,10 +296,8 @@ class Policy:
 
     def _end_episode(self, key: FindingKey) -> None:
         self._active.pop(key, None)
-        for rung, keys in list(self._fired.items()):
-            keys.discard(key)
-            if not keys:
-                del self._fired[rung]
+        _forget_finding(self._fired, key)
+        _forget_finding(self._suppressed_seen, key)
 
     def decide(self, t: float, wall: float, jobs: JobResolver) -> list[Decision]:
         """Walk the ladder for every active finding; return (and record) the decisions.
@@ -311,19 +312,20 @@ class Policy:
             time_to_oom = finding.time_to_oom_at(t)
             for ref in jobs(finding.gpu, finding.pid):
                 for step in self._ladder:
-                    if (ref.job, step) in self._fired or (ref.job, step.action) in decided:
+                    fired = (self._dry_run, ref.job, step)
+                    if fired in self._fired or (ref.job, step.action) in decided:
                         continue
                     if not step.match.matches(ref.job, ref.user, finding.gpu):
                         continue
                     if not step.applies(finding.kind, finding.cause, time_to_oom):
                         continue
-                    decision = self._guarded(step, finding, ref, t, wall, time_to_oom)
+                    decision = self._guarded(step, finding, ref, t, wall, time_to_oom, key=key)
                     if decision is None:
                         continue
                     decided.add((ref.job, step.action))
                     decisions.append(decision)
                     if decision.outcome != SUPPRESSED:
-                        self._fired.setdefault((ref.job, step), set()).add(key)
+                        self._fired.setdefault(fired, set()).add(key)
         return decisions
 
     def scheduled(
@@ -348,22 +350,22 @@ class Policy:
         time_to_oom: float | None,
         reason: str = "",
         once: bool = False,
+        key: FindingKey | None = None,
     ) -> Decision | None:
         reason = reason or _describe(step)
         guard = self._guard(step.action, ref.job, wall)
         if guard == "in_flight" and not once:
             return None  # not refused, only later: asked again once the job answers
         if guard:
-            seen = (ref.job, step.action, guard)
-            if not once:
-                if seen in self._suppressed_seen:
+            if not once and key is not None:
+                refused = self._suppressed_seen.get((ref.job, step.action, guard))
+                self._suppressed_seen.setdefault((ref.job, step.action, guard), set()).add(key)
+                if refused:
                     return None
-                self._suppressed_seen.add(seen)
             outcome, reason = SUPPRESSED, guard
         else:
-            self._suppressed_seen = {
-                s for s in self._suppressed_seen if s[:2] != (ref.job, step.action)
-            }
+            for seen in [s for s in self._suppressed_seen if s[:2] == (ref.job, step.action)]:
+                del self._suppressed_seen[seen]
             outcome = DRY_RUN if self._dry_run else SEND
         decision = Decision(
             t=t,
@@ -393,6 +395,14 @@ class Policy:
         if self.ledger.in_flight(job, wall):
             return "in_flight"
         return ""
+
+
+def _forget_finding(memory: dict[Any, set[FindingKey]], key: FindingKey) -> None:
+    """Take an ended finding out of what each entry remembers; drop entries left with none."""
+    for name, keys in list(memory.items()):
+        keys.discard(key)
+        if not keys:
+            del memory[name]
 
 
 def _finding_order(item: tuple[FindingKey, Finding]) -> tuple[float, str, str, int, int]:

@@ -156,7 +156,8 @@ def ledger_from(entries: Iterator[dict[str, Any]], unanswered_for_s: float = 0.0
     ledger = Ledger()
     for entry in entries:
         if entry.get("type") == "result" and isinstance(entry.get("job"), str):
-            ledger.finished(entry["job"])
+            if entry.get("unanswered") is not True:  # else cut by the daemon's stop: running
+                ledger.finished(entry["job"])
             continue
         if entry.get("type") != "decision" or entry.get("outcome") == SUPPRESSED:
             continue
