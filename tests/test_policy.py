@@ -313,3 +313,46 @@ def test_each_leak_the_restart_budget_refuses_is_recorded() -> None:
             policy.ledger.finished("train")
         policy.observe(_event(t + 300, state="cleared"))
     assert refused == [(1, "restart_budget"), (2, "restart_budget"), (3, "restart_budget")]
+
+
+@pytest.mark.parametrize(
+    ("line", "weekdays"),
+    [
+        ("0 3 * * 0", ["Sun"]),
+        ("0 3 * * 7", ["Sun"]),
+        ("0 3 * * 1-5", ["Mon", "Tue", "Wed", "Thu", "Fri"]),
+        ("0 3 * * 5-7", ["Sun", "Fri", "Sat"]),
+        ("0 3 * * */2", ["Sun", "Tue", "Thu", "Sat"]),
+        ("0 3 * * mon,wed", ["Mon", "Wed"]),
+    ],
+)
+def test_cron_weekdays_are_crontab_s(line: str, weekdays: list[str]) -> None:
+    """0 and 7 are Sunday, as in crontab (APScheduler's own 0 is Monday)."""
+    from datetime import datetime, timedelta, timezone
+
+    from watchdog.policy.rules import cron_trigger
+
+    trigger = cron_trigger(line)
+    when, seen = datetime(2026, 12, 6, tzinfo=timezone.utc), set()
+    for _ in range(14):
+        when = trigger.get_next_fire_time(None, when)
+        seen.add(when.strftime("%a"))
+        when += timedelta(minutes=1)
+    order = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+    assert sorted(seen, key=order.index) == weekdays
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("0 0 31 2 *", "never fires"),
+        ("0 0 1 * mon", "not both"),
+        ("0 3 * * 8", "expected 0-7"),
+        ("0 3 * * 5-1", "runs backwards"),
+        ("0 3 * *", "expected 5 fields"),
+    ],
+)
+def test_a_cron_line_that_would_not_do_what_it_says_is_refused(line: str, message: str) -> None:
+    """Refused at check-config, naming the line: 31 February, crontab's day OR weekday."""
+    with pytest.raises(ValueError, match=message):
+        parse_schedules([{"action": "empty_cache", "cron": line}])

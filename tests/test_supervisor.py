@@ -316,11 +316,28 @@ def test_install_schedules_adds_jittered_coalescing_jobs(tmp_path: Path) -> None
     assert all(job.coalesce and job.max_instances == 1 for job in jobs.values())
     assert all(job.misfire_grace_time == 60 for job in jobs.values())
     # A reload: the same schedules keep their jobs (and timers); others replace them.
-    sup.install_schedules(scheduler, schedules)
-    assert {job.id: job for job in scheduler.get_jobs()} == jobs
-    sup.install_schedules(scheduler, schedules[1:])
-    (only,) = scheduler.get_jobs()
-    assert (only.id, only.args[0].action) == ("schedule-0", "empty_cache")
+    scheduler.start(paused=True)
+    try:
+        due = {job.id: job.next_run_time for job in scheduler.get_jobs()}
+        sup.install_schedules(scheduler, schedules)
+        assert {job.id: job.next_run_time for job in scheduler.get_jobs()} == due
+        # One schedule changed, one not: the unchanged one keeps its timer.
+        changed = parse_schedules(
+            [
+                {"action": "checkpoint_and_restart", "interval_s": 7200},
+                {"action": "empty_cache", "cron": "*/30 * * * *", "jitter_s": 30},
+            ]
+        )
+        sup.install_schedules(scheduler, changed)
+        now = {job.id: (job.args[0].action, job.next_run_time) for job in scheduler.get_jobs()}
+        assert now["schedule-1"] == ("empty_cache", due["schedule-1"])
+        assert now["schedule-0"][0] == "checkpoint_and_restart"
+        assert scheduler.get_job("schedule-0").trigger.interval.total_seconds() == 7200
+        sup.install_schedules(scheduler, changed[1:])
+        (only,) = scheduler.get_jobs()
+        assert (only.id, only.args[0].action) == ("schedule-1", "empty_cache")
+    finally:
+        scheduler.shutdown(wait=False)
 
 
 def test_a_command_cut_by_the_daemon_s_stop_keeps_its_job_in_flight_after(

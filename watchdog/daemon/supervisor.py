@@ -14,6 +14,7 @@ engines.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import threading
 import time
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -36,7 +36,7 @@ from watchdog.detectors.orphans import ORPHANED_MEMORY, OrphanDetector
 from watchdog.detectors.stall import RANK_LOST, STALLED, StallDetector
 from watchdog.policy.engine import SEND, SUPPRESSED, Decision, JobRef, Policy
 from watchdog.policy.journal import Journal, decision_entry
-from watchdog.policy.rules import Schedule
+from watchdog.policy.rules import Schedule, cron_trigger
 from watchdog.samples import SIMULATED, Reading
 from watchdog.sources.host import process_exited, sees_host_pids
 
@@ -87,7 +87,8 @@ class Supervisor:
         self._server = server
         self._wall = wall
         self._lock = threading.Lock()
-        self._installed_schedules: tuple[Any, tuple[Schedule, ...]] | None = None
+        self._installed_schedules: tuple[Any, list[tuple[Schedule, str]]] | None = None
+        """The scheduler and, per schedule installed on it, its APScheduler job's id."""
         self._last_t = 0.0
         self._findings: Counter[tuple[str, str]] = Counter()
         self._actions: Counter[tuple[str, str]] = Counter()
@@ -233,20 +234,29 @@ class Supervisor:
     def install_schedules(self, scheduler: Any, schedules: tuple[Schedule, ...]) -> None:
         """Add an APScheduler job per schedule (coalescing, jittered, one at a time).
 
-        Called again (a reload) with other schedules, it replaces the jobs it added;
-        with the same ones it leaves them, and their timers, as they are.
+        Called again (a reload), it removes the jobs of schedules no longer given and
+        adds jobs for new ones; a schedule given again keeps its job, and its timer.
         """
-        if self._installed_schedules == (scheduler, schedules):
-            return
-        for job in scheduler.get_jobs():
-            if job.id.startswith("schedule-"):
-                job.remove()
-        self._installed_schedules = (scheduler, schedules)
-        for index, schedule in enumerate(schedules):
+        installed = []
+        if self._installed_schedules is not None and self._installed_schedules[0] is scheduler:
+            installed = self._installed_schedules[1]
+        wanted = list(schedules)
+        kept: list[tuple[Schedule, str]] = []
+        for schedule, job_id in installed:
+            if schedule in wanted:
+                wanted.remove(schedule)
+                kept.append((schedule, job_id))
+            else:
+                scheduler.remove_job(job_id)
+        used = {job_id for _, job_id in kept}
+        free_ids = (f"schedule-{n}" for n in itertools.count() if f"schedule-{n}" not in used)
+        for schedule in wanted:
+            job_id = next(free_ids)
+            kept.append((schedule, job_id))
             trigger = (
                 IntervalTrigger(seconds=schedule.interval_s, jitter=schedule.jitter_s or None)
                 if schedule.interval_s
-                else CronTrigger.from_crontab(schedule.cron, timezone="UTC")
+                else cron_trigger(schedule.cron)
             )
             if schedule.cron and schedule.jitter_s:
                 trigger.jitter = schedule.jitter_s
@@ -254,13 +264,14 @@ class Supervisor:
                 self.on_schedule,
                 trigger,
                 args=[schedule],
-                id=f"schedule-{index}",
+                id=job_id,
                 name=f"{schedule.action} ({schedule.match.job})",
                 coalesce=True,
                 max_instances=1,
                 # A run missed by less than a minute (a busy host) still happens.
                 misfire_grace_time=60,
             )
+        self._installed_schedules = (scheduler, kept)
 
     def monitored_pids(self) -> list[int]:
         """GPU processes and registered clients: whose host memory to read."""

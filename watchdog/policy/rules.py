@@ -216,13 +216,79 @@ def parse_schedules(value: Any) -> tuple[Schedule, ...]:
     return tuple(schedules)
 
 
-def _check_cron(line: str) -> None:
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+"""crontab's day-of-week numbers: 0 (and 7) is Sunday. APScheduler's 0 is Monday."""
+
+
+def cron_trigger(line: str) -> Any:
+    """An APScheduler trigger (UTC) firing when the crontab ``line`` does.
+
+    Raises:
+        ValueError: not five valid fields; day of month and day of week both
+            restricted (crontab fires on either, APScheduler only on both); or a line
+            that never fires (31 February).
+    """
+    from datetime import datetime, timezone
+
     from apscheduler.triggers.cron import CronTrigger
 
+    fields = line.split()
     try:
-        CronTrigger.from_crontab(line)
+        if len(fields) != 5:
+            raise ValueError(
+                f"expected 5 fields (minute hour day month weekday), got {len(fields)}"
+            )
+        minute, hour, day, month, weekday = fields
+        if day != "*" and weekday != "*":
+            raise ValueError(
+                "give the day of the month or the day of the week, not both (crontab "
+                "fires on either; two schedules say so)"
+            )
+        trigger = CronTrigger(
+            minute=minute, hour=hour, day=day, month=month,
+            day_of_week=_crontab_weekdays(weekday), timezone="UTC",
+        )
     except ValueError as exc:
         raise ValueError(f"cron {line!r} is not a valid crontab line: {exc}") from None
+    if trigger.get_next_fire_time(None, datetime.now(timezone.utc)) is None:
+        raise ValueError(f"cron {line!r} never fires")
+    return trigger
+
+
+def _crontab_weekdays(field: str) -> str:
+    """A crontab day-of-week field in APScheduler's terms: day names, which both read alike."""
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for item in field.lower().split(","):
+        body, slash, step_text = item.partition("/")
+        step = int(step_text) if step_text.isdigit() else 0
+        if slash and step < 1:
+            raise ValueError(f"day of week {item!r}: the step must be a positive integer")
+        if body == "*":
+            first, last = 0, 6
+        elif "-" in body:
+            start, _, end = body.partition("-")
+            first, last = _weekday(start), _weekday(end)
+        else:
+            first = _weekday(body)
+            last = 6 if slash else first  # crontab's "1/2" runs to the end of the week
+        if first > last:
+            raise ValueError(f"day of week {item!r}: the range runs backwards")
+        days.update(day % 7 for day in range(first, last + 1, step or 1))
+    return ",".join(_WEEKDAYS[day] for day in sorted(days))
+
+
+def _weekday(text: str) -> int:
+    if text.isdigit() and int(text) <= 7:
+        return int(text)
+    if text in _WEEKDAYS:
+        return _WEEKDAYS.index(text)
+    raise ValueError(f"day of week {text!r}: expected 0-7 (0 and 7: Sunday) or sun..sat")
+
+
+def _check_cron(line: str) -> None:
+    cron_trigger(line)
 
 
 def _render_tables(name: str, items: tuple[Any, ...]) -> list[str]:
