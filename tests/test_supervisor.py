@@ -361,3 +361,13 @@ def test_a_command_cut_by_the_daemon_s_stop_keeps_its_job_in_flight_after(
     ledger = ledger_from(journal.read(), unanswered_for_s=600.0)
     assert ledger.in_flight("train", sent_at + 300.0)
     assert not ledger.in_flight("train", sent_at + 601.0)
+
+
+def test_a_reload_applies_the_journal_s_new_size_limits(tmp_path: Path) -> None:
+    """policy.journal_max_bytes and journal_keep, changed by SIGHUP, rotate the next entries."""
+    sup, _, journal = _supervisor(tmp_path, FakeServer([]))
+    sup.reconfigure_policy(PolicySettings(journal_max_bytes=4096, journal_keep=1))
+    for index in range(200):
+        journal.append({"type": "note", "index": index, "pad": "x" * 40})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.jsonl", "journal.jsonl.1"]
+    assert journal.path.stat().st_size <= 4096

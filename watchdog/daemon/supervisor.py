@@ -230,6 +230,7 @@ class Supervisor:
         with self._lock:
             self._policy.reconfigure(settings)
             self._restart_budget = (settings.max_restarts, settings.restart_window_s)
+        self._journal.set_limits(settings.journal_max_bytes, settings.journal_keep)
 
     def install_schedules(self, scheduler: Any, schedules: tuple[Schedule, ...]) -> None:
         """Add an APScheduler job per schedule (coalescing, jittered, one at a time).

@@ -55,6 +55,11 @@ class Journal:
         self._tail_ok = False
         """The file is known to end with a whole line (checked once, and after any error)."""
 
+    def set_limits(self, max_bytes: int, keep: int) -> None:
+        """Rotate at ``max_bytes`` and keep ``keep`` old files from the next entry on (SIGHUP)."""
+        with self._lock:
+            self._max_bytes, self._keep = max_bytes, keep
+
     def append(self, entry: dict[str, Any]) -> bool:
         """Append one entry; False (logged and counted) if it could not be written."""
         line = (json.dumps(entry, separators=(",", ":"), sort_keys=True) + "\n").encode()
