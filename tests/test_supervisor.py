@@ -353,10 +353,14 @@ def test_a_command_cut_by_the_daemon_s_stop_keeps_its_job_in_flight_after(
     sup.on_reading(Reading(t=0))
     (pending,) = server.pending
     command = server.sent[-1][1]
-    pending.set_result([CommandResult(pid=42, job="train", rank=0, command=command, ok=False,
-                                      error=STOPPING_ERROR)])
-    (result,) = [e for e in journal.read() if e["type"] == "result"]
-    assert result["unanswered"] is True
+    # Rank 1 answered before the stop; rank 0 was still checkpointing when it came.
+    pending.set_result([
+        CommandResult(pid=42, job="train", rank=0, command=command, ok=False,
+                      error=STOPPING_ERROR),
+        CommandResult(pid=43, job="train", rank=1, command=command, ok=True),
+    ])
+    results = [e for e in journal.read() if e["type"] == "result"]
+    assert [(e["pid"], e.get("unanswered")) for e in results] == [(43, None), (42, True)]
     sent_at = max(e["wall"] for e in journal.read() if e["type"] == "decision")
     ledger = ledger_from(journal.read(), unanswered_for_s=600.0)
     assert ledger.in_flight("train", sent_at + 300.0)

@@ -457,7 +457,9 @@ class Supervisor:
             self._policy.ledger.finished(decision.job)
         if error:
             self._record_result(decision, None, False, error, None)
-        for result in results:
+        # The ranks the daemon's stop cut off last: read back, they leave the job in flight
+        # whatever the others answered.
+        for result in sorted(results, key=lambda r: r.error == STOPPING_ERROR):
             self._record_result(decision, result.pid, result.ok, result.error, result.duration_s)
 
     def _record_result(

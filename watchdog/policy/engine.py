@@ -128,6 +128,11 @@ class Ledger:
         """The job's command in flight answered (or its client went away)."""
         self._in_flight.pop(job, None)
 
+    def still_running(self, job: str, action: str) -> None:
+        """A rank of the job was cut off by the daemon's stop: its ``action`` is not over,
+        whatever the other ranks answered (read back from the journal)."""
+        self._in_flight[job] = (action, math.inf)
+
     def unanswered(self, for_s: float) -> None:
         """Let the commands now in flight count as such for ``for_s`` more after being sent.
 

@@ -161,7 +161,10 @@ def ledger_from(entries: Iterator[dict[str, Any]], unanswered_for_s: float = 0.0
     ledger = Ledger()
     for entry in entries:
         if entry.get("type") == "result" and isinstance(entry.get("job"), str):
-            if entry.get("unanswered") is not True:  # else cut by the daemon's stop: running
+            if entry.get("unanswered") is True and isinstance(entry.get("action"), str):
+                # Cut by the daemon's stop: on that rank the command may still be running.
+                ledger.still_running(entry["job"], entry["action"])
+            else:
                 ledger.finished(entry["job"])
             continue
         if entry.get("type") != "decision" or entry.get("outcome") == SUPPRESSED:
