@@ -350,9 +350,32 @@ def test_cron_weekdays_are_crontab_s(line: str, weekdays: list[str]) -> None:
         ("0 3 * * 8", "expected 0-7"),
         ("0 3 * * 5-1", "runs backwards"),
         ("0 3 * *", "expected 5 fields"),
+        # APScheduler's own reading would take these for jan-mar and accept the rest.
+        ("0 3 1 jan-mar-x *", "expected a value, a range"),
+        ("0 3 lastfoo * *", "day 'lastfoo'"),
+        ("60 * * * *", "minute '60': expected 0-59"),
     ],
 )
 def test_a_cron_line_that_would_not_do_what_it_says_is_refused(line: str, message: str) -> None:
     """Refused at check-config, naming the line: 31 February, crontab's day OR weekday."""
     with pytest.raises(ValueError, match=message):
         parse_schedules([{"action": "empty_cache", "cron": line}])
+
+
+def test_cron_fields_are_read_as_crontab_reads_them() -> None:
+    """A step on a month range is kept (APScheduler's reading dropped it: quarterly ran
+    monthly); a day-of-month step with a weekday is crontab's AND, as APScheduler's."""
+    from datetime import datetime, timedelta, timezone
+
+    from watchdog.policy.rules import cron_trigger
+
+    def fires(line: str, count: int) -> list[str]:
+        trigger, when, out = cron_trigger(line), datetime(2026, 12, 6, tzinfo=timezone.utc), []
+        for _ in range(count):
+            when = trigger.get_next_fire_time(None, when)
+            out.append(when.strftime("%m-%d %a"))
+            when += timedelta(minutes=1)
+        return out
+
+    assert fires("0 3 1 jan-dec/3 *", 4) == ["01-01 Fri", "04-01 Thu", "07-01 Thu", "10-01 Fri"]
+    assert fires("0 3 */2 * 1", 3) == ["12-07 Mon", "12-21 Mon", "01-11 Mon"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -218,10 +219,24 @@ def parse_schedules(value: Any) -> tuple[Schedule, ...]:
 
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 """crontab's day-of-week numbers: 0 (and 7) is Sunday. APScheduler's 0 is Monday."""
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_FIELDS = (
+    # name, first, last, names (numbered from ``first``)
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day", 1, 31, ()),
+    ("month", 1, 12, _MONTHS),
+    ("weekday", 0, 7, _WEEKDAYS),
+)
+_ITEM = re.compile(r"(\*|[0-9a-z]+(?:-[0-9a-z]+)?)(?:/([0-9]+))?")
 
 
 def cron_trigger(line: str) -> Any:
     """An APScheduler trigger (UTC) firing when the crontab ``line`` does.
+
+    Each field is read as crontab reads it (numbers, names, ranges, steps, lists;
+    weekday 0 and 7 are Sunday) and handed to APScheduler as explicit values, so
+    nothing is left to APScheduler's own, different, reading of the same text.
 
     Raises:
         ValueError: not five valid fields; day of month and day of week both
@@ -238,15 +253,17 @@ def cron_trigger(line: str) -> Any:
             raise ValueError(
                 f"expected 5 fields (minute hour day month weekday), got {len(fields)}"
             )
-        minute, hour, day, month, weekday = fields
-        if day != "*" and weekday != "*":
+        if not fields[2].startswith("*") and not fields[4].startswith("*"):
             raise ValueError(
                 "give the day of the month or the day of the week, not both (crontab "
                 "fires on either; two schedules say so)"
             )
+        values = [_crontab_field(text, *spec) for text, spec in zip(fields, _FIELDS, strict=True)]
+        minute, hour, day, month, weekdays = values
         trigger = CronTrigger(
             minute=minute, hour=hour, day=day, month=month,
-            day_of_week=_crontab_weekdays(weekday), timezone="UTC",
+            day_of_week=_weekday_names(weekdays),
+            timezone="UTC",
         )
     except ValueError as exc:
         raise ValueError(f"cron {line!r} is not a valid crontab line: {exc}") from None
@@ -255,36 +272,46 @@ def cron_trigger(line: str) -> Any:
     return trigger
 
 
-def _crontab_weekdays(field: str) -> str:
-    """A crontab day-of-week field in APScheduler's terms: day names, which both read alike."""
-    if field == "*":
-        return field
-    days: set[int] = set()
-    for item in field.lower().split(","):
-        body, slash, step_text = item.partition("/")
-        step = int(step_text) if step_text.isdigit() else 0
-        if slash and step < 1:
-            raise ValueError(f"day of week {item!r}: the step must be a positive integer")
+def _weekday_names(values: str) -> str:
+    """crontab weekday numbers as names, which crontab and APScheduler read alike."""
+    if values == "*":
+        return values
+    return ",".join(dict.fromkeys(_WEEKDAYS[int(day) % 7] for day in values.split(",")))
+
+
+def _crontab_field(text: str, name: str, first: int, last: int, names: tuple[str, ...]) -> str:
+    """One crontab field as ``*`` or the sorted list of the values it allows."""
+    if text == "*":
+        return text
+
+    def value(word: str) -> int:
+        if word.isdigit() and first <= int(word) <= last:
+            return int(word)
+        if word in names:
+            return names.index(word) + first
+        allowed = f"{first}-{last}" + (f" or {names[0]}..{names[-1]}" if names else "")
+        raise ValueError(f"{name} {word!r}: expected {allowed}")
+
+    chosen: set[int] = set()
+    for item in text.lower().split(","):
+        match = _ITEM.fullmatch(item)
+        if match is None:
+            raise ValueError(f"{name} {item!r}: expected a value, a range a-b, or either /step")
+        body, step_text = match.groups()
+        step = int(step_text) if step_text is not None else 1
+        if step < 1:
+            raise ValueError(f"{name} {item!r}: the step must be at least 1")
         if body == "*":
-            first, last = 0, 6
+            low, high = first, last
         elif "-" in body:
-            start, _, end = body.partition("-")
-            first, last = _weekday(start), _weekday(end)
+            low, high = (value(word) for word in body.split("-"))
         else:
-            first = _weekday(body)
-            last = 6 if slash else first  # crontab's "1/2" runs to the end of the week
-        if first > last:
-            raise ValueError(f"day of week {item!r}: the range runs backwards")
-        days.update(day % 7 for day in range(first, last + 1, step or 1))
-    return ",".join(_WEEKDAYS[day] for day in sorted(days))
-
-
-def _weekday(text: str) -> int:
-    if text.isdigit() and int(text) <= 7:
-        return int(text)
-    if text in _WEEKDAYS:
-        return _WEEKDAYS.index(text)
-    raise ValueError(f"day of week {text!r}: expected 0-7 (0 and 7: Sunday) or sun..sat")
+            low = value(body)
+            high = last if step_text is not None else low  # crontab's "5/10" runs to the end
+        if low > high:
+            raise ValueError(f"{name} {item!r}: the range runs backwards")
+        chosen.update(range(low, high + 1, step))
+    return ",".join(str(v) for v in sorted(chosen))
 
 
 def _check_cron(line: str) -> None:
