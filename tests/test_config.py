@@ -233,3 +233,11 @@ def test_socket_settings_this_machine_cannot_serve_fail_the_check_and_the_start(
     )
     assert started.returncode == EXIT_USAGE
     assert started.stderr.strip().endswith(message), started.stderr
+
+
+def test_an_empty_gpu_watchdog_config_is_named_not_read_as_the_current_directory() -> None:
+    """An empty variable (a shell's unset one) is one line naming it, not "." as the file."""
+    result = _check_config(env={"GPU_WATCHDOG_CONFIG": ""})
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.strip().endswith("environment GPU_WATCHDOG_CONFIG is empty: name a "
+                                          "file, or unset it"), result.stderr

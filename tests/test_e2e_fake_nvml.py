@@ -630,8 +630,9 @@ def test_status_prints_only_the_table_on_stdout(tmp_path: Path, cli_env: dict[st
 
 
 @pytest.mark.parametrize("fault", [Fault("nvmlDeviceGetCount*", "UNKNOWN"),
-                                   Fault("nvmlDeviceGetMemoryInfo*", None, delay_ms=-1)],
-                         ids=["unknown_error", "hung_call"])
+                                   Fault("nvmlDeviceGetMemoryInfo*", None, delay_ms=-1),
+                                   Fault("nvmlInit*", None, delay_ms=-1)],
+                         ids=["unknown_error", "hung_call", "hung_init"])
 def test_status_on_a_failing_driver_is_one_line(
     tmp_path: Path, cli_env: dict[str, str], fault: Fault
 ) -> None:

@@ -668,6 +668,8 @@ def config_path(path: Path | None = None, env: Mapping[str, str] | None = None) 
     if path is not None:
         return path
     if "GPU_WATCHDOG_CONFIG" in env:
+        if not env["GPU_WATCHDOG_CONFIG"].strip():  # an empty variable would read "."
+            raise ConfigError("environment GPU_WATCHDOG_CONFIG is empty: name a file, or unset it")
         return Path(env["GPU_WATCHDOG_CONFIG"])
     return DEFAULT_PATH if DEFAULT_PATH.exists() else None
 

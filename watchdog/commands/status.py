@@ -30,31 +30,33 @@ def run(args: argparse.Namespace) -> int:
     """Poll every source once and print the table."""
     config = load(args)
     state = DaemonState(origin=SIMULATED if args.simulate else NVML)
-    sources = build_sources(config, args.simulate, state.gpu_pids)
-    failure: list[str] = []
+    failure: list[Exception] = []
 
-    def poll_all() -> None:
-        for source in sources.sources:  # devices and processes first, so host sees the pids
-            try:
+    def read_once() -> None:
+        try:  # NVML's start-up too: a failing driver often hangs in nvmlInit
+            sources = build_sources(config, args.simulate, state.gpu_pids)
+        except Exception as exc:  # NvmlUnavailable (exit 3), a bad trace (exit 2), ...
+            failure.append(exc)
+            return
+        try:
+            for source in sources.sources:  # devices and processes first: host sees the pids
                 state.apply(source.poll())
-            except Exception as exc:  # a driver error (NVML's Unknown, ...): one line, no trace
-                failure.append(f"{source.name}: {exc}")
-                return
+        except Exception as exc:  # a driver error (NVML's Unknown, ...): one line, no trace
+            failure.append(WatchdogError(f"cannot read the GPUs: {source.name}: {exc}"))
+        sources.close()  # not reached while a call hangs: NVML's shutdown would wait for it
 
-    polling = threading.Thread(target=poll_all, name="status-poll", daemon=True)
-    polling.start()
+    reading = threading.Thread(target=read_once, name="status-read", daemon=True)
+    reading.start()
     # A hung driver call must not hang `status` too: three times what makes a poll stalled.
     deadline_s = 3 * config.sources.stall_after_s
-    polling.join(deadline_s)
-    if polling.is_alive():
-        # Not closed: shutting NVML down would wait for the hung call too.
+    reading.join(deadline_s)
+    if reading.is_alive():
         raise WatchdogError(
             f"no answer from the GPUs within {deadline_s:g} s: a driver call is hung "
             "(nvidia-smi probably hangs too; see docs/operations.md, GpuWatchdogPollStalled)"
         )
-    sources.close()
     if failure:
-        raise WatchdogError(f"cannot read the GPUs: {failure[0]}")
+        raise failure[0]
     print(render(state.snapshot()), end="")
     return 0
 
