@@ -299,3 +299,17 @@ def test_sighup_reloads_config_and_keeps_the_old_one_when_invalid(
     assert reloaded["needs_restart"] == ["sources.device_interval_s"]
     rejected = events["config_reload_rejected"]
     assert "sources.device_interval_s must be >= 0.05" in rejected["reason"]
+
+
+def test_a_command_run_in_this_process_leaves_its_logging_as_it_was(tmp_path: Path) -> None:
+    """main() sends a one-shot command's log to stderr, then puts the caller's set-up back
+    (a test capturing logs after it, a notebook, would otherwise lose its info lines)."""
+    import structlog
+
+    from watchdog.cli import main
+
+    before = structlog.get_config()
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    assert main(["check-config", str(config)]) == 0
+    assert structlog.get_config() == before

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+import structlog
+
 from watchdog import __version__
 from watchdog.errors import EXIT_USAGE, WatchdogError
 from watchdog.logs import configure_logging
@@ -51,10 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand and return its exit code."""
     args = build_parser().parse_args(argv)
-    if args.command != "run":
-        # Commands for a person: their output is stdout, what goes wrong is on stderr
-        # (a table or a TOML file with log lines in it is neither readable nor parsable).
-        configure_logging("warning", "console", stream=sys.stderr)
+    if args.command == "run":
+        return _run(args)
+    # Commands for a person: their output is stdout, what goes wrong is on stderr (a table
+    # or a TOML file with log lines in it is neither readable nor parsable). Put back after:
+    # a caller in this process (a test, a notebook) keeps its own logging.
+    previous = structlog.get_config()
+    configure_logging("warning", "console", stream=sys.stderr)
+    try:
+        return _run(args)
+    finally:
+        structlog.configure(**previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except WatchdogError as exc:
