@@ -609,15 +609,17 @@ def test_a_job_s_planned_growth_holds_its_leak_until_it_outgrows_the_plan(
 
 
 def _status(
-    tmp_path: Path, env: dict[str, str], state: FakeState
+    tmp_path: Path, env: dict[str, str], state: FakeState, *command: str
 ) -> subprocess.CompletedProcess[str]:
-    """``gpu-watchdog status`` on the fake NVML in ``state``."""
+    """``gpu-watchdog status`` (or ``command``) on the fake NVML in ``state``."""
     require_tool(Path(compiler() or "cc").name)
     fake = FakeNvml(tmp_path / "nvml.json", state)
     config = tmp_path / "status.toml"
     config.write_text(_config_text(tmp_path))
-    return subprocess.run([PYTHON, "-m", "watchdog", "status", "--config", str(config)],
-                          capture_output=True, text=True, env=fake.env(env), timeout=60)
+    return subprocess.run(
+        [PYTHON, "-m", "watchdog", *(command or ("status",)), "--config", str(config)],
+        capture_output=True, text=True, env=fake.env(env), timeout=60,
+    )
 
 
 def test_status_prints_only_the_table_on_stdout(tmp_path: Path, cli_env: dict[str, str]) -> None:
@@ -644,3 +646,19 @@ def test_status_on_a_failing_driver_is_one_line(
     assert done.stderr.strip().count("\n") == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert ("hung" if fault.delay_ms else "Unknown") in done.stderr
+
+
+@pytest.mark.parametrize("hung", ["nvmlDeviceGetMemoryInfo*", "nvmlInit*"])
+def test_record_on_a_hung_driver_ends_in_one_line_keeping_its_rows(
+    tmp_path: Path, cli_env: dict[str, str], hung: str
+) -> None:
+    """A call that never returns: record gives up within its deadline, exit 1, one line."""
+    state = FakeState(gpus=gpus(1))
+    state.faults = [Fault(hung, None, delay_ms=-1)]
+    out = tmp_path / "rec.csv"
+    done = _status(tmp_path, cli_env, state, "record", "--out", str(out), "--duration", "30")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "a driver call is hung" in done.stderr
+    if hung != "nvmlInit*":
+        assert out.read_text().startswith("t,gpu,pid,used_bytes,total_bytes")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from watchdog.config import Config, load_config
+from watchdog.errors import WatchdogError
 from watchdog.samples import NVML, SIMULATED
 from watchdog.sources.base import Source
 from watchdog.sources.host import HostSource
@@ -127,3 +130,42 @@ def build_sources(
         NvmlHealthSource(nvml, handles, settings.health_interval_s),
     ]
     return Sources(sources, NVML, nvml)
+
+
+T = TypeVar("T")
+
+
+class DriverHung(WatchdogError):
+    """A call did not return within its deadline: a driver call stuck in the kernel."""
+
+
+def call_within(call: Callable[[], T], deadline_s: float, what: str) -> T:
+    """``call()``'s result (or its exception), unless it takes longer than ``deadline_s``.
+
+    A one-shot command must not hang with a driver that does (``nvidia-smi`` would).
+    The call runs in a daemon thread, left behind when it hangs: then nothing may
+    shut NVML down (that would wait for the stuck call too).
+
+    Raises:
+        DriverHung: ``call`` had not returned after ``deadline_s``.
+    """
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the caller's thread as is
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="watchdog-call", daemon=True)
+    thread.start()
+    thread.join(deadline_s)
+    if not outcome:
+        raise DriverHung(
+            f"no answer from {what} within {deadline_s:g} s: a driver call is hung "
+            "(nvidia-smi probably hangs too; see docs/operations.md, GpuWatchdogPollStalled)"
+        )
+    done, value = outcome[0]
+    if done:
+        return value  # type: ignore[no-any-return]
+    raise value

@@ -11,7 +11,14 @@ from typing import Any
 
 import structlog
 
-from watchdog.commands._common import add_config_option, add_simulate_option, build_sources, load
+from watchdog.commands._common import (
+    DriverHung,
+    add_config_option,
+    add_simulate_option,
+    build_sources,
+    call_within,
+    load,
+)
 from watchdog.errors import UsageError
 from watchdog.samples import Reading
 from watchdog.sources.base import Source
@@ -43,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
     if args.duration is not None and not args.duration > 0:
         raise UsageError(f"--duration must be > 0, got {args.duration:g}")
     config = load(args)
-    sources = build_sources(config, args.simulate, list)
+    # A hung driver call must not hang `record` too: three times what makes a poll stalled.
+    deadline_s = 3 * config.sources.stall_after_s
+    sources = call_within(
+        lambda: build_sources(config, args.simulate, list), deadline_s, "the GPUs"
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -60,9 +71,14 @@ def run(args: argparse.Namespace) -> int:
                 stream.flush,
                 stop,
                 args.duration,
+                deadline_s=deadline_s,
             )
-    finally:
+    except DriverHung as exc:  # not closed: NVML's shutdown would wait for the stuck call
+        raise DriverHung(f"{exc}; the rows recorded before it are in {args.out}") from None
+    except BaseException:
         sources.close()
+        raise
+    sources.close()
     print(f"recorded {rows} rows to {args.out}")
     return 0
 
@@ -74,8 +90,13 @@ def record(
     stop: threading.Event,
     duration_s: float | None,
     clock: Any = time.monotonic,
+    deadline_s: float | None = None,
 ) -> int:
-    """Poll ``sources`` on their intervals into ``writer``; return the number of rows written."""
+    """Poll ``sources`` on their intervals into ``writer``; return the number of rows written.
+
+    Raises:
+        DriverHung: a poll took longer than ``deadline_s`` (None: wait for ever).
+    """
     started = clock()
     due = dict.fromkeys(range(len(sources)), started)
     written_t: dict[int, float] = {}
@@ -91,7 +112,12 @@ def record(
                 continue
             due[index] = now + source.interval_s
             try:
-                reading = source.poll()
+                if deadline_s is None:
+                    reading = source.poll()
+                else:
+                    reading = call_within(source.poll, deadline_s, source.name)
+            except DriverHung:
+                raise
             except Exception as exc:  # a failed poll is a gap in the trace, as in the daemon
                 log.warning("poll_failed", source=source.name, error=str(exc))
                 continue

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import threading
 from typing import Any
 
-from watchdog.commands._common import add_config_option, add_simulate_option, build_sources, load
+from watchdog.commands._common import (
+    DriverHung,
+    add_config_option,
+    add_simulate_option,
+    build_sources,
+    call_within,
+    load,
+)
 from watchdog.daemon.state import DaemonState, Snapshot
 from watchdog.errors import WatchdogError
 from watchdog.samples import NVML, SIMULATED, HostProcessSample
@@ -30,33 +36,21 @@ def run(args: argparse.Namespace) -> int:
     """Poll every source once and print the table."""
     config = load(args)
     state = DaemonState(origin=SIMULATED if args.simulate else NVML)
-    failure: list[Exception] = []
-
-    def read_once() -> None:
-        try:  # NVML's start-up too: a failing driver often hangs in nvmlInit
-            sources = build_sources(config, args.simulate, state.gpu_pids)
-        except Exception as exc:  # NvmlUnavailable (exit 3), a bad trace (exit 2), ...
-            failure.append(exc)
-            return
-        try:
-            for source in sources.sources:  # devices and processes first: host sees the pids
-                state.apply(source.poll())
-        except Exception as exc:  # a driver error (NVML's Unknown, ...): one line, no trace
-            failure.append(WatchdogError(f"cannot read the GPUs: {source.name}: {exc}"))
-        sources.close()  # not reached while a call hangs: NVML's shutdown would wait for it
-
-    reading = threading.Thread(target=read_once, name="status-read", daemon=True)
-    reading.start()
     # A hung driver call must not hang `status` too: three times what makes a poll stalled.
     deadline_s = 3 * config.sources.stall_after_s
-    reading.join(deadline_s)
-    if reading.is_alive():
-        raise WatchdogError(
-            f"no answer from the GPUs within {deadline_s:g} s: a driver call is hung "
-            "(nvidia-smi probably hangs too; see docs/operations.md, GpuWatchdogPollStalled)"
-        )
-    if failure:
-        raise failure[0]
+    # NVML's start-up too: a failing driver often hangs in nvmlInit.
+    sources = call_within(
+        lambda: build_sources(config, args.simulate, state.gpu_pids), deadline_s, "the GPUs"
+    )
+    for source in sources.sources:  # devices and processes first, so host sees the pids
+        try:
+            state.apply(call_within(source.poll, deadline_s, "the GPUs"))
+        except DriverHung:
+            raise  # not closed: NVML's shutdown would wait for the stuck call
+        except Exception as exc:  # a driver error (NVML's Unknown, ...): one line, no trace
+            sources.close()
+            raise WatchdogError(f"cannot read the GPUs: {source.name}: {exc}") from None
+    sources.close()
     print(render(state.snapshot()), end="")
     return 0
 
