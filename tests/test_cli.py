@@ -76,6 +76,11 @@ def test_run_simulated_serves_labelled_metrics_and_stops_on_sigterm(
         # The alerts tell a restart loop, and counts since a restart, by the start time.
         assert re.search(r"^process_start_time_seconds \d", body, re.MULTILINE)
         assert 'source="simulated"' in body
+        # The findings drawn from simulated figures say so too: alerts on them carry it.
+        body = _scrape(f"http://127.0.0.1:{port}/metrics", until="gpu_watchdog_finding_active{")
+        findings = re.findall(r"^gpu_watchdog_finding_active\{.*$", body, re.MULTILINE)
+        assert findings
+        assert all('source="simulated"' in line for line in findings)
         assert _scrape(f"http://127.0.0.1:{port}/healthz").strip() == "ok"
     finally:
         process.send_signal(signal.SIGTERM)

@@ -20,7 +20,7 @@ from watchdog.policy.engine import Policy
 from watchdog.policy.journal import Journal
 from watchdog.policy.replay import decisions_over
 from watchdog.policy.rules import DEFAULT_LADDER
-from watchdog.samples import DeviceSample, Reading
+from watchdog.samples import NVML, SIMULATED, DeviceSample, Reading
 
 
 class FakeEngine:
@@ -108,14 +108,14 @@ class FakeServer:
 
 
 def _supervisor(
-    tmp_path: Path, server: FakeServer | None, dry_run: bool = False
+    tmp_path: Path, server: FakeServer | None, dry_run: bool = False, origin: str = NVML
 ) -> tuple[Supervisor, FakeEngine, Journal]:
     engine = FakeEngine()
     journal = Journal(tmp_path)
     policy = Policy(
         DEFAULT_LADDER, cooldown_s=600, max_restarts=1, restart_window_s=86400, dry_run=dry_run
     )
-    state = DaemonState()
+    state = DaemonState(origin=origin)
     state.apply(Reading(t=0, devices=[DeviceSample(0, "GPU-x", "A100", 100, 10)]))
     wall = iter(range(1000, 100000, 10))
     sup = Supervisor(
@@ -149,7 +149,16 @@ def test_leak_on_a_registered_process_is_acted_on_and_journalled(tmp_path: Path)
     assert 'gpu_watchdog_actions_total{action="checkpoint_and_restart",outcome="send"} 1.0' in text
     assert 'gpu_watchdog_restart_budget_remaining{training_job="train"} 0.0' in text
     assert 'gpu_watchdog_job_restarts{training_job="train"} 1.0' in text
-    assert 'gpu_watchdog_findings_total{kind="leak",state="raised"} 1.0' in text
+    assert 'gpu_watchdog_findings_total{kind="leak",source="nvml",state="raised"} 1.0' in text
+
+
+def test_a_simulated_daemon_counts_its_findings_as_simulated(tmp_path: Path) -> None:
+    """findings_total carries the source like the GPU figures it was found in."""
+    sup, engine, _ = _supervisor(tmp_path, FakeServer([]), origin=SIMULATED)
+    engine.queued = [finding(0, tto=600.0)]
+    sup.on_reading(Reading(t=0))
+    text = generate_latest(_registry(sup)).decode()
+    assert 'gpu_watchdog_findings_total{kind="leak",source="simulated",state="raised"} 1.0' in text
 
 
 def test_dry_run_sends_nothing(tmp_path: Path) -> None:

@@ -194,7 +194,7 @@ def _serve_metrics(
     # restart, apart from a daemon that is simply up; the rest shows its footprint.
     ProcessCollector(registry=registry)
     registry.register(StateCollector(state.snapshot, config.sources.stall_after_s))
-    registry.register(DetectionCollector(supervisor.detection_status))
+    registry.register(DetectionCollector(supervisor.detection_status, state.snapshot().origin))
     registry.register(server.collector())
     registry.register(supervisor)
     poller = Poller(sources.sources, state, observers=[supervisor.on_reading])

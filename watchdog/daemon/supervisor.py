@@ -19,7 +19,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -487,8 +487,12 @@ class Supervisor:
         with self._lock:
             findings, actions = dict(self._findings), dict(self._actions)
             suppressed, results = dict(self._suppressed), dict(self._results)
+        origin = self._state.snapshot().origin
         yield _counter(
-            "findings", "Detector events, by finding and state.", ("kind", "state"), findings
+            "findings",
+            "Detector events, by finding and state.",
+            ("kind", "state", "source"),
+            {(kind, state, origin): n for (kind, state), n in findings.items()},
         )
         yield _counter(
             "actions",
@@ -537,13 +541,11 @@ class Supervisor:
             now = self._clock()
             hangs = (self._stalls.clients(now), self._stalls.lost_ranks())
             orphans = (self._orphans.active(), self._orphans.unattributed_bytes())
-        yield from hang_metrics.families(
-            clients, *hangs, *orphans, origin=self._state.snapshot().origin
-        )
+        yield from hang_metrics.families(clients, *hangs, *orphans, origin=origin)
 
 
 def _counter(
-    name: str, documentation: str, labels: tuple[str, ...], values: dict[tuple[str, str], int]
+    name: str, documentation: str, labels: tuple[str, ...], values: Mapping[Any, int]
 ) -> CounterMetricFamily:
     family = CounterMetricFamily(f"gpu_watchdog_{name}", documentation, labels=list(labels))
     for key, value in sorted(values.items()):
