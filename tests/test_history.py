@@ -88,6 +88,10 @@ def test_history_filters_by_job_and_time(tmp_path: Path, cli_env: dict[str, str]
     assert len(_history(tmp_path, "--job", "b", env=cli_env).stdout.splitlines()) == 1
     recent = _history(tmp_path, "--since", "1h", "--json", env=cli_env).stdout.splitlines()
     assert [json.loads(line)["type"] for line in recent] == ["decision", "decision", "result"]
+    # A filter that leaves nothing says so, on stderr: stdout stays entries alone.
+    nothing = _history(tmp_path, "--job", "c", "--since", "1m", "--json", env=cli_env)
+    assert (nothing.returncode, nothing.stdout) == (0, "")
+    assert nothing.stderr.strip() == f"no journal entries in {tmp_path} match --job c --since 1m"
 
 
 def test_history_of_a_torn_journal_says_what_it_skipped(
@@ -163,7 +167,7 @@ def test_commands_sent_by_hand_are_journalled(tmp_path: Path, cli_env: dict[str,
         wait_for(lambda: Path(socket_path).exists(), timeout_s=30, what="the daemon's socket")
         quiet = _history(state, env=cli_env)
         assert quiet.returncode == 0, quiet.stderr
-        assert "no journal entries" in quiet.stdout
+        assert (quiet.stdout, quiet.stderr.strip()) == ("", f"no journal entries in {state}")
         wd = watchdog.attach(socket_path=socket_path, job="by-hand",
                              checkpoint=lambda step: {"saved": step})
 

@@ -69,11 +69,12 @@ def run(args: argparse.Namespace) -> int:
                 f"no journal: {directory} does not exist (no daemon has run with "
                 "daemon.state_dir there: pass the daemon's --config or --state-dir)"
             )
-        print(f"no journal entries in {directory}")
+        print(f"no journal entries in {directory}", file=sys.stderr)
         return 0
     # Findings name a pid, not a job: a job's own are those on the pids its commands went to.
     pids = _pids_of(journal.read(), args.job) if args.job else set()
     stats = ReadStats()
+    shown = 0
     for entry in journal.read(stats):
         if args.job and entry.get("job", _pid_job(entry, pids, args.job)) != args.job:
             continue
@@ -85,8 +86,15 @@ def run(args: argparse.Namespace) -> int:
             stats.skipped_lines += 1  # JSON, but not an entry this daemon wrote (a hand edit)
             continue
         print(line)
-    if stats.skipped_lines:  # on stderr: with --json, stdout is JSON lines alone
+        shown += 1
+    # Notes go to stderr: with --json, stdout is JSON lines alone.
+    if stats.skipped_lines:
         print(f"({stats.skipped_lines} unreadable line(s) skipped)", file=sys.stderr)
+    if not shown:
+        asked = (("--job", args.job), ("--since", args.since))
+        filters = " ".join(f"{flag} {value}" for flag, value in asked if value)
+        matching = f" match {filters}" if filters else ""
+        print(f"no journal entries in {directory}{matching}", file=sys.stderr)
     return 0
 
 
