@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
 import struct
 import threading
+import time
 
 import pytest
 from control_helpers import RawPeer, wait_for
@@ -19,6 +21,7 @@ from watchdog.control import (
     ControlServer,
     UnknownTargetError,
 )
+from watchdog.control import server as server_module
 from watchdog.control.registry import AllocatorReport, PeerCred, Registration
 from watchdog.control.server import _Client, sync_step
 
@@ -287,6 +290,60 @@ def test_connection_cap(server_factory):
     extra = RawPeer(server.socket_path)
     assert extra.closed_by_server()
     assert server.stats()[1]["connection_cap"] == 1, server.stats()
+
+
+def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(
+    server_factory, monkeypatch
+):
+    """accept() failing with EMFILE leaves the listener readable: the loop must not spin.
+
+    It stops listening for a second, logs once per pause, then takes the waiting
+    connection as usual once descriptors are back.
+    """
+    server = server_factory()
+    calls = []
+
+    def out_of_descriptors(self):
+        calls.append(1)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(socket.socket, "accept", out_of_descriptors)
+    peer = RawPeer(server.socket_path)
+    wait_for(lambda: calls, what="a failed accept")
+    time.sleep(1.5)
+    failed = len(calls)
+    assert failed <= 3, f"{failed} accepts in 1.5 s: the control loop spins"
+    logged = [c for c in server.log_calls if c.kwargs.get("event") == "control_accept_failed"]
+    assert len(logged) == failed
+    monkeypatch.undo()
+    peer.send({"type": "ping", "id": 1})
+    assert peer.recv(timeout_s=5)["type"] == "pong"
+
+
+def test_max_clients_fits_the_open_file_limit(server_factory, monkeypatch):
+    """A soft limit below max_clients is raised to the hard one; short of that, fewer are served."""
+    limits = {"soft": 1024, "hard": 258}
+    monkeypatch.setattr(
+        server_module.resource, "getrlimit", lambda _: (limits["soft"], limits["hard"])
+    )
+    monkeypatch.setattr(
+        server_module.resource, "setrlimit", lambda _, new: limits.update(soft=new[0])
+    )
+    assert server_module.room_for_clients(1024) == 2  # 258 - 256 kept for the daemon's own
+    limits.update(soft=1024, hard=1 << 20)
+    assert server_module.room_for_clients(1024) == 1024
+    assert limits["soft"] == 1024 + 256
+    limits.update(soft=258, hard=258)
+    server = server_factory(max_clients=3)
+    events = [c.kwargs for c in server.log_calls]
+    (lowered,) = [e for e in events if e.get("event") == "control_max_clients_lowered"]
+    assert lowered["max_clients"] == 2
+    peers = [RawPeer(server.socket_path) for _ in range(2)]
+    for peer in peers:
+        peer.send({"type": "ping", "id": 1})
+        assert peer.recv()["type"] == "pong"
+    assert RawPeer(server.socket_path).closed_by_server()
+    assert server.stats()[1]["connection_cap"] == 1
 
 
 def test_per_uid_cap(server_factory):

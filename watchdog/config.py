@@ -313,7 +313,11 @@ class ControlSettings:
     )
     socket_group: str = setting("", "Group owning the socket file; empty keeps the daemon's.")
     max_clients: int = setting(
-        1024, "Connections served at once; more are closed at once.", minimum=1, maximum=65536
+        1024,
+        "Connections served at once; more are closed at once. The daemon raises its open-file "
+        "limit to fit them, or serves fewer where the hard limit is lower.",
+        minimum=1,
+        maximum=65536,
     )
     max_clients_per_uid: int = setting(
         256, "Connections one user may hold at once.", minimum=1, maximum=65536

@@ -19,6 +19,7 @@ import math
 import os
 import queue
 import re
+import resource
 import selectors
 import socket
 import stat
@@ -63,6 +64,10 @@ _TICK_S = 0.2
 _PID_TEXT = re.compile(r"[0-9]{1,10}")
 """A send target given as text that names a pid (ASCII digits; ``"²".isdigit()`` is true)."""
 _ACCEPTS_PER_EVENT = 64
+# Out of file descriptors, the listener stays readable: accepting again at once would spin.
+_ACCEPT_PAUSE_S = 1.0
+# Descriptors the daemon needs besides its clients: NVML, /proc reads, scrapes, the journal.
+_FD_RESERVE = 256
 _SYNCED_COMMANDS = frozenset({"checkpoint", "checkpoint_and_restart"})
 
 ReportCallback = Callable[[ClientInfo, AllocatorReport], None]
@@ -170,6 +175,26 @@ MAX_SOCKET_PATH_BYTES = 103
 """A Unix socket's path must fit ``sun_path`` (108 bytes on Linux, 104 elsewhere) with its NUL."""
 
 
+def room_for_clients(max_clients: int) -> int:
+    """How many clients the open-file limit leaves room for, raising it where it can.
+
+    systemd starts services with a soft limit of 1024: ``max_clients`` connections
+    and the daemon's own files would not fit, and an accept failing with EMFILE
+    fails the host source's /proc reads with it. The soft limit is raised towards
+    the hard one; where even that is short, fewer clients are served.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_clients + _FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    if soft == resource.RLIM_INFINITY:
+        return max_clients
+    return max(1, min(max_clients, soft - _FD_RESERVE))
+
+
 def check_settings(settings: ControlSettings) -> None:
     """What only this machine can tell of the socket settings: checked by ``check-config``
     and by ``run`` before anything starts.
@@ -227,6 +252,8 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._inode: tuple[int, int] | None = None
+        self._max_clients = settings.max_clients
+        self._accept_paused_until: float | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -243,6 +270,14 @@ class ControlServer:
         """
         if self._thread is not None:
             raise ControlError("control server already started")
+        self._max_clients = room_for_clients(self.settings.max_clients)
+        if self._max_clients < self.settings.max_clients:
+            self._log.warning(
+                "control_max_clients_lowered",
+                max_clients=self._max_clients,
+                configured=self.settings.max_clients,
+                reason="the open-file limit (RLIMIT_NOFILE) leaves no room for more",
+            )
         self._listener = self._bind(Path(self.settings.socket_path))
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -426,6 +461,7 @@ class ControlServer:
                         self._on_event(key.data, mask)
                 self._run_calls()
                 self._check_deadlines()
+                self._resume_accepting()
         except Exception:  # pragma: no cover - a bug; logged so the daemon can report it
             self._log.exception("control_loop_failed")
         finally:
@@ -483,9 +519,13 @@ class ControlServer:
                 sock, _addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: log, keep serving
+            except OSError as exc:  # EMFILE and friends: keep serving who is connected
                 self._count_drop("accept_error")
-                self._log.warning("control_accept_failed", error=str(exc))
+                self._log.warning(
+                    "control_accept_failed", error=str(exc), paused_s=_ACCEPT_PAUSE_S
+                )
+                self._selector.unregister(self._listener)
+                self._accept_paused_until = self._clock() + _ACCEPT_PAUSE_S
                 return
             try:
                 peer = peer_cred(sock, self._proc_root)
@@ -506,8 +546,17 @@ class ControlServer:
             self._conns[sock.fileno()] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
 
+    def _resume_accepting(self) -> None:
+        """Listen again once a pause after a failed accept is over."""
+        if self._accept_paused_until is None or self._clock() < self._accept_paused_until:
+            return
+        assert self._selector is not None
+        assert self._listener is not None
+        self._selector.register(self._listener, selectors.EVENT_READ, "listen")
+        self._accept_paused_until = None
+
     def _refusal(self, peer: PeerCred) -> str:
-        if len(self._conns) >= self.settings.max_clients:
+        if len(self._conns) >= self._max_clients:
             return "connection_cap"
         same_uid = sum(1 for conn in self._conns.values() if conn.peer.uid == peer.uid)
         if same_uid >= self.settings.max_clients_per_uid:
