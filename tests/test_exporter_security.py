@@ -330,6 +330,53 @@ def test_a_trickling_client_is_cut_at_the_connection_deadline(
         loris.close()
 
 
+def test_connections_that_say_nothing_give_their_slots_back_within_seconds(
+    serve: Callable[..., MetricsServer]
+) -> None:
+    """Silent connections holding every slot delay a scrape by the first-byte wait, not 10 s.
+
+    Anyone who can reach the port can open them; the scrape and /healthz (the
+    readiness probe) must not wait out the whole connection deadline behind them.
+    """
+    server = serve(max_concurrent=2, request_timeout_s=10.0, first_byte_timeout_s=1.0)
+    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # both are in their slots
+        started = time.monotonic()
+        assert _request(server.port).status == 200
+        assert time.monotonic() - started < 5, "the silent connections kept their slots"
+        for connection in silent:
+            connection.settimeout(5)
+            assert connection.recv(4096) == b""  # closed by the server
+        assert _rejected(server.port, "idle") == 2
+    finally:
+        for connection in silent:
+            connection.close()
+
+
+def test_connections_waiting_for_a_slot_queue_in_the_kernel_not_in_syn_retries(
+    serve: Callable[..., MetricsServer]
+) -> None:
+    """With every slot busy, 40 more connections are each accepted by the kernel at once.
+
+    A backlog of 5 (socketserver's default) left the rest to TCP's SYN retries
+    (1 s, 3 s, 7 s): 100 parallel scrapes took up to 11 s with nothing hung.
+    """
+    server = serve(max_concurrent=1, request_timeout_s=3.0)
+    stop = threading.Event()
+    loris = _trickle(server.port, stop, every_s=0.3)
+    waiting: list[socket.socket] = []
+    try:
+        time.sleep(0.3)  # the trickler holds the one slot; the accept loop waits for it
+        for _ in range(40):
+            waiting.append(socket.create_connection(("127.0.0.1", server.port), timeout=0.5))
+    finally:
+        stop.set()
+        loris.close()
+        for connection in waiting:
+            connection.close()
+
+
 def test_out_of_descriptors_a_scrape_goes_without_its_deadline_and_frees_its_slot(
     serve: Callable[..., MetricsServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,14 +8,17 @@ Only GET and HEAD of those two paths (and ``/``) are served: nothing over
 HTTP changes the daemon. With TLS configured the handshake runs on the
 connection's own thread, never the accepting one. Every connection, TLS
 handshake included, is cut ``REQUEST_TIMEOUT_S`` after it was accepted,
-however it trickles bytes, so a client that connects and says nothing, or
-sends a byte every few seconds, holds one slot for at most that long and
-costs nobody else anything. docs/security.md has the threat model.
+however it trickles bytes, so a client that sends a byte every few seconds
+holds one slot for at most that long; one that connects and says nothing
+is closed after ``FIRST_BYTE_TIMEOUT_S`` (Prometheus sends its request at
+once). Connections waiting for a slot wait in the kernel's accept queue.
+docs/security.md has the threat model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import sys
@@ -40,8 +43,12 @@ HealthCheck = Callable[[], tuple[bool, str]]
 
 REQUEST_TIMEOUT_S = 10.0
 """The longest one connection may take, from accept to its last byte sent."""
+FIRST_BYTE_TIMEOUT_S = 2.0
+"""How long a connection may hold a slot before its first byte arrives."""
 _SLOT_POLL_S = 0.5
-REJECTIONS = ("tls_handshake", "no_credentials", "bad_credentials", "method_not_allowed")
+REJECTIONS = (
+    "tls_handshake", "no_credentials", "bad_credentials", "method_not_allowed", "idle"
+)
 """Why a request was refused; the label values of ``gpu_watchdog_http_requests_rejected_total``."""
 ALLOWED_METHODS = "GET, HEAD"
 _PLAIN_HTTP_REPLY = (
@@ -54,6 +61,9 @@ class _BoundedServer(ThreadingHTTPServer):
     daemon_threads = True
     # Allow fast restarts of the daemon on the same port.
     allow_reuse_address = True
+    # Connections waiting for a slot wait here; socketserver's 5 left the rest to SYN
+    # retries (1 s, 3 s, 7 s) whenever the slots were busy.
+    request_queue_size = 128
 
     def __init__(
         self,
@@ -63,10 +73,12 @@ class _BoundedServer(ThreadingHTTPServer):
         family: socket.AddressFamily,
         security: WebSecurity,
         request_timeout_s: float,
+        first_byte_timeout_s: float,
     ) -> None:
         self.address_family = family
         self.security = security
         self.request_timeout_s = request_timeout_s
+        self.first_byte_timeout_s = first_byte_timeout_s
         self.stopping = threading.Event()
         self._rejected: Counter[str] = Counter(dict.fromkeys(REJECTIONS, 0))
         self._slots = threading.BoundedSemaphore(slots)
@@ -113,6 +125,11 @@ class _BoundedServer(ThreadingHTTPServer):
                 deadline = threading.Timer(self.request_timeout_s, _cut, (guard,))
                 deadline.daemon = True
                 deadline.start()
+            if not self._first_byte_arrives(request):
+                self.reject("idle")
+                log.debug("http_connection_idle", client=client_address[0])
+                self.shutdown_request(request)
+                return
             super().process_request_thread(request, client_address)
         finally:
             if deadline is not None:
@@ -121,6 +138,14 @@ class _BoundedServer(ThreadingHTTPServer):
             if guard is not None:
                 guard.close()
             self._slots.release()
+
+    def _first_byte_arrives(self, request: socket.socket) -> bool:
+        """Whether the client starts talking (or hangs up) before its first-byte wait ends."""
+        try:
+            readable, _, _ = select.select([request], [], [], self.first_byte_timeout_s)
+        except (OSError, ValueError):  # closed meanwhile: let the handler fail as it would
+            return True
+        return bool(readable)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver would print a traceback to stderr for a client that hung up or sent
@@ -189,13 +214,14 @@ class MetricsServer:
         max_concurrent: int = 8,
         security: WebSecurity | None = None,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
+        first_byte_timeout_s: float = FIRST_BYTE_TIMEOUT_S,
     ) -> None:
         host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         handler = _make_handler(registry, health, request_timeout_s)
         self._server = _BoundedServer(
             (host, port), handler, max_concurrent, family, security or WebSecurity(),
-            request_timeout_s,
+            request_timeout_s, first_byte_timeout_s,
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True
