@@ -147,12 +147,24 @@ def test_commands_run_on_the_training_thread(server_factory, model_and_optimizer
     assert result.duration_s is not None
 
 
-def test_failing_command_is_reported_and_training_continues(server_factory, handles):
-    """An exception inside a command becomes an error result; the loop keeps stepping."""
-    server = server_factory()
+def _disk_full(step):
+    raise OSError(errno.ENOSPC, "No space left on device")
 
-    def broken(step):
-        raise OSError(errno.ENOSPC, "No space left on device")
+
+def _disk_full_as_torch_save_says_it(step):
+    # torch.save on a full disk raises a RuntimeError; the OSError is only its context.
+    try:
+        _disk_full(step)
+    except OSError:
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 1152 vs 1046"
+        ) from None
+
+
+@pytest.mark.parametrize("broken", [_disk_full, _disk_full_as_torch_save_says_it])
+def test_failing_command_is_reported_and_training_continues(server_factory, handles, broken):
+    """An exception inside a command becomes an error result naming the OS error behind it."""
+    server = server_factory()
 
     wd = attach(socket_path=server.socket_path, checkpoint=broken)
     handles.append(wd)

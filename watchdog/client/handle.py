@@ -404,14 +404,14 @@ class Watchdog:
         try:
             outcome = self._perform(command)
         except Exception as exc:
+            error = _failure_text(exc)
             log.warning(
-                "gpu-watchdog: command %s failed: %s: %s",
+                "gpu-watchdog: command %s failed: %s",
                 command.command,
-                type(exc).__name__,
-                exc,
+                error,
                 exc_info=not isinstance(exc, commands.CommandError),
             )
-            self._complete(command, start, {}, f"{type(exc).__name__}: {exc}")
+            self._complete(command, start, {}, error)
             return
         if isinstance(outcome, Deferred):
             outcome._finish = lambda details, error: self._complete(command, start, details, error)
@@ -594,6 +594,24 @@ def _detach_at_exit() -> None:
                 "reason": "exit"
             }
             handle.close()
+
+
+def _failure_text(exc: BaseException) -> str:
+    """What went wrong, leading with the OS error behind it where there is one.
+
+    torch.save on a full disk raises ``RuntimeError: [enforce fail at
+    inline_container.cc...] unexpected pos``; the ``OSError`` that says "No space
+    left on device" is only its context.
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    seen = {id(exc)}
+    inner = exc.__cause__ or exc.__context__
+    while inner is not None and id(inner) not in seen:
+        if isinstance(inner, OSError):
+            return f"{type(inner).__name__}: {inner} ({text})"
+        seen.add(id(inner))
+        inner = inner.__cause__ or inner.__context__
+    return text
 
 
 def _dying_of() -> str:
