@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from watchdog.client import (
     RestartRequested,
     attach,
 )
+from watchdog.client.checkpoint import atomic_write
 
 try:
     import torch
@@ -363,6 +365,34 @@ def test_resume_ignores_temporaries_and_corrupt_files(short_dir, caplog):
     assert path == store.path_for(2)
     assert state["step"] == 2
     assert "unreadable" in caplog.text
+
+
+def test_a_checkpoint_is_committed_by_fsyncing_file_then_rename_then_directory(
+    short_dir, monkeypatch
+):
+    """The rename is the commit: the file is synced before it, the directory after it.
+
+    Without the directory's fsync a power loss can undo the rename, and the job
+    resumes from an older checkpoint than the one it reported saved.
+    """
+    steps: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        kind = "directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        steps.append(("fsync", kind))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        steps.append(("rename", Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = short_dir / "ckpt" / "state.bin"
+    assert atomic_write(target, lambda stream: stream.write(b"weights")) == 7
+    assert steps == [("fsync", "file"), ("rename", "state.bin"), ("fsync", "directory")]
+    assert target.read_bytes() == b"weights"
 
 
 @needs_torch
