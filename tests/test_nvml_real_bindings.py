@@ -229,11 +229,24 @@ def test_init_failure_through_the_real_binding(tmp_path: Path, error: str, name:
     assert "\n" not in str(caught.value)
 
 
-def test_driver_with_only_unversioned_process_calls_does_not_fail_the_poll(make: Make) -> None:
-    """A pre-470 driver (no _v2/_v3 process calls) must not make the process poll raise."""
-    rig = make(FakeState(gpus=[FakeGpu(processes=[FakeProcess(pid=10)])]), PROCESS_V3 + PROCESS_V2)
-    reading = rig.processes.poll()
-    assert [p.pid for p in reading.processes or []] in ([10], [])
+def test_driver_with_only_unversioned_process_calls_lists_its_processes(make: Make) -> None:
+    """A pre-470 driver (no _v2/_v3 process calls) is read through the v1 C functions.
+
+    nvidia-ml-py's unversioned wrapper calls the _v3 function, so the source reads
+    the v1 symbol and structure itself; hidden memory is None there too.
+    """
+    procs = [FakeProcess(pid=10, used_memory=3 * GIB), FakeProcess(pid=11, used_memory=None)]
+    rig = make(FakeState(gpus=[FakeGpu(processes=procs)]), PROCESS_V3 + PROCESS_V2)
+    for _ in range(2):  # the call found is remembered
+        reading = rig.processes.poll()
+        assert {(p.pid, p.used_bytes) for p in reading.processes or []} == {
+            (10, 3 * GIB), (11, None)
+        }
+        assert reading.unread_gpus == frozenset()
+    assert rig.loaded.calls("nvmlDeviceGetComputeRunningProcesses") >= 2
+    probes = rig.nvml.error_counts()  # the _v3 and _v2 tried on the first poll, once each
+    assert set(probes.values()) == {1}
+    assert all(call.endswith(("_v2", "_v3")) for call, _ in probes)
 
 
 def test_gpu_without_memory_info_is_not_lost(make: Make) -> None:

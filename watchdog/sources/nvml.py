@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -140,6 +141,15 @@ class Nvml:
         """
         return self._invoke(name, args, kwargs, tolerated=frozenset())
 
+    def call_reader(self, name: str, reader: Callable[..., Any], *args: Any) -> Any:
+        """Call ``reader(*args)``, our own reading of the C function ``name`` through the
+        binding, with the errors, and their counts, of ``call(name)``.
+
+        Raises:
+            NvmlCallError: the call failed; ``error`` names the NVML error.
+        """
+        return self._invoke(name, args, {}, tolerated=frozenset(), function=reader)
+
     def call_quiet(self, name: str, quiet: frozenset[str], *args: Any) -> Any:
         """Call ``name``; a failure named in ``quiet`` is an expected answer, not counted.
 
@@ -179,6 +189,7 @@ class Nvml:
         kwargs: dict[str, Any],
         tolerated: frozenset[str],
         quiet: frozenset[str] = frozenset(),
+        function: Callable[..., Any] | None = None,
     ) -> Any:
         module = self.module
         # pynvml's unversioned wrappers call the newest C function and raise
@@ -186,7 +197,7 @@ class Nvml:
         mismatch = getattr(module, "NVMLLibraryMismatchError", None)
         caught = (module.NVMLError, mismatch) if mismatch else (module.NVMLError,)
         try:
-            return getattr(module, name)(*args, **kwargs)
+            return (function or getattr(module, name))(*args, **kwargs)
         except caught as exc:
             error = "LibraryMismatch" if mismatch and isinstance(exc, mismatch) else error_name(exc)
             if error in tolerated:

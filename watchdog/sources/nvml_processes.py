@@ -2,11 +2,15 @@
 
 A process list costs milliseconds and takes the driver's lock, so this source
 has its own, slower interval. The newest process-info call the driver has is
-probed per device and remembered (v3, then v2, then v1).
+probed per device and remembered (v3, then v2, then v1). nvidia-ml-py's
+unversioned wrapper calls the v3 C function, so v1 (drivers before 470) is
+read here, through the binding's symbol lookup and the v1 structure.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +28,11 @@ NOT_AVAILABLE = 0xFFFFFFFFFFFFFFFF
 UNREAD_GRACE_POLLS = 3
 """Polls in a row a GPU's process list may fail with its processes taken as still there;
 after that, a list that stays unreadable says nothing of them any more: they are gone."""
+
+_V1_CALLS = frozenset(
+    {"nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"}
+)
+"""The unversioned C functions: read with ``_read_v1``, not the binding's same-named wrapper."""
 
 _VERSIONS = {
     "compute": (
@@ -115,10 +124,15 @@ class NvmlProcessSource:
         known = self._calls.get((index, kind))
         candidates = (known,) if known else _VERSIONS[kind]
         for call in candidates:
-            if not hasattr(self._nvml.module, call):
+            v1 = call in _V1_CALLS
+            if not self._nvml.has("_nvmlGetFunctionPointer" if v1 else call):
                 continue
             try:
-                result = self._nvml.call(call, handle)
+                if v1:
+                    reader = functools.partial(_read_v1, self._nvml.module, call)
+                    result = self._nvml.call_reader(call, reader, handle)
+                else:
+                    result = self._nvml.call(call, handle)
             except NvmlCallError as exc:
                 if exc.error == "NotSupported":  # e.g. graphics processes on a compute card
                     self._calls[(index, kind)] = call
@@ -129,3 +143,24 @@ class NvmlProcessSource:
             self._calls[(index, kind)] = call
             return list(result)
         return []
+
+
+class _ProcessInfoV1(ctypes.Structure):
+    """``nvmlProcessInfo_v1_t``, what drivers before 470 fill in."""
+
+    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]
+
+
+def _read_v1(module: Any, call: str, handle: Any) -> list[_ProcessInfoV1]:
+    """The v1 process list of ``handle`` from the C function ``call``, as pynvml reads v2."""
+    function = module._nvmlGetFunctionPointer(call)
+    count = ctypes.c_uint(0)
+    returned = function(handle, ctypes.byref(count), None)
+    if returned == module.NVML_SUCCESS:
+        return []
+    if returned != module.NVML_ERROR_INSUFFICIENT_SIZE:
+        raise module.NVMLError(returned)
+    count.value = count.value * 2 + 5  # room for processes that start meanwhile
+    infos = (_ProcessInfoV1 * count.value)()
+    module._nvmlCheckReturn(function(handle, ctypes.byref(count), infos))
+    return [infos[i] for i in range(count.value)]
