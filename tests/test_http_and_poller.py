@@ -147,6 +147,25 @@ def test_hung_source_keeps_scrapes_fast_and_reports_stall(running) -> None:  # t
     assert 'gpu_watchdog_collector_missed_runs_total{collector="stub"}' in missed
 
 
+def test_a_hung_sources_figures_leave_metrics_until_it_answers(running) -> None:  # type: ignore[no-untyped-def]
+    """Figures as old as a hung poll are not shown as current; they return with the source.
+
+    A hung NVML call on one GPU holds every figure of its source: 'success' still
+    says 1 (the last poll that ended did succeed), so the figures are what must go.
+    """
+    source, base, _ = running
+    used = 'gpu_watchdog_gpu_memory_used_bytes{gpu="0",source="nvml"}'
+    _wait_for(lambda: used in _get(base + "/metrics")[1])
+    source.blocking = True
+    _wait_for(lambda: 'collector_stalled{collector="stub"} 1.0' in _get(base + "/metrics")[1])
+    body = _get(base + "/metrics")[1]
+    assert "gpu_watchdog_gpu_memory_used_bytes{" not in body
+    assert 'gpu_watchdog_collector_success{collector="stub"} 1.0' in body
+    source.blocking = False
+    source.block.set()
+    _wait_for(lambda: used in _get(base + "/metrics")[1])
+
+
 def test_observer_failure_never_stops_polling() -> None:
     """An observer that raises is logged; the reading is still stored and polling goes on."""
     source = StubSource()

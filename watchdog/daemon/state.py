@@ -54,7 +54,8 @@ class Snapshot:
     ``stale`` names the figures whose source failed its latest poll: they are
     the last ones it read, kept for the detectors' context; ``fresh`` leaves
     them out, as the exporter does, so a dashboard never shows old values as
-    current.
+    current. ``fed`` says what each source's last good poll reported, so
+    ``fresh`` can leave out a hung source's figures too.
     """
 
     origin: str
@@ -71,14 +72,21 @@ class Snapshot:
     gpu_events: dict[GpuEvent, int] = field(default_factory=dict)
     event_watcher: EventWatcherStatus | None = None
     stale: frozenset[str] = frozenset()
+    fed: dict[str, frozenset[str]] = field(default_factory=dict)
 
-    def fresh(self) -> Snapshot:
-        """This snapshot without the figures in ``stale``."""
-        if not self.stale:
-            return self
+    def fresh(self, stall_after_s: float | None = None) -> Snapshot:
+        """This snapshot without the figures in ``stale``, nor, given ``stall_after_s``,
+        those of a source whose poll has hung that long (its last figures are as old
+        as the hang: one GPU's hung call holds every GPU's figures of that source)."""
         stale = self.stale
+        if stall_after_s is not None:
+            hung = [c.name for c in self.collectors if self.stalled(c, stall_after_s)]
+            stale = stale.union(*(self.fed.get(name, ()) for name in hung))
+        if not stale:
+            return self
         return replace(
             self,
+            stale=stale,
             devices=() if "devices" in stale else self.devices,
             processes=() if "processes" in stale else self.processes,
             host_processes=() if "host_processes" in stale else self.host_processes,
@@ -240,6 +248,7 @@ class DaemonState:
                 gpu_events=dict(self._gpu_events),
                 event_watcher=self._event_watcher(),
                 stale=self._stale,
+                fed=dict(self._fed),
             )
 
     def _update(self, name: str, **changes: object) -> None:

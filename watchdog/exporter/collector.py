@@ -51,9 +51,9 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield every metric family for the current snapshot."""
-        # A failed source's figures are dropped, never repeated as if current
-        # (node_exporter's rule); gpu_watchdog_collector_success says why they went.
-        snap = self._snapshot().fresh()
+        # A failed or hung source's figures are dropped, never repeated as if current
+        # (node_exporter's rule); gpu_watchdog_collector_success and _stalled say why.
+        snap = self._snapshot().fresh(self._stall_after_s)
         yield from _build_info(snap)
         yield from _devices(snap)
         yield from _processes(snap)
