@@ -162,6 +162,29 @@ def test_a_trend_of_hours_is_projected_three_times_its_history() -> None:
     assert 2 * history < first.time_to_oom_s <= 3 * history
 
 
+def test_a_creep_days_from_the_card_waits_until_its_oom_is_within_the_horizon() -> None:
+    """Growth is a leak only once its OOM is within ``leak_max_time_to_oom_s`` (12 h).
+
+    A creep of 0.5 GiB/h with 20 GiB of headroom would be raised some 30 h before
+    its OOM on ten hours of history; so would a capacity annealed for nine hours, a
+    climb that stops. It is raised once the OOM is 12 h away, still hours ahead.
+    """
+    rate = (1 << 29) / 3600  # 0.5 GiB/h
+
+    def memory(t: float) -> float:
+        return warm(t) + t * rate
+
+    events, oom, _ = run(memory, 48 * 3600, interval=10.0)
+    assert oom is not None
+    first = min(leaks(events), key=lambda e: e.t)
+    assert first.time_to_oom_s is not None
+    assert 10 * 3600 < first.time_to_oom_s < 12.5 * 3600  # the most confident window's
+    assert oom - first.t > 10 * 3600
+    farther = DetectionSettings(leak_max_time_to_oom_s=3 * 86400.0)
+    events, _, _ = run(memory, 48 * 3600, interval=10.0, settings=farther)
+    assert min(e.t for e in leaks(events)) < first.t - 12 * 3600
+
+
 def sawtooth(t: float, period: float = 600.0, height: float = 3 * GIB) -> float:
     """Caches grow linearly, ``empty_cache`` every ``period``."""
     return warm(t) + height * ((t % period) / period)

@@ -402,8 +402,8 @@ class DetectionSettings:
         maximum=3600,
     )
     leak_max_time_to_oom_s: float = setting(
-        3 * 86400.0,
-        "Growth that would take longer than this to run out of memory is not reported.",
+        12 * 3600.0,
+        "Growth is reported as a leak only once it would run out of memory within this long.",
         minimum=60,
     )
     saturation_ratio: float = setting(
