@@ -15,6 +15,7 @@ import http.client
 import itertools
 import json
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -330,6 +331,27 @@ def test_a_trickling_client_is_cut_at_the_connection_deadline(
         loris.close()
 
 
+@pytest.fixture(params=["low", "above_1024"])
+def descriptors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run as is, or with over 1,024 descriptors open: the daemon raises its file limit
+    for its clients, and select() fails on a descriptor past 1,024."""
+    if request.param == "low":
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard open-file limit ({hard}) is under 1,200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    ballast = [os.open(os.devnull, os.O_RDONLY) for _ in range(1030)]
+    try:
+        yield
+    finally:
+        for fd in ballast:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.usefixtures("descriptors")
 def test_connections_that_say_nothing_give_their_slots_back_within_seconds(
     serve: Callable[..., MetricsServer]
 ) -> None:

@@ -141,11 +141,13 @@ class _BoundedServer(ThreadingHTTPServer):
 
     def _first_byte_arrives(self, request: socket.socket) -> bool:
         """Whether the client starts talking (or hangs up) before its first-byte wait ends."""
+        # poll, not select: the daemon raises its file limit past select's 1024.
+        waiter = select.poll()
         try:
-            readable, _, _ = select.select([request], [], [], self.first_byte_timeout_s)
+            waiter.register(request, select.POLLIN)
+            return bool(waiter.poll(self.first_byte_timeout_s * 1000))
         except (OSError, ValueError):  # closed meanwhile: let the handler fail as it would
             return True
-        return bool(readable)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver would print a traceback to stderr for a client that hung up or sent
