@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -122,6 +123,22 @@ def test_process_exited_tells_dead_from_alive(zombie: int) -> None:
     assert not process_exited(os.getpid(), None, within_s=0.05)
     assert not process_exited(0, None)  # a pid from another namespace: claim nothing
     assert sees_host_pids() == Path("/proc/2/stat").exists()
+
+
+def test_process_exited_works_past_1024_descriptors(zombie: int) -> None:
+    """The daemon raises its file limit for its clients: a pidfd past 1,024 still waits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard open-file limit ({hard}) is under 1,200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    ballast = [os.open(os.devnull, os.O_RDONLY) for _ in range(1030)]
+    try:
+        assert process_exited(zombie, None)
+        assert not process_exited(os.getpid(), None, within_s=0.05)
+    finally:
+        for fd in ballast:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # --- end to end: the real daemon on the fake libnvidia-ml -------------------------------

@@ -270,8 +270,10 @@ def process_exited(pid: int, started: int | None, within_s: float = 0.25) -> boo
     except (OSError, AttributeError):  # no pidfds (old kernel): one look at its state
         return _parent_and_state(Path("/proc"), pid).get("state", "zombie") in ("zombie", "dead")
     try:
-        readable, _, _ = select.select([fd], [], [], within_s)
-        return bool(readable)
+        # poll, not select: the daemon raises its file limit past select's 1024.
+        waiter = select.poll()
+        waiter.register(fd, select.POLLIN)
+        return bool(waiter.poll(within_s * 1000))
     finally:
         os.close(fd)
 
