@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import shutil
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,26 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is required here (WATCHDOG_REQUIRE_TOOLS is set) but not on PATH")
         pytest.skip(f"{name} not installed")
     return path
+
+
+@contextlib.contextmanager
+def descriptors_past_select_limit() -> Iterator[None]:
+    """Hold over 1,024 descriptors open, so the next ones are past what select() takes.
+
+    The daemon raises its open-file limit to fit its control clients, so any wait
+    on a descriptor must work there too. Skips where the hard limit forbids it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard open-file limit ({hard}) is under 1,200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    ballast = [os.open(os.devnull, os.O_RDONLY) for _ in range(1030)]
+    try:
+        yield
+    finally:
+        for fd in ballast:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def free_port() -> int:

@@ -15,7 +15,6 @@ import http.client
 import itertools
 import json
 import os
-import resource
 import signal
 import socket
 import ssl
@@ -32,7 +31,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PYTHON, free_port, require_tool
+from tests.conftest import PYTHON, descriptors_past_select_limit, free_port, require_tool
 from watchdog.config import (
     BasicAuthUser,
     ConfigError,
@@ -338,17 +337,8 @@ def descriptors(request: pytest.FixtureRequest) -> Iterator[None]:
     if request.param == "low":
         yield
         return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 1200:
-        pytest.skip(f"the hard open-file limit ({hard}) is under 1,200")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
-    ballast = [os.open(os.devnull, os.O_RDONLY) for _ in range(1030)]
-    try:
+    with descriptors_past_select_limit():
         yield
-    finally:
-        for fd in ballast:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.usefixtures("descriptors")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 from control_helpers import wait_for
 
-from tests.conftest import PYTHON
+from tests.conftest import PYTHON, descriptors_past_select_limit
 from watchdog.detectors.orphans import REPARENTED, UNATTRIBUTED, ZOMBIE, OrphanDetector
 from watchdog.samples import DeviceSample, GpuProcessSample
 from watchdog.sources.host import HostSource, process_exited, sees_host_pids
@@ -127,18 +126,9 @@ def test_process_exited_tells_dead_from_alive(zombie: int) -> None:
 
 def test_process_exited_works_past_1024_descriptors(zombie: int) -> None:
     """The daemon raises its file limit for its clients: a pidfd past 1,024 still waits."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 1200:
-        pytest.skip(f"the hard open-file limit ({hard}) is under 1,200")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
-    ballast = [os.open(os.devnull, os.O_RDONLY) for _ in range(1030)]
-    try:
+    with descriptors_past_select_limit():
         assert process_exited(zombie, None)
         assert not process_exited(os.getpid(), None, within_s=0.05)
-    finally:
-        for fd in ballast:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # --- end to end: the real daemon on the fake libnvidia-ml -------------------------------
