@@ -322,14 +322,15 @@ def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(
 
 def test_max_clients_fits_the_open_file_limit(server_factory, monkeypatch):
     """A soft limit below max_clients is raised to the hard one; short of that, fewer are served."""
-    limits = {"soft": 1024, "hard": 258}
+    limits = {"soft": 200, "hard": 258}
     monkeypatch.setattr(
         server_module.resource, "getrlimit", lambda _: (limits["soft"], limits["hard"])
     )
     monkeypatch.setattr(
         server_module.resource, "setrlimit", lambda _, new: limits.update(soft=new[0])
     )
-    assert server_module.room_for_clients(1024) == 2  # 258 - 256 kept for the daemon's own
+    assert server_module.room_for_clients(1024) == 2  # raised to 258, less 256 of its own
+    assert limits["soft"] == 258
     limits.update(soft=1024, hard=1 << 20)
     assert server_module.room_for_clients(1024) == 1024
     assert limits["soft"] == 1024 + 256
