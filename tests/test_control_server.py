@@ -314,7 +314,7 @@ def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(
     failed = len(calls)
     assert failed <= 3, f"{failed} accepts in 1.5 s: the control loop spins"
     logged = [c for c in server.log_calls if c.kwargs.get("event") == "control_accept_failed"]
-    assert len(logged) == failed
+    assert 1 <= len(logged) <= 3  # one line per pause, not per turn of the loop
     monkeypatch.undo()
     peer.send({"type": "ping", "id": 1})
     assert peer.recv(timeout_s=5)["type"] == "pong"
