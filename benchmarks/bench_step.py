@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     from watchdog.control import ControlServer
 
     with tempfile.TemporaryDirectory(prefix="wd-bench-") as tmp:
-        server = ControlServer(ControlSettings(socket_path=str(Path(tmp) / "wd.sock"),
-                                               heartbeat_s=0.5),
-                               logger=structlog.wrap_logger(structlog.ReturnLogger()))
+        server = ControlServer(
+            ControlSettings(socket_path=str(Path(tmp) / "wd.sock"), heartbeat_s=0.5),
+            logger=structlog.wrap_logger(structlog.ReturnLogger()),
+        )
         server.start()
         wd = watchdog.attach(socket_path=server.socket_path)
         wd.link.connected.wait(5)

@@ -363,4 +363,3 @@ def print_table(title: str, rows: Sequence[Check], write: Callable[[str], None] 
 def all_passed(rows: Sequence[Check]) -> bool:
     """True when no row with a target failed."""
     return all(row.passed is not False for row in rows)
-

@@ -1,6 +1,6 @@
 """The optimizer post-step hook: no wd.step() in the loop at all.
 
-    python examples/optimizer_hook.py --steps 200
+python examples/optimizer_hook.py --steps 200
 """
 
 from __future__ import annotations

@@ -825,9 +825,7 @@ def _fleet_faults() -> list[Json]:
             "(retrying: a lost GPU), failures and restarts.",
             [
                 target(m("gpu_watchdog_event_watcher_up", NODE), "{{instance}} up"),
-                target(
-                    m("gpu_watchdog_event_watcher_gpus", NODE), "{{instance}} GPUs {{state}}"
-                ),
+                target(m("gpu_watchdog_event_watcher_gpus", NODE), "{{instance}} GPUs {{state}}"),
                 target(
                     by(
                         "instance, error",
@@ -1291,8 +1289,10 @@ def _node_hangs() -> list[Json]:
             "Per GPU: memory beyond its processes' sum (measured), and memory held by no live "
             "job once reported (by reason: zombie, reparented, unattributed).",
             [
-                target(m("gpu_watchdog_gpu_memory_unattributed_bytes", ONE_GPU),
-                       "GPU {{gpu}} unattributed (measured)"),
+                target(
+                    m("gpu_watchdog_gpu_memory_unattributed_bytes", ONE_GPU),
+                    "GPU {{gpu}} unattributed (measured)",
+                ),
                 target(
                     by("gpu, reason, pid", "sum", m("gpu_watchdog_orphaned_memory_bytes", ONE_GPU)),
                     "GPU {{gpu}} orphaned {{reason}} {{pid}}",

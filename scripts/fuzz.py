@@ -103,8 +103,10 @@ def main(argv: list[str]) -> int:
     try:
         import atheris
     except ImportError:
-        print("fuzz.py: error: atheris is not installed: pip install 'gpu-job-watchdog[fuzz]'",
-              file=sys.stderr)
+        print(
+            "fuzz.py: error: atheris is not installed: pip install 'gpu-job-watchdog[fuzz]'",
+            file=sys.stderr,
+        )
         return 2
     target = TARGETS[argv[1]]
     import watchdog.config

@@ -138,8 +138,13 @@ class Smoke:
         self.url = ""
         self.checks = {
             name: Check(name)
-            for name in ("nvml_sees_process", "empty_cache", "leak_raised",
-                         "checkpoint_and_restart", "demo_gpu")
+            for name in (
+                "nvml_sees_process",
+                "empty_cache",
+                "leak_raised",
+                "checkpoint_and_restart",
+                "demo_gpu",
+            )
         }
 
     def start_daemon(self) -> None:
@@ -150,21 +155,37 @@ class Smoke:
     def start_job(self, leak_bytes_per_step: int, cache_bytes: int) -> subprocess.Popen[str]:
         """The demo's training job on the GPU; its stdout is JSON events."""
         command = [
-            sys.executable, "-m", "watchdog.demo.train",
-            "--steps", str(self.args.steps),
-            "--device", f"cuda:{self.args.gpu}",
-            "--checkpoint-dir", str(self.run_dir / "checkpoints"),
-            "--out", str(self.run_dir / "final.pt"),
-            "--leak-bytes-per-step", str(leak_bytes_per_step),
-            "--step-time", str(self.args.step_time),
-            "--cache-bytes", str(cache_bytes),
-            "--socket", str(self.socket),
-            "--job", "gpu-smoke",
+            sys.executable,
+            "-m",
+            "watchdog.demo.train",
+            "--steps",
+            str(self.args.steps),
+            "--device",
+            f"cuda:{self.args.gpu}",
+            "--checkpoint-dir",
+            str(self.run_dir / "checkpoints"),
+            "--out",
+            str(self.run_dir / "final.pt"),
+            "--leak-bytes-per-step",
+            str(leak_bytes_per_step),
+            "--step-time",
+            str(self.args.step_time),
+            "--cache-bytes",
+            str(cache_bytes),
+            "--socket",
+            str(self.socket),
+            "--job",
+            "gpu-smoke",
         ]
         with open(self.run_dir / "train.log", "a") as log:
             self.job = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=log, text=True, env=self.env,
-                cwd=REPO, start_new_session=True,
+                command,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=self.env,
+                cwd=REPO,
+                start_new_session=True,
             )
         return self.job
 
@@ -182,9 +203,23 @@ class Smoke:
     def send(self, pid: int, command: str) -> list[dict[str, Any]]:
         """``gpu-watchdog send --json PID COMMAND``."""
         result = subprocess.run(
-            [sys.executable, "-m", "watchdog", "send", "--json", str(pid), command,
-             "--timeout", "30"],
-            capture_output=True, text=True, env=self.env, cwd=REPO, timeout=60, check=False,
+            [
+                sys.executable,
+                "-m",
+                "watchdog",
+                "send",
+                "--json",
+                str(pid),
+                command,
+                "--timeout",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=REPO,
+            timeout=60,
+            check=False,
         )
         try:
             answers = json.loads(result.stdout)
@@ -196,8 +231,11 @@ class Smoke:
         """Run every check; True when all passed."""
         rate = min(256 * MIB, max(8 * MIB, free_gpu_bytes(self.args.gpu) / 2700))
         leak_per_step = int(rate * self.args.step_time)
-        print(f"leak: ~{rate / MIB:.0f} MiB/s on cuda:{self.args.gpu} "
-              f"({leak_per_step / MIB:.2f} MiB per step)", flush=True)
+        print(
+            f"leak: ~{rate / MIB:.0f} MiB/s on cuda:{self.args.gpu} "
+            f"({leak_per_step / MIB:.2f} MiB per step)",
+            flush=True,
+        )
         self.start_daemon()
         job = self.start_job(leak_per_step, cache_bytes=GIB)
         first = self._read_until(job, "start", 120)
@@ -216,7 +254,8 @@ class Smoke:
         self.checks["nvml_sees_process"].set(
             used is not None,
             f"NVML reports pid {pid} with {used / MIB:.0f} MiB on the GPU"
-            if used else f"pid {pid} absent from gpu_watchdog_process_gpu_memory_bytes",
+            if used
+            else f"pid {pid} absent from gpu_watchdog_process_gpu_memory_bytes",
         )
 
     def _check_empty_cache(self, pid: int) -> None:
@@ -236,14 +275,18 @@ class Smoke:
 
     def _check_leak_and_restart(self, job: subprocess.Popen[str], pid: int) -> None:
         code = self._wait_exit(job, 300)
-        raised = [e for e in journal(self.state_dir)
-                  if e.get("type") == "finding" and e.get("kind") == "leak"
-                  and e.get("state") == "raised"
-                  and (e.get("pid") == pid or (e.get("pid") is None
-                                               and e.get("gpu") == self.args.gpu))]
+        raised = [
+            e
+            for e in journal(self.state_dir)
+            if e.get("type") == "finding"
+            and e.get("kind") == "leak"
+            and e.get("state") == "raised"
+            and (e.get("pid") == pid or (e.get("pid") is None and e.get("gpu") == self.args.gpu))
+        ]
         self.checks["leak_raised"].set(
             bool(raised),
-            "; ".join(str(e.get("message")) for e in raised) if raised
+            "; ".join(str(e.get("message")) for e in raised)
+            if raised
             else f"no leak raised on pid {pid} or GPU {self.args.gpu} before the job ended",
         )
         if code != RESTART_EXIT_CODE:
@@ -253,11 +296,20 @@ class Smoke:
         start = self._read_until(resumed, "start", 120)
         done = self._read_until(resumed, "done", 600)
         final = self._wait_exit(resumed, 60)
-        results = [e for e in journal(self.state_dir) if e.get("type") == "result"
-                   and e.get("action") == "checkpoint_and_restart"]
-        ok = (bool(results) and bool(results[0].get("ok")) and start is not None
-              and start.get("resumed_from") is not None and done is not None
-              and done.get("step") == self.args.steps and final == 0)
+        results = [
+            e
+            for e in journal(self.state_dir)
+            if e.get("type") == "result" and e.get("action") == "checkpoint_and_restart"
+        ]
+        ok = (
+            bool(results)
+            and bool(results[0].get("ok"))
+            and start is not None
+            and start.get("resumed_from") is not None
+            and done is not None
+            and done.get("step") == self.args.steps
+            and final == 0
+        )
         self.checks["checkpoint_and_restart"].set(
             ok,
             f"job exited 75; restarted, resumed from step "
@@ -270,10 +322,23 @@ class Smoke:
         demo_dir = self.run_dir / "demo"
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "watchdog", "demo", "--gpu", str(self.args.gpu),
-                 "--dir", str(demo_dir)],
-                stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=REPO,
-                env=self.env, timeout=600, check=False,
+                [
+                    sys.executable,
+                    "-m",
+                    "watchdog",
+                    "demo",
+                    "--gpu",
+                    str(self.args.gpu),
+                    "--dir",
+                    str(demo_dir),
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                env=self.env,
+                timeout=600,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             self.checks["demo_gpu"].set(False, "gpu-watchdog demo --gpu ran over 10 minutes")
@@ -334,8 +399,10 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the run directory here")
     args = parser.parse_args()
     if args.steps < 400 or args.gpu < 0 or args.step_time <= 0:
-        print("gpu_smoke_test: error: --steps must be >= 400, --gpu >= 0, --step-time > 0",
-              file=sys.stderr)
+        print(
+            "gpu_smoke_test: error: --steps must be >= 400, --gpu >= 0, --step-time > 0",
+            file=sys.stderr,
+        )
         return 2
     info = require_gpu(args.gpu)
     run_dir = args.keep or Path(tempfile.mkdtemp(prefix="wd-gpu-smoke-", dir="/tmp"))
@@ -351,8 +418,10 @@ def main() -> int:
     elapsed = time.monotonic() - started
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print("\n--- report (paste into docs/demo.md) ---")
-    print(f"{today}: {info['gpu']}, driver {info['driver']}, torch {info['torch']} "
-          f"(CUDA {info['cuda']}), {elapsed:.0f} s")
+    print(
+        f"{today}: {info['gpu']}, driver {info['driver']}, torch {info['torch']} "
+        f"(CUDA {info['cuda']}), {elapsed:.0f} s"
+    )
     for check in smoke.checks.values():
         print(f"- {'PASS' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     if args.keep is None:

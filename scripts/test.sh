@@ -22,6 +22,7 @@ setup "$CORE_VENV" dev
 "$CORE_VENV/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" \
   || { echo "torch must not be installed in the core environment" >&2; exit 1; }
 "$CORE_VENV/bin/ruff" check .
+"$CORE_VENV/bin/ruff" format --check .
 "$CORE_VENV/bin/python" -m pytest -q -p no:cacheprovider -m "not slow"
 
 echo "== every extra =="

@@ -23,8 +23,14 @@ def main() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    wd = watchdog.attach(model, optimizer, socket_path=socket_path, checkpoint_dir=checkpoint_dir,
-                         job="test-job", heartbeat_s=0.2)
+    wd = watchdog.attach(
+        model,
+        optimizer,
+        socket_path=socket_path,
+        checkpoint_dir=checkpoint_dir,
+        job="test-job",
+        heartbeat_s=0.2,
+    )
     start = wd.resume() or 0
     print(f"resumed {start}", flush=True)
     x, y = torch.randn(32, 8), torch.randn(32, 1)

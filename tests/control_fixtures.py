@@ -39,11 +39,16 @@ def server_factory(short_dir: Path) -> Iterator[Callable[..., ControlServer]]:
     started: list[ControlServer] = []
 
     def make(**overrides: Any) -> ControlServer:
-        values = {"socket_path": str(short_dir / "run" / "wd.sock"), "heartbeat_s": 0.1,
-                  "read_timeout_s": 1.0, **overrides}
+        values = {
+            "socket_path": str(short_dir / "run" / "wd.sock"),
+            "heartbeat_s": 0.1,
+            "read_timeout_s": 1.0,
+            **overrides,
+        }
         capture = CapturingLogger()
-        server = ControlServer(ControlSettings(**values),
-                               logger=structlog.wrap_logger(capture, processors=[]))
+        server = ControlServer(
+            ControlSettings(**values), logger=structlog.wrap_logger(capture, processors=[])
+        )
         server.log_calls = capture.calls  # type: ignore[attr-defined]
         server.start()
         started.append(server)

@@ -65,17 +65,26 @@ class RawPeer:
         self.sock.close()
 
 
-def start_harness(path: str, heartbeat_s: float = 0.2, read_timeout_s: float = 1.0
-                  ) -> subprocess.Popen[str]:
+def start_harness(
+    path: str, heartbeat_s: float = 0.2, read_timeout_s: float = 1.0
+) -> subprocess.Popen[str]:
     """Run tests/control_harness.py (a ControlServer in its own process); wait until ready.
 
     Its log goes to ``<path>.log``.
     """
     log = open(f"{path}.log", "a")  # noqa: SIM115 - the child holds it
     proc = subprocess.Popen(
-        [sys.executable, str(TESTS / "control_harness.py"), path, str(heartbeat_s),
-         str(read_timeout_s)],
-        stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO,
+        [
+            sys.executable,
+            str(TESTS / "control_harness.py"),
+            path,
+            str(heartbeat_s),
+            str(read_timeout_s),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     log.close()

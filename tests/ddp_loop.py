@@ -33,8 +33,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    wd = watchdog.attach(model, optimizer, socket_path=socket_path, checkpoint_dir=checkpoint_dir,
-                         restart_wait_s=30)
+    wd = watchdog.attach(
+        model, optimizer, socket_path=socket_path, checkpoint_dir=checkpoint_dir, restart_wait_s=30
+    )
     resumed = wd.resume() or 0
     generation = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     print(f"job {dist.get_rank()} {generation} {wd.job}", flush=True)
@@ -45,8 +46,9 @@ def main() -> None:
         wd.step()
         if generation == 0 and wd.step_count == 5:
             # what the daemon's checkpoint_and_restart does at a synchronised step
-            wd._deferred.append(watchdog.client.handle.Command(0, "checkpoint_and_restart",
-                                                               {}, 0, 0.0))
+            wd._deferred.append(
+                watchdog.client.handle.Command(0, "checkpoint_and_restart", {}, 0, 0.0)
+            )
             wd._pending = True
             try:
                 wd.step(wd.step_count)

@@ -76,21 +76,42 @@ def start_daemon(run_dir: Path, config: Path, name: str = "daemon") -> subproces
     Returns once the control socket is bound. Its log is ``run_dir/<name>.log``.
     """
     trace = run_dir / "idle.csv"
-    trace.write_text("t,gpu,pid,used_bytes,total_bytes\n0,0,,0,85899345920\n"
-                     "86400,0,,0,85899345920\n")
+    trace.write_text(
+        "t,gpu,pid,used_bytes,total_bytes\n0,0,,0,85899345920\n86400,0,,0,85899345920\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
-    env |= {"GPU_WATCHDOG_SOCKET": str(run_dir / "wd.sock"),
-            "GPU_WATCHDOG_DAEMON_STATE_DIR": str(run_dir / "state"),
-            "GPU_WATCHDOG_DAEMON_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+    env |= {
+        "GPU_WATCHDOG_SOCKET": str(run_dir / "wd.sock"),
+        "GPU_WATCHDOG_DAEMON_STATE_DIR": str(run_dir / "state"),
+        "GPU_WATCHDOG_DAEMON_LOG_FORMAT": "json",
+        "PYTHONUNBUFFERED": "1",
+    }
     log_path = run_dir / f"{name}.log"
     with open(log_path, "wb") as log:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "watchdog", "run", "--simulate", str(trace),
-             "--config", str(config), "--listen", "127.0.0.1:0"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "watchdog",
+                "run",
+                "--simulate",
+                str(trace),
+                "--config",
+                str(config),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=REPO,
         )
-    wait_until(lambda: daemon.poll() is not None or "daemon_started" in log_path.read_text(),
-               60, "the daemon to start")
+    wait_until(
+        lambda: daemon.poll() is not None or "daemon_started" in log_path.read_text(),
+        60,
+        "the daemon to start",
+    )
     if daemon.poll() is not None:
         raise RuntimeError(f"the daemon exited: {log_path.read_text()[-2000:]}")
     return daemon
@@ -133,8 +154,11 @@ def wait_for_host_polls(url: str, count: int) -> None:
     """
     labels = 'collector="host",result="success"'
     start = metric(url, "gpu_watchdog_collector_polls_total", labels) or 0.0
-    wait_until(lambda: (metric(url, "gpu_watchdog_collector_polls_total", labels) or 0.0)
-               >= start + count, 30, f"{count} more host polls")
+    wait_until(
+        lambda: (metric(url, "gpu_watchdog_collector_polls_total", labels) or 0.0) >= start + count,
+        30,
+        f"{count} more host polls",
+    )
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -162,8 +186,14 @@ def _leak(mib_per_s: float, stop: threading.Event) -> None:
         kept.append(b"\1" * chunk)  # filled, so the pages are resident
 
 
-def run_client(socket_path: str, job: str, leak_mib_per_s: float, checkpoint_dir: str,
-               gate: str = "", steps: int = 0) -> None:
+def run_client(
+    socket_path: str,
+    job: str,
+    leak_mib_per_s: float,
+    checkpoint_dir: str,
+    gate: str = "",
+    steps: int = 0,
+) -> None:
     """Train (forever when ``steps`` is 0) attached to the daemon at ``socket_path``."""
     directory = Path(checkpoint_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -184,8 +214,14 @@ def run_client(socket_path: str, job: str, leak_mib_per_s: float, checkpoint_dir
     stop = threading.Event()
     threading.Thread(target=_leak, args=(leak_mib_per_s, stop), daemon=True).start()
     _say(f"pid {os.getpid()}")
-    wd = attach(job=job, socket_path=socket_path, checkpoint=checkpoint,
-                         resume=resume, heartbeat_s=0.2, restart_exit="raise")
+    wd = attach(
+        job=job,
+        socket_path=socket_path,
+        checkpoint=checkpoint,
+        resume=resume,
+        heartbeat_s=0.2,
+        restart_exit="raise",
+    )
     _say(f"resumed {wd.resume()}")
     generation = 0
     while not steps or wd.step_count < steps:
@@ -201,8 +237,14 @@ def run_client(socket_path: str, job: str, leak_mib_per_s: float, checkpoint_dir
 
 def main() -> None:
     args = sys.argv[1:]
-    run_client(args[0], args[1], float(args[2]), args[3], args[4] if len(args) > 4 else "",
-               int(args[5]) if len(args) > 5 else 0)
+    run_client(
+        args[0],
+        args[1],
+        float(args[2]),
+        args[3],
+        args[4] if len(args) > 4 else "",
+        int(args[5]) if len(args) > 5 else 0,
+    )
 
 
 if __name__ == "__main__":

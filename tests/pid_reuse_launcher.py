@@ -80,16 +80,15 @@ def client(run_dir: Path, job: str, leak_mib_per_s: float, out: str) -> Callable
 
 def said(run_dir: Path, out: str, prefix: str) -> bool:
     path = run_dir / out
-    return path.exists() and any(
-        line.startswith(prefix) for line in path.read_text().splitlines()
-    )
+    return path.exists() and any(line.startswith(prefix) for line in path.read_text().splitlines())
 
 
 def main() -> None:
     run_dir = Path(sys.argv[1])
     # No restart of a series on a fall of memory: only the pid's identity tells A from B.
-    config = write_config(run_dir, "checkpoint", "cooldown_s = 900.0",
-                          detection="reset_drop_ratio = 1.0")
+    config = write_config(
+        run_dir, "checkpoint", "cooldown_s = 900.0", detection="reset_drop_ratio = 1.0"
+    )
     daemon = start_daemon(run_dir, config)
     a = fork_with_pid(PID, client(run_dir, "old-job", 32.0, "a.out"))
     wait_until(lambda: said(run_dir, "a.out", "checkpoint end"), 90, "A's checkpoint")

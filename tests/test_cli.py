@@ -211,8 +211,20 @@ def test_a_recording_that_outlives_its_simulated_trace_replays(
     config = tmp_path / "fast.toml"
     config.write_text("[sources]\ndevice_interval_s = 0.05\nprocess_interval_s = 0.1\n")
     recorded = tmp_path / "recorded.csv"
-    result = _cli("record", "--out", str(recorded), "--duration", "1.5", "--config", str(config),
-                  "--simulate", "leak", "--speed", "100000", env=cli_env)
+    result = _cli(
+        "record",
+        "--out",
+        str(recorded),
+        "--duration",
+        "1.5",
+        "--config",
+        str(config),
+        "--simulate",
+        "leak",
+        "--speed",
+        "100000",
+        env=cli_env,
+    )
     assert result.returncode == 0, result.stderr
     replayed = _cli("replay", str(recorded), env=cli_env)
     assert replayed.returncode == 0, replayed.stderr
@@ -245,9 +257,20 @@ def test_a_sighup_during_start_up_is_held_and_honoured(
     )
     port = free_port()
     process = subprocess.Popen(
-        [PYTHON, "-c", hup_while_starting, "run", "--simulate", "healthy",
-         "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env,
+        [
+            PYTHON,
+            "-c",
+            hup_while_starting,
+            "run",
+            "--simulate",
+            "healthy",
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env,
     )
     try:
         _scrape(f"http://127.0.0.1:{port}/metrics")

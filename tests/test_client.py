@@ -72,9 +72,11 @@ def test_import_is_cheap():
     """Importing watchdog and attaching pulls in neither torch nor any framework."""
     import subprocess
 
-    code = ("import sys, watchdog; wd = watchdog.attach(socket_path='/nonexistent/s'); wd.step(); "
-            "wd.close(); print(sorted(m for m in ('torch', 'lightning', 'transformers') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, watchdog; wd = watchdog.attach(socket_path='/nonexistent/s'); wd.step(); "
+        "wd.close(); print(sorted(m for m in ('torch', 'lightning', 'transformers') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -128,8 +130,9 @@ def test_daemon_appears_later(server_factory, short_dir, handles):
 
 
 @needs_torch
-def test_commands_run_on_the_training_thread(server_factory, model_and_optimizer, short_dir,
-                                             handles):
+def test_commands_run_on_the_training_thread(
+    server_factory, model_and_optimizer, short_dir, handles
+):
     """checkpoint runs inside step() on the training thread and its result comes back."""
     server = server_factory()
     model, optimizer = model_and_optimizer
@@ -240,8 +243,9 @@ def test_at_step_defers_the_command(server_factory, handles):
     wd = attach(socket_path=server.socket_path, checkpoint=ran_at.append)
     handles.append(wd)
     wait_for(server.clients)
-    future = server.send_command_async(os.getpid(), "checkpoint", requester_uid=0,
-                                       args={"at_step": 50}, timeout_s=10)
+    future = server.send_command_async(
+        os.getpid(), "checkpoint", requester_uid=0, args={"at_step": 50}, timeout_s=10
+    )
     wait_for(lambda: wd._pending, what="command queued")
     for _ in range(49):
         wd.step()
@@ -252,8 +256,9 @@ def test_at_step_defers_the_command(server_factory, handles):
 
 
 @needs_torch
-def test_checkpoint_and_restart_exits_with_the_code(server_factory, model_and_optimizer,
-                                                    short_dir, handles):
+def test_checkpoint_and_restart_exits_with_the_code(
+    server_factory, model_and_optimizer, short_dir, handles
+):
     """checkpoint_and_restart commits a checkpoint, reports, then raises SystemExit(75)."""
     server = server_factory()
     model, optimizer = model_and_optimizer
@@ -281,8 +286,13 @@ def test_a_rank_restarts_only_once_rank_0_committed_the_checkpoint(
     monkeypatch.setenv("RANK", "1")
     server = server_factory()
     model, optimizer = model_and_optimizer
-    wd = attach(model, optimizer, socket_path=server.socket_path, checkpoint_dir=short_dir / "ck",
-                restart_wait_s=0.3)
+    wd = attach(
+        model,
+        optimizer,
+        socket_path=server.socket_path,
+        checkpoint_dir=short_dir / "ck",
+        restart_wait_s=0.3,
+    )
     handles.append(wd)
     wait_for(server.clients)
     # Sent to this rank alone: rank 0 never writes a checkpoint of step 10.
@@ -312,9 +322,12 @@ def test_a_checkpoint_function_that_skips_its_rank_is_not_held_for_rank_0(
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     server = server_factory()
-    wd = attach(socket_path=server.socket_path, checkpoint_dir=short_dir / "ck",
-                checkpoint=lambda step: {"skipped": "rank 0 saves to object storage"},
-                restart_wait_s=30)
+    wd = attach(
+        socket_path=server.socket_path,
+        checkpoint_dir=short_dir / "ck",
+        checkpoint=lambda step: {"skipped": "rank 0 saves to object storage"},
+        restart_wait_s=30,
+    )
     handles.append(wd)
     wait_for(server.clients)
     future = server.send_command_async(os.getpid(), "checkpoint_and_restart", requester_uid=0)
@@ -332,8 +345,9 @@ def test_a_checkpoint_function_that_skips_its_rank_is_not_held_for_rank_0(
 def test_default_checkpoint_and_resume(model_and_optimizer, short_dir, handles):
     """The default checkpoint saves model, optimizer and step; resume restores all three."""
     model, optimizer = model_and_optimizer
-    wd = attach(model, optimizer, socket_path="/nonexistent/s", connect=False,
-                checkpoint_dir=short_dir)
+    wd = attach(
+        model, optimizer, socket_path="/nonexistent/s", connect=False, checkpoint_dir=short_dir
+    )
     handles.append(wd)
     model(torch.ones(1, 4)).sum().backward()
     optimizer.step()
@@ -344,8 +358,9 @@ def test_default_checkpoint_and_resume(model_and_optimizer, short_dir, handles):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.zero_()
-    fresh = attach(model, optimizer, socket_path="/nonexistent/s", connect=False,
-                   checkpoint_dir=short_dir)
+    fresh = attach(
+        model, optimizer, socket_path="/nonexistent/s", connect=False, checkpoint_dir=short_dir
+    )
     handles.append(fresh)
     assert fresh.resume() == 7
     assert fresh.step_count == 7
@@ -444,16 +459,19 @@ def test_job_and_rank_from_environment(monkeypatch):
     # torchrun without --rdzv-id: the ranks share their agent's run directory, across
     # restarts too; without one (--log-dir /dev/null) each is on its own.
     error_file = "/tmp/torchelastic_x1/none_k2j4h6z8/attempt_1/0/error.json"
-    torchrun = {"TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_RESTART_COUNT": "1",
-                "TORCHELASTIC_ERROR_FILE": error_file}
+    torchrun = {
+        "TORCHELASTIC_RUN_ID": "none",
+        "TORCHELASTIC_RESTART_COUNT": "1",
+        "TORCHELASTIC_ERROR_FILE": error_file,
+    }
     assert runtime.job_id(env=torchrun).endswith("-torchrun-k2j4h6z8")
     torchrun["TORCHELASTIC_ERROR_FILE"] = ""
     assert runtime.job_id(env=torchrun).endswith(f"-{os.getpid()}")
     env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "TORCHELASTIC_RESTART_COUNT": "2"}
-    assert runtime.ranks(env) == {"rank": 3, "local_rank": 1, "world_size": 8,
-                                  "restart_count": 2}
-    assert runtime.ranks({"SLURM_PROCID": "4", "SLURM_LOCALID": "0", "SLURM_NTASKS": "8"})[
-        "rank"] == 4
+    assert runtime.ranks(env) == {"rank": 3, "local_rank": 1, "world_size": 8, "restart_count": 2}
+    assert (
+        runtime.ranks({"SLURM_PROCID": "4", "SLURM_LOCALID": "0", "SLURM_NTASKS": "8"})["rank"] == 4
+    )
 
 
 def test_benchmark_step_under_one_microsecond():
@@ -552,8 +570,9 @@ def resolved_later(details: dict) -> Deferred:
         (lambda step: resolved_later({"path": Path("/ck/1.pt")}), "path", "/ck/1.pt"),
     ],
 )
-def test_a_result_that_is_not_json_still_reaches_the_daemon(server_factory, handles, checkpoint,
-                                                            key, sent):
+def test_a_result_that_is_not_json_still_reaches_the_daemon(
+    server_factory, handles, checkpoint, key, sent
+):
     """Details that JSON cannot hold (NaN, a Path) are sent as text; the command succeeds."""
     server = server_factory()
     wd = attach(socket_path=server.socket_path, checkpoint=checkpoint)

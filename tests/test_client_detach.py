@@ -50,8 +50,13 @@ def leaving(server: ControlServer) -> list[tuple[int, bool, str]]:
 
 def run_client(path: str, mode: str) -> subprocess.Popen[str]:
     """Start the client script and wait until it has registered."""
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, path, mode], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, path, mode],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
     return proc

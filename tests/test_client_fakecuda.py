@@ -20,9 +20,13 @@ class FakeCuda:
 
     def memory_stats(self, index):
         assert index == 1
-        return {"allocated_bytes.all.current": 5 << 20, "reserved_bytes.all.current":
-                self.reserved, "allocated_bytes.all.peak": 6 << 20, "num_alloc_retries": 2,
-                "num_ooms": 0}
+        return {
+            "allocated_bytes.all.current": 5 << 20,
+            "reserved_bytes.all.current": self.reserved,
+            "allocated_bytes.all.peak": 6 << 20,
+            "num_alloc_retries": 2,
+            "num_ooms": 0,
+        }
 
     def memory_reserved(self, index):
         return self.reserved
@@ -55,8 +59,11 @@ def fake_torch(monkeypatch):
 def test_allocator_figures_map_memory_stats(fake_torch):
     """Figures come from memory_stats of the process's device, under the protocol's names."""
     assert runtime.allocator_figures("cuda:1") == {
-        "allocated_bytes": 5 << 20, "reserved_bytes": 8 << 20,
-        "peak_allocated_bytes": 6 << 20, "alloc_retries": 2, "ooms": 0,
+        "allocated_bytes": 5 << 20,
+        "reserved_bytes": 8 << 20,
+        "peak_allocated_bytes": 6 << 20,
+        "alloc_retries": 2,
+        "ooms": 0,
     }
     assert runtime.allocator_figures("cpu") == dict.fromkeys(runtime.ALLOCATOR_FIELDS)
     assert runtime.device_uuid("cuda:1") == "GPU-5e1c0000-0000-0000-0000-000000000001"

@@ -36,8 +36,10 @@ def test_the_plan_is_sent_at_once_and_its_end_too(server_factory, handles):
     wait_for(lambda: server.clients() and server.clients()[0].report.step is not None)
     with wd.expect_growth(600, up_to_bytes=3 << 30):
         report = wait_for(
-            lambda: server.clients()[0].report.growth_planned_s is not None
-            and server.clients()[0].report,
+            lambda: (
+                server.clients()[0].report.growth_planned_s is not None
+                and server.clients()[0].report
+            ),
             timeout_s=10,
         )
         assert 590 < report.growth_planned_s <= 600

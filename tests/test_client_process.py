@@ -27,9 +27,18 @@ class Loop:
 
     def __init__(self, socket_path: str, checkpoint_dir: Path, steps: int, pause: float = 0.002):
         self.proc = subprocess.Popen(
-            [sys.executable, str(TESTS / "client_loop.py"), socket_path, str(checkpoint_dir),
-             str(steps), str(pause)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            [
+                sys.executable,
+                str(TESTS / "client_loop.py"),
+                socket_path,
+                str(checkpoint_dir),
+                str(steps),
+                str(pause),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.lines: queue.Queue[str] = queue.Queue()
@@ -145,8 +154,9 @@ def hang(*args):
 os.replace = hang
 store.save({{"step": 2, "blob": torch.zeros(1000)}}, 2)
 """
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "written"
     proc.kill()

@@ -42,10 +42,16 @@ def fake_tasks(root: Path, threads: dict[int, tuple[str, str]]) -> Path:
 
 def test_gloo_worker_states_reads_only_gloo_threads(tmp_path):
     """Only pt_gloo_runloop threads count; R and D are busy, S is parked."""
-    tasks = fake_tasks(tmp_path / "task", {
-        1: ("python3", "R"), 2: ("pt_gloo_runloop", "S"), 3: ("pt_gloo_runloop", "R"),
-        4: ("pt_gloo_runloop", "D"), 5: ("watchdog-client", "R"),
-    })
+    tasks = fake_tasks(
+        tmp_path / "task",
+        {
+            1: ("python3", "R"),
+            2: ("pt_gloo_runloop", "S"),
+            3: ("pt_gloo_runloop", "R"),
+            4: ("pt_gloo_runloop", "D"),
+            5: ("watchdog-client", "R"),
+        },
+    )
     assert sorted(gloo_worker_states(tasks) or []) == ["D", "R", "S"]
     assert busy_gloo_workers(tasks) == 2
     assert busy_gloo_workers(tmp_path / "absent") is None
@@ -71,13 +77,16 @@ def test_wait_for_gloo_workers_needs_settled_quiet_polls(tmp_path):
     """A runnable worker resets the count; the wait ends after `settle` quiet polls in a row."""
     tasks = fake_tasks(tmp_path / "task", {7: ("pt_gloo_runloop", "R")})
     stat = tasks / "7" / "stat"
-    script = Scripted([
-        lambda: stat.write_text("7 (pt_gloo_runloop) S 1\n"),
-        lambda: stat.write_text("7 (pt_gloo_runloop) R 1\n"),
-        lambda: stat.write_text("7 (pt_gloo_runloop) S 1\n"),
-    ])
-    assert wait_for_gloo_workers(5.0, settle=3, interval_s=0.01, tasks=tasks,
-                                 clock=script.clock, sleep=script.sleep)
+    script = Scripted(
+        [
+            lambda: stat.write_text("7 (pt_gloo_runloop) S 1\n"),
+            lambda: stat.write_text("7 (pt_gloo_runloop) R 1\n"),
+            lambda: stat.write_text("7 (pt_gloo_runloop) S 1\n"),
+        ]
+    )
+    assert wait_for_gloo_workers(
+        5.0, settle=3, interval_s=0.01, tasks=tasks, clock=script.clock, sleep=script.sleep
+    )
     assert script.now == pytest.approx(0.05)  # R, S, R, S, S, S: five sleeps
 
 
@@ -85,8 +94,9 @@ def test_wait_for_gloo_workers_gives_up_at_the_deadline(tmp_path):
     """A worker that never parks costs at most the timeout, then exit goes on."""
     tasks = fake_tasks(tmp_path / "task", {7: ("pt_gloo_runloop", "R")})
     script = Scripted([])
-    assert not wait_for_gloo_workers(0.1, interval_s=0.01, tasks=tasks,
-                                     clock=script.clock, sleep=script.sleep)
+    assert not wait_for_gloo_workers(
+        0.1, interval_s=0.01, tasks=tasks, clock=script.clock, sleep=script.sleep
+    )
     assert 0.1 <= script.now < 0.12  # the deadline plus at most one poll interval
     assert not wait_for_gloo_workers(tasks=tmp_path / "absent")  # no /proc: no wait
 
@@ -103,8 +113,11 @@ def test_exit_wait_is_registered_once(monkeypatch):
     """However many groups are built, the exit hook runs once."""
     registered: list[object] = []
     monkeypatch.setattr(distributed.atexit, "register", registered.append)
-    monkeypatch.setattr(distributed.atexit, "unregister",
-                        lambda func: registered.remove(func) if func in registered else None)
+    monkeypatch.setattr(
+        distributed.atexit,
+        "unregister",
+        lambda func: registered.remove(func) if func in registered else None,
+    )
     distributed.register_exit_wait()
     distributed.register_exit_wait()
     assert registered == [wait_for_gloo_workers]
@@ -120,11 +133,28 @@ def test_checkpoint_exit_and_torchrun_restart_resume(short_dir):
     """
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     result = subprocess.run(
-        [torchrun, "--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
-         "--rdzv-endpoint", "localhost:0", "--monitor-interval", "0.2",
-         str(TESTS / "ddp_loop.py"), str(short_dir / "none.sock"), str(short_dir / "ck"), "10",
-         "helper"],
-        capture_output=True, text=True, cwd=REPO, timeout=240,
+        [
+            torchrun,
+            "--nproc-per-node",
+            "2",
+            "--max-restarts",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            "localhost:0",
+            "--monitor-interval",
+            "0.2",
+            str(TESTS / "ddp_loop.py"),
+            str(short_dir / "none.sock"),
+            str(short_dir / "ck"),
+            "10",
+            "helper",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     done = sorted(re.findall(r"done \d+ \d+ \d+", result.stdout))  # ranks share one pipe

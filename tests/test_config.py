@@ -169,9 +169,9 @@ def test_check_config_command(tmp_path: Path) -> None:
     [
         "",
         "[policy]\nladder = []\n"
-        "[[policy.schedule]]\naction = \"empty_cache\"\ncron = \"0 2 * * *\"\n"
-        "[[metrics.basic_auth]]\nuser = \"prometheus\"\n"
-        "password_hash = \"$2b$04$KpzqEDyA0ChNB1ItE2/l3uPNAzMwL5bYU1ICzmhu1r/Ch3qV0R4fa\"\n",
+        '[[policy.schedule]]\naction = "empty_cache"\ncron = "0 2 * * *"\n'
+        '[[metrics.basic_auth]]\nuser = "prometheus"\n'
+        'password_hash = "$2b$04$KpzqEDyA0ChNB1ItE2/l3uPNAzMwL5bYU1ICzmhu1r/Ch3qV0R4fa"\n',
     ],
 )
 def test_show_prints_toml_that_loads_back_the_same(tmp_path: Path, text: str) -> None:
@@ -186,8 +186,12 @@ def _check_config(
     *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
-    return subprocess.run([PYTHON, "-m", "watchdog", "check-config", *args],
-                          capture_output=True, text=True, env={**environ, **(env or {})})
+    return subprocess.run(
+        [PYTHON, "-m", "watchdog", "check-config", *args],
+        capture_output=True,
+        text=True,
+        env={**environ, **(env or {})},
+    )
 
 
 def test_check_config_show_redirected_is_a_config_file(tmp_path: Path) -> None:
@@ -212,10 +216,14 @@ def test_check_config_names_the_file_gpu_watchdog_config_gave(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"GPU_WATCHDOG_CONTROL_SOCKET_GROUP": "no-such-group-here"},
-         "control.socket_group: no such group 'no-such-group-here' on this machine"),
-        ({"GPU_WATCHDOG_SOCKET": "/tmp/" + "s" * 120 + ".sock"},
-         "control.socket_path: 130 bytes, a Unix socket's path takes at most 103"),
+        (
+            {"GPU_WATCHDOG_CONTROL_SOCKET_GROUP": "no-such-group-here"},
+            "control.socket_group: no such group 'no-such-group-here' on this machine",
+        ),
+        (
+            {"GPU_WATCHDOG_SOCKET": "/tmp/" + "s" * 120 + ".sock"},
+            "control.socket_path: 130 bytes, a Unix socket's path takes at most 103",
+        ),
     ],
 )
 def test_socket_settings_this_machine_cannot_serve_fail_the_check_and_the_start(
@@ -228,7 +236,9 @@ def test_socket_settings_this_machine_cannot_serve_fail_the_check_and_the_start(
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
     started = subprocess.run(
         [PYTHON, "-m", "watchdog", "run", "--simulate", "healthy", "--listen", "127.0.0.1:0"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**environ, "GPU_WATCHDOG_DAEMON_STATE_DIR": str(tmp_path / "state"), **settings},
     )
     assert started.returncode == EXIT_USAGE
@@ -239,5 +249,6 @@ def test_an_empty_gpu_watchdog_config_is_named_not_read_as_the_current_directory
     """An empty variable (a shell's unset one) is one line naming it, not "." as the file."""
     result = _check_config(env={"GPU_WATCHDOG_CONFIG": ""})
     assert result.returncode == EXIT_USAGE
-    assert result.stderr.strip().endswith("environment GPU_WATCHDOG_CONFIG is empty: name a "
-                                          "file, or unset it"), result.stderr
+    assert result.stderr.strip().endswith(
+        "environment GPU_WATCHDOG_CONFIG is empty: name a file, or unset it"
+    ), result.stderr

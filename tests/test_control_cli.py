@@ -21,8 +21,14 @@ pytest_plugins = ["control_fixtures"]
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
-    return subprocess.run([sys.executable, "-m", "watchdog", *argv], capture_output=True,
-                          text=True, cwd=REPO, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "watchdog", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -31,8 +37,9 @@ def attached():
     import watchdog
 
     with FakeDaemon() as daemon:
-        wd = watchdog.attach(socket_path=daemon.socket_path, job="cli-job",
-                             checkpoint=lambda step: {"saved": step})
+        wd = watchdog.attach(
+            socket_path=daemon.socket_path, job="cli-job", checkpoint=lambda step: {"saved": step}
+        )
         stop = threading.Event()
 
         def loop() -> None:
@@ -89,8 +96,9 @@ def test_send_errors_are_one_line(attached, short_dir):
 @pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-5"])
 def test_send_refuses_a_timeout_that_is_no_positive_number(attached, timeout):
     """A --timeout that is not a positive number is one line naming it, and nothing is sent."""
-    result = run_cli("send", "cli-job", "checkpoint", "--timeout", timeout,
-                     "--socket", attached.socket_path)
+    result = run_cli(
+        "send", "cli-job", "checkpoint", "--timeout", timeout, "--socket", attached.socket_path
+    )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"gpu-watchdog send: error: --timeout must be a number of seconds > 0, got {timeout}"
@@ -109,34 +117,70 @@ def test_socket_from_environment(attached):
     """GPU_WATCHDOG_SOCKET points `clients` at the daemon when --socket is not given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
     env["GPU_WATCHDOG_SOCKET"] = attached.socket_path
-    result = subprocess.run([sys.executable, "-m", "watchdog", "clients"], capture_output=True,
-                            text=True, cwd=REPO, env=env, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "watchdog", "clients"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "cli-job" in result.stdout
 
 
 def test_table_and_describe_formatting():
     """Byte figures are human-readable; stacks print after the result line."""
-    table = clients_command.format_table([{
-        "pid": 1, "job": "j", "rank": 0, "device": "cuda:0", "step": 3,
-        "allocated_bytes": 3 << 30, "reserved_bytes": None, "peak_allocated_bytes": 1536,
-        "alloc_retries": 0, "ooms": 0, "rss_bytes": 10, "heartbeat_age_s": 1.25,
-    }])
+    table = clients_command.format_table(
+        [
+            {
+                "pid": 1,
+                "job": "j",
+                "rank": 0,
+                "device": "cuda:0",
+                "step": 3,
+                "allocated_bytes": 3 << 30,
+                "reserved_bytes": None,
+                "peak_allocated_bytes": 1536,
+                "alloc_retries": 0,
+                "ooms": 0,
+                "rss_bytes": 10,
+                "heartbeat_age_s": 1.25,
+            }
+        ]
+    )
     assert "3.0G" in table
     assert "1.5K" in table
     assert table.splitlines()[1].endswith("1.2s  -")
-    planned = clients_command.format_table([{
-        "pid": 2, "job": "j", "heartbeat_age_s": 0.0,
-        "growth_planned_s": 540.0, "growth_up_to_bytes": 30 << 30,
-    }, {"pid": 3, "job": "j", "heartbeat_age_s": 0.0, "growth_planned_s": 42.0}])
+    planned = clients_command.format_table(
+        [
+            {
+                "pid": 2,
+                "job": "j",
+                "heartbeat_age_s": 0.0,
+                "growth_planned_s": 540.0,
+                "growth_up_to_bytes": 30 << 30,
+            },
+            {"pid": 3, "job": "j", "heartbeat_age_s": 0.0, "growth_planned_s": 42.0},
+        ]
+    )
     assert planned.splitlines()[1].endswith("9m to 30.0G")
     assert planned.splitlines()[2].endswith("42s")
-    text = send_command.describe({"pid": 1, "job": "j", "rank": 0, "command": "dump_stacks",
-                                  "ok": True, "duration_s": 0.001,
-                                  "details": {"stacks": "Thread 0x1", "threads": {}}})
+    text = send_command.describe(
+        {
+            "pid": 1,
+            "job": "j",
+            "rank": 0,
+            "command": "dump_stacks",
+            "ok": True,
+            "duration_s": 0.001,
+            "details": {"stacks": "Thread 0x1", "threads": {}},
+        }
+    )
     assert text.splitlines() == ["pid 1 (job j, rank 0): dump_stacks ok in 0.001 s", "Thread 0x1"]
-    no_rank = send_command.describe({"pid": 1, "job": "j", "rank": None, "command": "checkpoint",
-                                     "ok": True})
+    no_rank = send_command.describe(
+        {"pid": 1, "job": "j", "rank": None, "command": "checkpoint", "ok": True}
+    )
     assert no_rank == "pid 1 (job j, rank -): checkpoint ok"
 
 
@@ -157,16 +201,43 @@ def test_send_refused_to_another_user():
             daemon.wait_for_client()
             env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
             as_nobody = subprocess.run(
-                [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                 "-m", "watchdog", "send", "root-job", "dump_stacks", "--socket",
-                 daemon.socket_path],
-                capture_output=True, text=True, cwd="/", env={**env, "PYTHONPATH": str(REPO)},
+                [
+                    setpriv,
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    sys.executable,
+                    "-m",
+                    "watchdog",
+                    "send",
+                    "root-job",
+                    "dump_stacks",
+                    "--socket",
+                    daemon.socket_path,
+                ],
+                capture_output=True,
+                text=True,
+                cwd="/",
+                env={**env, "PYTHONPATH": str(REPO)},
                 timeout=60,
             )
             listed = subprocess.run(
-                [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                 "-m", "watchdog", "clients", "--socket", daemon.socket_path],
-                capture_output=True, text=True, cwd="/", env={**env, "PYTHONPATH": str(REPO)},
+                [
+                    setpriv,
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    sys.executable,
+                    "-m",
+                    "watchdog",
+                    "clients",
+                    "--socket",
+                    daemon.socket_path,
+                ],
+                capture_output=True,
+                text=True,
+                cwd="/",
+                env={**env, "PYTHONPATH": str(REPO)},
                 timeout=60,
             )
         finally:
@@ -211,9 +282,21 @@ def test_another_user_may_not_join_a_registered_job():
     def register_as_nobody(socket_path: str, job: str) -> str:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
         done = subprocess.run(
-            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-             "-c", _REGISTER_AS, socket_path, job],
-            capture_output=True, text=True, cwd="/", env={**env, "PYTHONPATH": str(REPO)},
+            [
+                setpriv,
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                _REGISTER_AS,
+                socket_path,
+                job,
+            ],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            env={**env, "PYTHONPATH": str(REPO)},
             timeout=60,
         )
         assert done.returncode == 0, done.stderr

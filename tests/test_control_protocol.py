@@ -110,12 +110,15 @@ def test_fuzz_decoder_raises_only_protocol_errors(chunks):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
-    max_leaves=20,
-))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
 def test_fuzz_valid_frames_with_any_json(value):
     """Any JSON value inside a well-formed frame decodes or is refused as a ProtocolError."""
     body = json.dumps({"v": 1, "type": "t", "x": value}).encode()

@@ -43,8 +43,16 @@ def answer_commands(peer: RawPeer, stop: threading.Event, ok: bool = True) -> th
             except (TimeoutError, OSError):
                 continue
             if message["type"] == "command":
-                peer.send({"type": "result", "id": message["id"], "ok": ok, "duration_s": 0.01,
-                           "details": {"args": message["args"]}, "error": "" if ok else "boom"})
+                peer.send(
+                    {
+                        "type": "result",
+                        "id": message["id"],
+                        "ok": ok,
+                        "duration_s": 0.01,
+                        "details": {"args": message["args"]},
+                        "error": "" if ok else "boom",
+                    }
+                )
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -68,8 +76,9 @@ def test_stale_socket_replaced_live_one_refused_file_kept(short_dir):
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(path))
     stale.close()  # the file stays, nobody listens
-    with ControlServer(ControlSettings(socket_path=str(path))), pytest.raises(
-        ControlError, match="already listening"
+    with (
+        ControlServer(ControlSettings(socket_path=str(path))),
+        pytest.raises(ControlError, match="already listening"),
     ):
         ControlServer(ControlSettings(socket_path=str(path))).start()
     regular = short_dir / "file"
@@ -115,8 +124,15 @@ def reporting_peer(server_factory) -> tuple[ControlServer, list[AllocatorReport]
 def test_reports_keep_unknown_as_none_and_feed_callback(server_factory):
     """Null allocator figures stay None, and on_report sees each heartbeat."""
     server, seen, peer = reporting_peer(server_factory)
-    peer.send({"type": "report", "step": 12, "allocated_bytes": None, "reserved_bytes": 4096,
-               "rss_bytes": 1000})
+    peer.send(
+        {
+            "type": "report",
+            "step": 12,
+            "allocated_bytes": None,
+            "reserved_bytes": 4096,
+            "rss_bytes": 1000,
+        }
+    )
     wait_for(lambda: seen)
     assert seen[0] == AllocatorReport(step=12, reserved_bytes=4096, rss_bytes=1000)
     assert server.clients()[0].report.allocated_bytes is None
@@ -125,12 +141,16 @@ def test_reports_keep_unknown_as_none_and_feed_callback(server_factory):
 def test_a_report_carries_the_growth_the_process_plans(server_factory):
     """expect_growth's fields arrive as numbers; a negative or text one drops the client."""
     server, seen, peer = reporting_peer(server_factory)
-    peer.send({"type": "report", "step": 1, "growth_planned_s": 90.5,
-               "growth_up_to_bytes": 1 << 30})
+    peer.send(
+        {"type": "report", "step": 1, "growth_planned_s": 90.5, "growth_up_to_bytes": 1 << 30}
+    )
     wait_for(lambda: seen)
     assert (seen[0].growth_planned_s, seen[0].growth_up_to_bytes) == (90.5, 1 << 30)
-    for bad in ({"growth_planned_s": -1}, {"growth_planned_s": "soon"},
-                {"growth_up_to_bytes": 1.5}):
+    for bad in (
+        {"growth_planned_s": -1},
+        {"growth_planned_s": "soon"},
+        {"growth_up_to_bytes": 1.5},
+    ):
         other = RawPeer(server.socket_path)
         other.register(job=f"bad-{len(bad)}")
         other.send({"type": "report", "step": 1, **bad})
@@ -249,8 +269,15 @@ def test_a_send_with_no_time_to_answer_is_refused(server_factory, timeout_s):
     client.register()
     wait_for(server.clients)
     requester = RawPeer(server.socket_path)
-    requester.send({"type": "send", "id": 1, "target": os.getpid(), "command": "checkpoint",
-                    "timeout_s": timeout_s})
+    requester.send(
+        {
+            "type": "send",
+            "id": 1,
+            "target": os.getpid(),
+            "command": "checkpoint",
+            "timeout_s": timeout_s,
+        }
+    )
     assert requester.closed_by_server()
     assert server.stats() == ({}, {"malformed": 1})
 
@@ -292,9 +319,7 @@ def test_connection_cap(server_factory):
     assert server.stats()[1]["connection_cap"] == 1, server.stats()
 
 
-def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(
-    server_factory, monkeypatch
-):
+def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(server_factory, monkeypatch):
     """accept() failing with EMFILE leaves the listener readable: the loop must not spin.
 
     It stops listening for a second, logs once per pause, then takes the waiting
@@ -367,8 +392,9 @@ def _forked_client(path: str, rank: int) -> None:
         while True:
             message = peer.recv(30)
             if message["type"] == "command":
-                peer.send({"type": "result", "id": message["id"], "ok": True,
-                           "details": {"rank": rank}})
+                peer.send(
+                    {"type": "result", "id": message["id"], "ok": True, "details": {"rank": rank}}
+                )
     finally:
         os._exit(0)
 
@@ -537,7 +563,8 @@ def test_commands_requested_over_the_socket_are_told_apart_from_the_policys(serv
 
     server.on_request_sent = sent
     server.on_request_done = lambda uid, results: seen.append(
-        ("done", uid, [(r.command, r.ok) for r in results]))
+        ("done", uid, [(r.command, r.ok) for r in results])
+    )
     peer = RawPeer(server.socket_path)
     peer.register(rank=0)
     stop = threading.Event()
@@ -548,7 +575,9 @@ def test_commands_requested_over_the_socket_are_told_apart_from_the_policys(serv
         with ControlRequester(server.socket_path) as requester:
             (result,) = requester.send("raw", "empty_cache", timeout_s=5)
         assert result["ok"]
-        assert seen == [("sent", os.getuid(), ("empty_cache", ["raw"])),
-                        ("done", os.getuid(), [("empty_cache", True)])]
+        assert seen == [
+            ("sent", os.getuid(), ("empty_cache", ["raw"])),
+            ("done", os.getuid(), [("empty_cache", True)]),
+        ]
     finally:
         stop.set()

@@ -70,7 +70,9 @@ def test_dashboards_are_generated_from_the_builder() -> None:
     """The committed JSON is exactly what grafana/build_dashboards.py writes."""
     result = subprocess.run(
         [sys.executable, str(GRAFANA / "build_dashboards.py"), "--check"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert len(DASHBOARDS) == 2
@@ -87,8 +89,11 @@ def test_panels_are_well_formed_and_do_not_overlap(path: Path) -> None:
         pos = panel["gridPos"]
         assert pos["x"] >= 0, panel["title"]
         assert pos["x"] + pos["w"] <= 24, panel["title"]
-        cells = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"])
-                 for y in range(pos["y"], pos["y"] + pos["h"])}
+        cells = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
         assert not cells & taken, f"{panel['title']} overlaps another panel"
         taken |= cells
     for panel in panels(dashboard):
@@ -131,7 +136,9 @@ def test_every_query_is_valid_promql(tmp_path: Path) -> None:
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
     result = subprocess.run(
         [require_tool("promtool"), "check", "rules", str(rule_file)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -170,28 +177,39 @@ def test_counter_panels_draw_no_burst_after_missed_scrapes(tmp_path: Path) -> No
     panel = next(p for p in panels(node) if p["title"] == "Commands and actions")
     expr = next(t["expr"] for t in panel["targets"] if "client_commands_total" in t["expr"])
     panel_expr = substitute(expr, {**ALL, "node": "node1:9723"})
-    counter = ('gpu_watchdog_client_commands_total{job="gpu-watchdog",instance="node1:9723",'
-               'command="checkpoint",result="error"}')
+    counter = (
+        'gpu_watchdog_client_commands_total{job="gpu-watchdog",instance="node1:9723",'
+        'command="checkpoint",result="error"}'
+    )
     case = {
         "rule_files": [],
         "evaluation_interval": "15s",
-        "tests": [{
-            "interval": "15s",
-            # 5 failures long ago; 2 minutes of scrapes missed after 10m; the same 5 after.
-            "input_series": [{"series": counter,
-                              "values": "5x40 " + "stale " * 8 + "5x20"}],
-            "promql_expr_test": [
-                # The first sample back is alone in the rate interval: no increase, and
-                # nothing new to draw (not 5).
-                {"expr": panel_expr, "eval_time": "12m15s", "exp_samples": []},
-                {"expr": panel_expr, "eval_time": "13m",
-                 "exp_samples": [{"labels": '{command="checkpoint", result="error"}',
-                                  "value": 0}]},
-            ],
-        }],
+        "tests": [
+            {
+                "interval": "15s",
+                # 5 failures long ago; 2 minutes of scrapes missed after 10m; the same 5 after.
+                "input_series": [{"series": counter, "values": "5x40 " + "stale " * 8 + "5x20"}],
+                "promql_expr_test": [
+                    # The first sample back is alone in the rate interval: no increase, and
+                    # nothing new to draw (not 5).
+                    {"expr": panel_expr, "eval_time": "12m15s", "exp_samples": []},
+                    {
+                        "expr": panel_expr,
+                        "eval_time": "13m",
+                        "exp_samples": [
+                            {"labels": '{command="checkpoint", result="error"}', "value": 0}
+                        ],
+                    },
+                ],
+            }
+        ],
     }
     test_file = tmp_path / "burst.test.yml"
     test_file.write_text(yaml.safe_dump(case))
-    result = subprocess.run([require_tool("promtool"), "test", "rules", str(test_file)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [require_tool("promtool"), "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -130,9 +130,23 @@ def daemon(workdir: Path) -> Iterator[dict[str, Any]]:
     )
     log = (workdir / "daemon.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "watchdog", "run", "--config", str(config),
-         "--listen", f"127.0.0.1:{port}", "--simulate", "leak", "--speed", "60"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "watchdog",
+            "run",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--simulate",
+            "leak",
+            "--speed",
+            "60",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -160,9 +174,15 @@ def prometheus(workdir: Path, daemon: dict[str, Any]) -> Iterator[str]:
     )
     log = (workdir / "prometheus.log").open("wb")
     process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -186,10 +206,20 @@ class TrainingStandIn:
         self.thread = threading.Thread(target=self._run, name="training-stand-in", daemon=True)
 
     def start(self) -> TrainingStandIn:
-        self._send({"type": "register", "pid": os.getpid(), "job": JOB, "rank": 0,
-                    "local_rank": 0, "world_size": 1, "device": "cuda:0",
-                    "hostname": socket.gethostname(), "client_version": "test",
-                    "commands": list(COMMANDS)})
+        self._send(
+            {
+                "type": "register",
+                "pid": os.getpid(),
+                "job": JOB,
+                "rank": 0,
+                "local_rank": 0,
+                "world_size": 1,
+                "device": "cuda:0",
+                "hostname": socket.gethostname(),
+                "client_version": "test",
+                "commands": list(COMMANDS),
+            }
+        )
         reply = recv_message(self.sock, self.decoder, self.pending, 10.0)
         assert reply["type"] == "registered", reply
         self.thread.start()
@@ -203,10 +233,19 @@ class TrainingStandIn:
         while not self.stop.is_set():
             step += 25
             leaked = int((time.monotonic() - started) * 50e6)
-            self._send({"type": "report", "step": step, "allocated_bytes": 20_000_000_000 + leaked,
-                        "reserved_bytes": 24_000_000_000 + leaked,
-                        "peak_allocated_bytes": 22_000_000_000 + leaked, "alloc_retries": 1,
-                        "ooms": 0, "rss_bytes": 3_000_000_000, "device": "cuda:0"})
+            self._send(
+                {
+                    "type": "report",
+                    "step": step,
+                    "allocated_bytes": 20_000_000_000 + leaked,
+                    "reserved_bytes": 24_000_000_000 + leaked,
+                    "peak_allocated_bytes": 22_000_000_000 + leaked,
+                    "alloc_retries": 1,
+                    "ooms": 0,
+                    "rss_bytes": 3_000_000_000,
+                    "device": "cuda:0",
+                }
+            )
             try:
                 message = recv_message(self.sock, self.decoder, self.pending, 0.5)
             except TimeoutError:
@@ -216,9 +255,16 @@ class TrainingStandIn:
             if message.get("type") == "command":
                 self.commands.append(message["command"])
                 failing = message["command"] == FAILING_COMMAND
-                self._send({"type": "result", "id": message["id"], "ok": not failing,
-                            "duration_s": 0.01, "error": "failed on purpose" if failing else "",
-                            "details": {}})
+                self._send(
+                    {
+                        "type": "result",
+                        "id": message["id"],
+                        "ok": not failing,
+                        "duration_s": 0.01,
+                        "error": "failed on purpose" if failing else "",
+                        "details": {},
+                    }
+                )
 
     def close(self) -> None:
         self.stop.set()
@@ -290,8 +336,12 @@ def scraped(daemon: dict[str, Any], prometheus: str, training: TrainingStandIn) 
         rogue.sendall(b"\xff\xff\xff\xff")  # a frame longer than any maximum: dropped
         rogue.settimeout(5)
         assert rogue.recv(1) == b""
-    _wait("the leak and the client's figures in Prometheus", lambda: _ready(prometheus),
-          deadline_s=DEADLINE_S, every=2.0)
+    _wait(
+        "the leak and the client's figures in Prometheus",
+        lambda: _ready(prometheus),
+        deadline_s=DEADLINE_S,
+        every=2.0,
+    )
     return prometheus
 
 
@@ -369,8 +419,11 @@ def _exported(daemon: dict[str, Any]) -> set[str]:
 def _deliberately_hidden() -> set[str]:
     """Metric names listed in docs/metrics.md under a heading "Not on the dashboards"."""
     text = (REPO / "docs" / "metrics.md").read_text()
-    match = re.search(r"^#+ [^\n]*not on the dashboards[^\n]*$(.*?)(?=^#+ |\Z)", text,
-                      re.IGNORECASE | re.MULTILINE | re.DOTALL)
+    match = re.search(
+        r"^#+ [^\n]*not on the dashboards[^\n]*$(.*?)(?=^#+ |\Z)",
+        text,
+        re.IGNORECASE | re.MULTILINE | re.DOTALL,
+    )
     return set(re.findall(r"`(gpu_watchdog_\w+)`", match.group(1))) if match else set()
 
 
@@ -378,8 +431,12 @@ def test_every_exported_metric_is_on_a_dashboard_or_deliberately_not(
     scraped: str, daemon: dict[str, Any]
 ) -> None:
     """Each metric family on /metrics is used by a panel or listed as not shown on purpose."""
-    used = {name for path in DASHBOARDS for _, expr in queries(load(path))
-            for name in _metric_names(expr)}
+    used = {
+        name
+        for path in DASHBOARDS
+        for _, expr in queries(load(path))
+        for name in _metric_names(expr)
+    }
     for path in DASHBOARDS:
         for panel in panels(load(path)):
             assert panel["targets"]
@@ -401,7 +458,6 @@ def test_counter_panels_show_a_series_first_count(scraped: str) -> None:
     target = next(t for t in panel["targets"] if "client_commands_total" in t["expr"])
     expr = substitute(target["expr"], _variables(scraped, node))
     shown = _query(scraped, f"max_over_time(({expr})[10m:1s])")
-    failed = [s for s in shown
-              if s["metric"] == {"command": FAILING_COMMAND, "result": "error"}]
+    failed = [s for s in shown if s["metric"] == {"command": FAILING_COMMAND, "result": "error"}]
     assert failed, shown
     assert float(failed[0]["value"][1]) > 0, shown

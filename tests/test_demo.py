@@ -87,13 +87,15 @@ def test_bad_demo_arguments_exit_2_with_one_line(args, message):
     """Bad input to ``gpu-watchdog demo`` is one line on stderr and exit status 2."""
     result = subprocess.run(
         [sys.executable, "-m", "watchdog", "demo", *args],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
-
 
 
 @pytest.mark.parametrize(("loss", "said"), [(0.01234, "final loss 0.0123"), (None, "no step left")])

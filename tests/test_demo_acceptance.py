@@ -52,9 +52,21 @@ def clean_weights(tmp_path: Path, steps: int) -> dict[str, object]:
     """The final weights of the same job run straight through: no leak, no daemon, no restart."""
     out = tmp_path / "clean.pt"
     subprocess.run(
-        [sys.executable, "-m", "watchdog.demo.train", "--steps", str(steps),
-         "--checkpoint-dir", str(tmp_path / "clean-ckpt"), "--out", str(out)],
-        check=True, cwd=REPO, timeout=120, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "watchdog.demo.train",
+            "--steps",
+            str(steps),
+            "--checkpoint-dir",
+            str(tmp_path / "clean-ckpt"),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        cwd=REPO,
+        timeout=120,
+        capture_output=True,
     )
     return torch.load(out)  # type: ignore[no-any-return]
 
@@ -134,7 +146,10 @@ def test_sigterm_to_the_demo_command_leaves_nothing_running(short_dir):
     run_dir = short_dir / "run"
     demo = subprocess.Popen(
         [sys.executable, "-m", "watchdog", "demo", "--dir", str(run_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
     )
     assert demo.stdout is not None
     for line in demo.stdout:

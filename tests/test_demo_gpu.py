@@ -56,7 +56,11 @@ def test_demo_gpu_without_cuda_exits_3_with_one_line_and_leaves_nothing(tmp_path
     env["TMPDIR"] = str(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "watchdog", "demo", "--gpu"],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == EXIT_NVML_UNAVAILABLE
     assert result.stderr.strip().splitlines() == [
@@ -123,7 +127,10 @@ def test_gpu_smoke_test_without_cuda_exits_2_with_one_line():
         pytest.skip("this host has CUDA")
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "gpu_smoke_test.py")],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["gpu_smoke_test: error: no CUDA device 0 here"]

@@ -40,19 +40,51 @@ def leak_bytes_per_step() -> int:
 def torchrun(run_dir: Path, *, leak: bool, socket: Path | None) -> subprocess.CompletedProcess[str]:
     """The demo's job on 2 CPU ranks under torchrun --max-restarts 1; rank 1 leaks if ``leak``."""
     launcher = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    job = ["--steps", str(STEPS), "--checkpoint-dir", str(run_dir / "checkpoints"),
-           "--out", str(run_dir / "final.pt"), "--report-every", "400"]
+    job = [
+        "--steps",
+        str(STEPS),
+        "--checkpoint-dir",
+        str(run_dir / "checkpoints"),
+        "--out",
+        str(run_dir / "final.pt"),
+        "--report-every",
+        "400",
+    ]
     if leak:
-        job += ["--leak-bytes-per-step", str(leak_bytes_per_step()), "--leak-rank", "1",
-                "--step-time", str(STEP_TIME_S)]
+        job += [
+            "--leak-bytes-per-step",
+            str(leak_bytes_per_step()),
+            "--leak-rank",
+            "1",
+            "--step-time",
+            str(STEP_TIME_S),
+        ]
     if socket is not None:
         job += ["--socket", str(socket)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
     return subprocess.run(
-        [launcher, "--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
-         "--rdzv-endpoint", "localhost:0", "--monitor-interval", "0.2",
-         "-m", "watchdog.demo.train", *job],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=300, check=False,
+        [
+            launcher,
+            "--nproc-per-node",
+            "2",
+            "--max-restarts",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            "localhost:0",
+            "--monitor-interval",
+            "0.2",
+            "-m",
+            "watchdog.demo.train",
+            *job,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+        check=False,
     )
 
 
@@ -75,19 +107,25 @@ def test_leak_in_one_rank_restarts_both_and_nothing_is_lost(short_dir):
     seen = events(result.stdout)
     starts = [e for e in seen if e["event"] == "start"]
     assert sorted((e["rank"], e["resumed_from"] is None) for e in starts) == [
-        (0, False), (0, True), (1, False), (1, True)], output
+        (0, False),
+        (0, True),
+        (1, False),
+        (1, True),
+    ], output
     leaking_pid = next(e["pid"] for e in starts if e["rank"] == 1 and e["resumed_from"] is None)
     restarts = [e for e in seen if e["event"] == "restart"]
     assert sorted(e["rank"] for e in restarts) == [0, 1], output
     assert len({e["step"] for e in restarts}) == 1, output  # the same step on both ranks
     done = [e for e in seen if e["event"] == "done"]
     assert sorted((e["rank"], e["step"]) for e in done) == [(0, STEPS), (1, STEPS)], output
-    entries = [json.loads(line) for line in
-               (run_dir / "state" / "journal.jsonl").read_text().splitlines()]
+    entries = [
+        json.loads(line) for line in (run_dir / "state" / "journal.jsonl").read_text().splitlines()
+    ]
     raised = [e for e in entries if e["type"] == "finding" and e["state"] == "raised"]
     assert [(e["kind"], e["pid"]) for e in raised][:1] == [("leak", leaking_pid)], raised
-    answered = [e for e in entries
-                if e["type"] == "result" and e["action"] == "checkpoint_and_restart"]
+    answered = [
+        e for e in entries if e["type"] == "result" and e["action"] == "checkpoint_and_restart"
+    ]
     assert len(answered) == 2, entries
     assert all(e["ok"] for e in answered), answered
     clean_dir = short_dir / "clean"

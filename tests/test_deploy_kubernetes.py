@@ -66,7 +66,9 @@ def test_the_command_line_tool_agrees() -> None:
     files = [str(path) for path in sorted(KUBERNETES.glob("*.yaml"))]
     result = subprocess.run(
         [sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet", *files],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -107,7 +109,10 @@ def test_configmap_config_passes_check_config(tmp_path: Path) -> None:
     config.write_text(_kind("ConfigMap")["data"]["config.toml"])
     result = subprocess.run(
         [sys.executable, "-m", "watchdog", "check-config", str(config)],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -146,8 +151,11 @@ def test_service_and_servicemonitor_select_the_daemonset_pods() -> None:
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     # The rules and dashboards expect job="gpu-watchdog" and the node's name in `instance`.
     assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "gpu-watchdog"
-    assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance",
-            "action": "replace"} in endpoint["relabelings"]
+    assert {
+        "sourceLabels": ["__meta_kubernetes_pod_node_name"],
+        "targetLabel": "instance",
+        "action": "replace",
+    } in endpoint["relabelings"]
 
 
 def test_everything_lives_in_the_watchdog_namespace() -> None:

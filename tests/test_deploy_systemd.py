@@ -74,9 +74,17 @@ def test_systemd_analyze_verify_is_silent(tmp_path: Path) -> None:
     tool = require_tool("systemd-analyze")
     root = _fake_root(tmp_path)
     result = subprocess.run(
-        [tool, "verify", f"--root={root}", "--man=no", "--generators=no",
-         str(root / "etc" / "systemd" / "system" / UNIT.name)],
-        capture_output=True, text=True, timeout=60,
+        [
+            tool,
+            "verify",
+            f"--root={root}",
+            "--man=no",
+            "--generators=no",
+            str(root / "etc" / "systemd" / "system" / UNIT.name),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout + result.stderr == "", result.stdout + result.stderr
@@ -86,9 +94,17 @@ def test_security_exposure_stays_within_budget() -> None:
     """`systemd-analyze security --offline` rates the sandbox at most 1.5 (OK)."""
     tool = require_tool("systemd-analyze")
     result = subprocess.run(
-        [tool, "security", "--offline=true", f"--threshold={EXPOSURE_BUDGET}", "--no-pager",
-         str(UNIT)],
-        capture_output=True, text=True, timeout=60,
+        [
+            tool,
+            "security",
+            "--offline=true",
+            f"--threshold={EXPOSURE_BUDGET}",
+            "--no-pager",
+            str(UNIT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     last = (result.stdout.strip().splitlines() or [""])[-1]
     assert result.returncode == 0, last
@@ -100,7 +116,9 @@ def test_sysusers_file_is_valid() -> None:
     tool = require_tool("systemd-sysusers")
     with_root = subprocess.run(
         [tool, "--dry-run", f"--root={REPO / 'build-nonexistent-root'}", str(SYSUSERS)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert with_root.returncode == 0, with_root.stderr
     assert "Creating user 'gpu-watchdog'" in with_root.stdout + with_root.stderr
@@ -114,7 +132,8 @@ def test_unit_is_a_notify_service_restarted_on_failure() -> None:
     assert _one("Service", "ExecReload") == "/bin/kill -HUP $MAINPID"  # systemctl reload
     assert int(_one("Service", "WatchdogSec").rstrip("s")) >= 10
     assert set(_one("Service", "RestartPreventExitStatus").split()) == {
-        str(EXIT_USAGE), str(EXIT_NVML_UNAVAILABLE)
+        str(EXIT_USAGE),
+        str(EXIT_NVML_UNAVAILABLE),
     }
     # StartLimit* belong to [Unit]; in [Service] systemd ignores them (with a warning).
     assert ("Unit", "StartLimitBurst") in _settings()
@@ -160,10 +179,26 @@ def test_a_stopped_daemon_is_aborted_and_restarted_by_the_watchdog(tmp_path: Pat
     assert binary, "gpu-watchdog is not on PATH"
     unit = f"gpu-watchdog-test-{os.getpid()}"
     subprocess.run(
-        ["systemd-run", f"--unit={unit}", "-p", "Type=notify", "-p", "WatchdogSec=5",
-         "-p", "Restart=on-failure", "-p", "RestartSec=1",
-         binary, "run", "--simulate", "healthy", "--listen", "127.0.0.1:0"],
-        check=True, timeout=60,
+        [
+            "systemd-run",
+            f"--unit={unit}",
+            "-p",
+            "Type=notify",
+            "-p",
+            "WatchdogSec=5",
+            "-p",
+            "Restart=on-failure",
+            "-p",
+            "RestartSec=1",
+            binary,
+            "run",
+            "--simulate",
+            "healthy",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        check=True,
+        timeout=60,
     )
     try:
         first = _main_pid(unit)
@@ -180,7 +215,9 @@ def test_a_stopped_daemon_is_aborted_and_restarted_by_the_watchdog(tmp_path: Pat
 def _main_pid(unit: str) -> int:
     out = subprocess.run(
         ["systemctl", "show", "-p", "MainPID", "--value", unit],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     ).stdout.strip()
     return int(out or 0)
 
@@ -229,10 +266,28 @@ def test_daemon_system_calls_fit_the_unit_filter(tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     port = free_port()
     process = subprocess.Popen(
-        [strace, "-f", "-qq", "-o", str(trace), sys.executable, "-m", "watchdog", "run",
-         "--config", str(config), "--listen", f"127.0.0.1:{port}", "--simulate", "leak",
-         "--speed", "60"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            strace,
+            "-f",
+            "-qq",
+            "-o",
+            str(trace),
+            sys.executable,
+            "-m",
+            "watchdog",
+            "run",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--simulate",
+            "leak",
+            "--speed",
+            "60",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     daemon_pid = 0
     try:
@@ -301,7 +356,9 @@ def test_daemon_runs_without_writable_executable_memory(tmp_path: Path) -> None:
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-c", MDWE_WRAPPER, "-c", script],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=sink,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
         )
     try:
         deadline = time.monotonic() + 60

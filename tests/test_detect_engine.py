@@ -455,10 +455,13 @@ def test_a_process_has_one_host_series_whichever_gpus_it_is_on(
         engine.observe_step(
             t, [(gpu, 5 * GIB, TOTAL) for gpu in (0, 1)], [(gpu, PID, 4 * GIB) for gpu in gpus]
         )
-        engine.observe(Reading(
-            t=t, host_processes=[HostProcessSample(pid=PID, rss_bytes=4 * GIB)],
-            host_memory=HostMemory(total_bytes=host_total, available_bytes=host_total // 2),
-        ))
+        engine.observe(
+            Reading(
+                t=t,
+                host_processes=[HostProcessSample(pid=PID, rss_bytes=4 * GIB)],
+                host_memory=HostMemory(total_bytes=host_total, available_bytes=host_total // 2),
+            )
+        )
     assert [s.pid for s in engine.status() if s.series == "host_rss"] == [PID]
 
 
@@ -773,7 +776,6 @@ def test_processes_taking_turns_on_a_gpu_are_not_a_leak() -> None:
     assert leaks(events) == []
 
 
-
 def test_a_process_list_the_driver_failed_to_give_ends_no_finding() -> None:
     """One poll whose list of the GPU failed (``unread_gpus``) is no exit: the leak stands."""
     engine = DetectionEngine()
@@ -783,10 +785,16 @@ def test_a_process_list_the_driver_failed_to_give_ends_no_finding() -> None:
     def poll(t: float, unread: bool) -> None:
         used = int(warm(t) + max(0.0, t - 1800) * 2 * MIB) // (2 * MIB) * (2 * MIB)
         processes = [] if unread else [GpuProcessSample(gpu=0, pid=PID, used_bytes=used)]
-        events.extend(engine.observe(Reading(
-            t=t, devices=[DeviceSample(gpu=0, used_bytes=used + 300 * MIB, total_bytes=TOTAL)],
-            processes=processes, unread_gpus=frozenset({0}) if unread else frozenset(),
-        )))
+        events.extend(
+            engine.observe(
+                Reading(
+                    t=t,
+                    devices=[DeviceSample(gpu=0, used_bytes=used + 300 * MIB, total_bytes=TOTAL)],
+                    processes=processes,
+                    unread_gpus=frozenset({0}) if unread else frozenset(),
+                )
+            )
+        )
 
     while not any(e.pid == PID for e in leaks(events)):
         poll(t, unread=False)
@@ -811,12 +819,19 @@ def test_the_series_index_by_pid_follows_every_process_coming_and_going() -> Non
         alive = [pid for pid in started if rng.random() < 0.7]
         for pid in rng.sample(sorted(started), 2):
             started[pid] += 1  # the kernel gave the pid to a new process
-        processes = [GpuProcessSample(gpu=pid % 4 + step % 2, pid=pid, used_bytes=GIB)
-                     for pid in alive]
-        hosts = [HostProcessSample(pid=pid, rss_bytes=GIB, started=started[pid])
-                 for pid in alive if rng.random() < 0.9]
-        engine.observe(Reading(t=t, devices=devices, processes=processes,
-                               host_processes=hosts, host_memory=host))
+        processes = [
+            GpuProcessSample(gpu=pid % 4 + step % 2, pid=pid, used_bytes=GIB) for pid in alive
+        ]
+        hosts = [
+            HostProcessSample(pid=pid, rss_bytes=GIB, started=started[pid])
+            for pid in alive
+            if rng.random() < 0.9
+        ]
+        engine.observe(
+            Reading(
+                t=t, devices=devices, processes=processes, host_processes=hosts, host_memory=host
+            )
+        )
         for pid in alive[:5]:
             engine.observe_allocator(t, pid % 4, pid, GIB // 2, GIB)
         expected: dict[int, set[tuple[str, int, int | None]]] = {}

@@ -199,10 +199,13 @@ def test_a_hidden_process_that_exits_takes_its_plan_with_it() -> None:
     engine = DetectionEngine()
 
     def poll(t: float, used: float, pid: int) -> list[Event]:
-        return engine.observe(Reading(
-            t=t, devices=[DeviceSample(gpu=0, used_bytes=int(used), total_bytes=TOTAL)],
-            processes=[GpuProcessSample(gpu=0, pid=pid, used_bytes=None)],
-        ))
+        return engine.observe(
+            Reading(
+                t=t,
+                devices=[DeviceSample(gpu=0, used_bytes=int(used), total_bytes=TOTAL)],
+                processes=[GpuProcessSample(gpu=0, pid=pid, used_bytes=None)],
+            )
+        )
 
     for t in range(0, 600, 5):
         if t == 300:

@@ -531,9 +531,7 @@ def test_detection_sees_nvml_readings_near_oom_raised_and_cleared(
     daemon.wait_for(lambda s: _near_oom(s, "0") != [] and 1.0 not in _near_oom(s, "0"))
 
 
-def _grow_until_leak(
-    daemon: Daemon, pid: str, rate: float, within_s: float
-) -> tuple[Series, int]:
+def _grow_until_leak(daemon: Daemon, pid: str, rate: float, within_s: float) -> tuple[Series, int]:
     """Grow GPU 0's first process from 3 GiB at ``rate`` bytes/s until a leak is raised on
     ``pid``; return the scrape that shows it and the process's memory then."""
     state = daemon.fake.state
@@ -595,8 +593,10 @@ def test_a_job_s_planned_growth_holds_its_leak_until_it_outgrows_the_plan(
         state.gpus[0].processes[0] = FakeProcess(pid=planner.pid, used_memory=3 * GIB)
         daemon.fake.write()
         daemon.wait_for(
-            lambda s: value(s, "gpu_watchdog_growth_planned", series="process", pid=pid) == 1
-            and value(s, "gpu_watchdog_growth_planned", series="gpu", gpu="0") == 1
+            lambda s: (
+                value(s, "gpu_watchdog_growth_planned", series="process", pid=pid) == 1
+                and value(s, "gpu_watchdog_growth_planned", series="gpu", gpu="0") == 1
+            )
         )
         # 1 GiB/s: 36 s under the planned size (unplanned, it is raised within
         # about 20 s), then past it, towards the OOM at 70 s.
@@ -618,7 +618,10 @@ def _status(
     config.write_text(_config_text(tmp_path))
     return subprocess.run(
         [PYTHON, "-m", "watchdog", *(command or ("status",)), "--config", str(config)],
-        capture_output=True, text=True, env=fake.env(env), timeout=60,
+        capture_output=True,
+        text=True,
+        env=fake.env(env),
+        timeout=60,
     )
 
 
@@ -631,10 +634,15 @@ def test_status_prints_only_the_table_on_stdout(tmp_path: Path, cli_env: dict[st
     assert done.stdout.splitlines()[0].split()[:2] == ["GPU", "NAME"], done.stdout
 
 
-@pytest.mark.parametrize("fault", [Fault("nvmlDeviceGetCount*", "UNKNOWN"),
-                                   Fault("nvmlDeviceGetMemoryInfo*", None, delay_ms=-1),
-                                   Fault("nvmlInit*", None, delay_ms=-1)],
-                         ids=["unknown_error", "hung_call", "hung_init"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("nvmlDeviceGetCount*", "UNKNOWN"),
+        Fault("nvmlDeviceGetMemoryInfo*", None, delay_ms=-1),
+        Fault("nvmlInit*", None, delay_ms=-1),
+    ],
+    ids=["unknown_error", "hung_call", "hung_init"],
+)
 def test_status_on_a_failing_driver_is_one_line(
     tmp_path: Path, cli_env: dict[str, str], fault: Fault
 ) -> None:

@@ -84,21 +84,48 @@ def _key(directory: Path, name: str) -> Path:
 def _ca(directory: Path, name: str) -> tuple[Path, Path]:
     key = _key(directory, name)
     cert = directory / f"{name}.pem"
-    _openssl("req", "-x509", "-new", "-key", key, "-out", cert, "-days", "2",
-             "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        key,
+        "-out",
+        cert,
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
     return cert, key
 
 
-def _sign(
-    directory: Path, name: str, key: Path, san: str, usage: str, ca: str = "ca"
-) -> Path:
+def _sign(directory: Path, name: str, key: Path, san: str, usage: str, ca: str = "ca") -> Path:
     csr, cert, ext = (directory / f"{name}.{kind}" for kind in ("csr", "pem", "ext"))
     ext.write_text(f"subjectAltName={san}\nextendedKeyUsage={usage}\n")
     _openssl("req", "-new", "-key", key, "-out", csr, "-subj", f"/CN={name}")
-    _openssl("x509", "-req", "-in", csr, "-CA", directory / f"{ca}.pem",
-             "-CAkey", directory / f"{ca}.key", "-set_serial", str(time.time_ns()),
-             "-out", cert, "-days", "2", "-extfile", ext)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        directory / f"{ca}.pem",
+        "-CAkey",
+        directory / f"{ca}.key",
+        "-set_serial",
+        str(time.time_ns()),
+        "-out",
+        cert,
+        "-days",
+        "2",
+        "-extfile",
+        ext,
+    )
     return cert
 
 
@@ -121,8 +148,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         server_key=server_key,
         client_cert=_sign(directory, "client", client_key, "DNS:prometheus", "clientAuth"),
         client_key=client_key,
-        rogue_cert=_sign(directory, "rogue", rogue_key, "DNS:prometheus", "clientAuth",
-                         ca="rogue-ca"),
+        rogue_cert=_sign(
+            directory, "rogue", rogue_key, "DNS:prometheus", "clientAuth", ca="rogue-ca"
+        ),
         rogue_key=rogue_key,
         other_key=_key(directory, "other"),
         encrypted_key=encrypted,
@@ -221,8 +249,10 @@ def _rejected(port: int, reason: str, **request: Any) -> float:
     body = _request(port, **request).body
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
-            if (sample.name == "gpu_watchdog_http_requests_rejected_total"
-                    and sample.labels["reason"] == reason):
+            if (
+                sample.name == "gpu_watchdog_http_requests_rejected_total"
+                and sample.labels["reason"] == reason
+            ):
                 return float(sample.value)
     raise AssertionError("gpu_watchdog_http_requests_rejected_total not exported")
 
@@ -244,8 +274,10 @@ def test_https_handshake_serves_metrics_with_the_configured_certificate(
     """A client trusting the CA completes a TLS 1.2+ handshake for 127.0.0.1 and gets /metrics."""
     server = serve(WebSecurity.from_settings(_settings(pki)))
     context = _client_context(pki)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
         served = tls.getpeercert(binary_form=True)
     assert served == ssl.PEM_cert_to_DER_cert(pki.server_cert.read_text())
@@ -310,7 +342,7 @@ def _trickle(port: int, stop: threading.Event, every_s: float) -> socket.socket:
 
 
 def test_a_trickling_client_is_cut_at_the_connection_deadline(
-    serve: Callable[..., MetricsServer]
+    serve: Callable[..., MetricsServer],
 ) -> None:
     """A byte every 0.3 s never trips a 1 s read timeout; the whole connection's 1 s does."""
     server = serve(max_concurrent=1, request_timeout_s=1.0)
@@ -343,7 +375,7 @@ def descriptors(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.mark.usefixtures("descriptors")
 def test_connections_that_say_nothing_give_their_slots_back_within_seconds(
-    serve: Callable[..., MetricsServer]
+    serve: Callable[..., MetricsServer],
 ) -> None:
     """Silent connections holding every slot delay a scrape by the first-byte wait, not 10 s.
 
@@ -367,7 +399,7 @@ def test_connections_that_say_nothing_give_their_slots_back_within_seconds(
 
 
 def test_connections_waiting_for_a_slot_queue_in_the_kernel_not_in_syn_retries(
-    serve: Callable[..., MetricsServer]
+    serve: Callable[..., MetricsServer],
 ) -> None:
     """With every slot busy, 40 more connections are each accepted by the kernel at once.
 
@@ -449,8 +481,7 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(
     """With tls_client_ca_file, no certificate or one from another CA is refused; the CA's works."""
     security = WebSecurity.from_settings(_settings(pki, tls_client_ca_file=str(pki.ca)))
     server = serve(security)
-    for context in (_client_context(pki),
-                    _client_context(pki, pki.rogue_cert, pki.rogue_key)):
+    for context in (_client_context(pki), _client_context(pki, pki.rogue_cert, pki.rogue_key)):
         # TLS 1.3 refuses the client after the client's side of the handshake: the error
         # shows on the first read, as an alert or a reset.
         with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -558,13 +589,19 @@ def test_missing_bcrypt_is_one_line_exit_2(
     """Users configured but bcrypt not installed: check-config says how to install it, exit 2."""
     config = tmp_path / "config.toml"
     config.write_text(
-        "[[metrics.basic_auth]]\nuser = \"prometheus\"\n"
-        f"password_hash = \"$2b$04${'a' * 53}\"\n"
+        f'[[metrics.basic_auth]]\nuser = "prometheus"\npassword_hash = "$2b$04${"a" * 53}"\n'
     )
-    no_bcrypt = ("import sys; sys.modules['bcrypt'] = None; "
-                 "from watchdog.cli import main; sys.exit(main(sys.argv[1:]))")
-    result = subprocess.run([PYTHON, "-c", no_bcrypt, "check-config", str(config)],
-                            capture_output=True, text=True, env=cli_env, timeout=60)
+    no_bcrypt = (
+        "import sys; sys.modules['bcrypt'] = None; "
+        "from watchdog.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run(
+        [PYTHON, "-c", no_bcrypt, "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        timeout=60,
+    )
     assert result.returncode == EXIT_USAGE
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "metrics.basic_auth needs the bcrypt package" in result.stderr
@@ -628,25 +665,43 @@ def test_tls_file_errors_name_the_setting_and_the_file(pki: Pki) -> None:
     """Each broken TLS file is one line naming its setting, the file and what is wrong."""
     missing = pki.directory / "missing.pem"
     cases = [
-        (_settings(pki, tls_cert_file=str(missing)),
-         f"metrics.tls_cert_file {missing}: cannot read: No such file or directory"),
-        (_settings(pki, tls_key_file=str(pki.directory)),
-         f"metrics.tls_key_file {pki.directory}: cannot read: Is a directory"),
-        (_settings(pki, tls_cert_file=str(pki.garbage)),
-         f"metrics.tls_cert_file {pki.garbage}: no PEM certificate in it"),
-        (_settings(pki, tls_cert_file=str(pki.server_key)),
-         f"metrics.tls_cert_file {pki.server_key}: no PEM certificate in it"),
-        (_settings(pki, tls_key_file=str(pki.garbage)),
-         f"metrics.tls_key_file {pki.garbage}: no PEM private key in it"),
-        (_settings(pki, tls_key_file=str(pki.other_key)),
-         f"metrics.tls_key_file {pki.other_key}: does not match the certificate in "
-         f"metrics.tls_cert_file {pki.server_cert}"),
-        (_settings(pki, tls_key_file=str(pki.encrypted_key)),
-         f"metrics.tls_key_file {pki.encrypted_key}: the key is encrypted"),
-        (_settings(pki, tls_client_ca_file=str(pki.garbage)),
-         f"metrics.tls_client_ca_file {pki.garbage}: no PEM CA certificate in it"),
-        (_settings(pki, tls_client_ca_file=str(missing)),
-         f"metrics.tls_client_ca_file {missing}: cannot read"),
+        (
+            _settings(pki, tls_cert_file=str(missing)),
+            f"metrics.tls_cert_file {missing}: cannot read: No such file or directory",
+        ),
+        (
+            _settings(pki, tls_key_file=str(pki.directory)),
+            f"metrics.tls_key_file {pki.directory}: cannot read: Is a directory",
+        ),
+        (
+            _settings(pki, tls_cert_file=str(pki.garbage)),
+            f"metrics.tls_cert_file {pki.garbage}: no PEM certificate in it",
+        ),
+        (
+            _settings(pki, tls_cert_file=str(pki.server_key)),
+            f"metrics.tls_cert_file {pki.server_key}: no PEM certificate in it",
+        ),
+        (
+            _settings(pki, tls_key_file=str(pki.garbage)),
+            f"metrics.tls_key_file {pki.garbage}: no PEM private key in it",
+        ),
+        (
+            _settings(pki, tls_key_file=str(pki.other_key)),
+            f"metrics.tls_key_file {pki.other_key}: does not match the certificate in "
+            f"metrics.tls_cert_file {pki.server_cert}",
+        ),
+        (
+            _settings(pki, tls_key_file=str(pki.encrypted_key)),
+            f"metrics.tls_key_file {pki.encrypted_key}: the key is encrypted",
+        ),
+        (
+            _settings(pki, tls_client_ca_file=str(pki.garbage)),
+            f"metrics.tls_client_ca_file {pki.garbage}: no PEM CA certificate in it",
+        ),
+        (
+            _settings(pki, tls_client_ca_file=str(missing)),
+            f"metrics.tls_client_ca_file {missing}: cannot read",
+        ),
         (_settings(pki, tls_key_file=""), "metrics.tls_key_file is empty"),
         (MetricsSettings(tls_client_ca_file=str(pki.ca)), "metrics.tls_cert_file is empty"),
     ]
@@ -690,8 +745,9 @@ def test_basic_auth_cannot_come_from_the_environment(tmp_path: Path) -> None:
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "watchdog", *args], capture_output=True, text=True,
-                          env=env, timeout=60)
+    return subprocess.run(
+        [PYTHON, "-m", "watchdog", *args], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 def test_check_config_and_run_refuse_a_broken_key_with_exit_2(
@@ -702,8 +758,10 @@ def test_check_config_and_run_refuse_a_broken_key_with_exit_2(
     config.write_text(
         f'[metrics]\ntls_cert_file = "{pki.server_cert}"\ntls_key_file = "{pki.other_key}"\n'
     )
-    for args in (("check-config", str(config)),
-                 ("run", "--config", str(config), "--listen", f"127.0.0.1:{free_port()}")):
+    for args in (
+        ("check-config", str(config)),
+        ("run", "--config", str(config), "--listen", f"127.0.0.1:{free_port()}"),
+    ):
         result = _cli(*args, env=cli_env)
         assert result.returncode == EXIT_USAGE, result.stderr
         assert result.stderr.strip().count("\n") == 0, result.stderr
@@ -728,8 +786,10 @@ def _wait_for_https(port: int, context: ssl.SSLContext, process: subprocess.Pope
 
 
 def _served_cert(port: int, context: ssl.SSLContext) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         cert = tls.getpeercert(binary_form=True)
     assert cert is not None
     return cert
@@ -746,8 +806,9 @@ def _wait_for_log(path: Path, event: str) -> str:
         time.sleep(0.05)
 
 
-def _daemon_config(path: Path, port: int, pki: Pki, password_hash: str, cert: Path,
-                   key: Path) -> None:
+def _daemon_config(
+    path: Path, port: int, pki: Pki, password_hash: str, cert: Path, key: Path
+) -> None:
     """HTTPS with the test CA's server certificate, mutual TLS and one user."""
     path.write_text(
         f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
@@ -763,7 +824,10 @@ def _daemon(config: Path, log: Path, env: dict[str, str]) -> Iterator[subprocess
     with log.open("w") as out:
         process = subprocess.Popen(
             [PYTHON, "-m", "watchdog", "run", "--config", str(config), "--simulate", "healthy"],
-            stdout=out, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
     try:
         yield process
@@ -836,13 +900,21 @@ def test_real_prometheus_scrapes_with_the_documented_config(
     scrape = tmp_path / "prometheus.yml"
     scrape.write_text(f"global: {{scrape_interval: 1s}}\nscrape_configs:\n{jobs}")
     context = _client_context(pki, pki.client_cert, pki.client_key)
-    with _daemon(config, tmp_path / "daemon.log", cli_env) as process, \
-            (tmp_path / "prometheus.log").open("w") as out:
+    with (
+        _daemon(config, tmp_path / "daemon.log", cli_env) as process,
+        (tmp_path / "prometheus.log").open("w") as out,
+    ):
         _wait_for_https(port, context, process)
         prometheus = subprocess.Popen(
-            [binary, f"--config.file={scrape}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn"],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={scrape}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                "--log.level=warn",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             url = f"http://127.0.0.1:{prometheus_port}"
@@ -850,9 +922,11 @@ def test_real_prometheus_scrapes_with_the_documented_config(
             while True:
                 with contextlib.suppress(OSError, KeyError, ValueError):
                     targets = _targets(url)
-                    if {t["health"] for t in targets.values()} <= {"up", "down"} and all(
-                        t["lastScrape"] != "0001-01-01T00:00:00Z" for t in targets.values()
-                    ) and len(targets) == 2:
+                    if (
+                        {t["health"] for t in targets.values()} <= {"up", "down"}
+                        and all(t["lastScrape"] != "0001-01-01T00:00:00Z" for t in targets.values())
+                        and len(targets) == 2
+                    ):
                         break
                 assert time.monotonic() < deadline, "Prometheus scraped nothing in 60 s"
                 time.sleep(0.5)

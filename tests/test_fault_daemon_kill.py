@@ -77,8 +77,18 @@ def test_entry_after_a_failed_write_starts_a_new_line(
 
 
 def _sent_restart(wall: float) -> Decision:
-    return Decision(t=wall, wall=wall, action=RESTART, job="train", gpu=0, pid=42,
-                    finding="leak", series="process", outcome=SEND, reason="ladder")
+    return Decision(
+        t=wall,
+        wall=wall,
+        action=RESTART,
+        job="train",
+        gpu=0,
+        pid=42,
+        finding="leak",
+        series="process",
+        outcome=SEND,
+        reason="ladder",
+    )
 
 
 def test_unanswered_command_holds_its_job_after_a_restart() -> None:
@@ -88,8 +98,18 @@ def test_unanswered_command_holds_its_job_after_a_restart() -> None:
     assert ledger.in_flight("train", 1010.0) == RESTART
     assert ledger.in_flight("train", 1600.0) is None  # the old daemon would have given up
     assert ledger.restarts_since("train", 0.0) == 1
-    answered = [*entries, {"type": "result", "wall": 1005.0, "action": RESTART,
-                           "job": "train", "pid": 42, "ok": True, "error": ""}]
+    answered = [
+        *entries,
+        {
+            "type": "result",
+            "wall": 1005.0,
+            "action": RESTART,
+            "job": "train",
+            "pid": 42,
+            "ok": True,
+            "error": "",
+        },
+    ]
     assert ledger_from(iter(answered), unanswered_for_s=600.0).in_flight("train", 1010.0) is None
 
 
@@ -98,8 +118,7 @@ def test_restarted_policy_does_not_send_the_command_again() -> None:
     entries = [decision_entry(_sent_restart(1000.0))]
     ledger = ledger_from(iter(entries), unanswered_for_s=600.0)
     ladder = [LadderStep(finding="leak", action=RESTART)]
-    policy = Policy(ladder, cooldown_s=0.0, max_restarts=2, restart_window_s=3600.0,
-                    ledger=ledger)
+    policy = Policy(ladder, cooldown_s=0.0, max_restarts=2, restart_window_s=3600.0, ledger=ledger)
     policy.observe(finding(5.0, tto=600.0))
 
     def jobs(gpu: int, pid: int | None) -> list[JobRef]:
@@ -116,14 +135,25 @@ def test_restarted_policy_does_not_send_the_command_again() -> None:
 class Client:
     """tests/fault_helpers.py as a training process, its output lines collected."""
 
-    def __init__(self, run_dir: Path, job: str, leak_mib_per_s: float, gate: str = "",
-                 steps: int = 0) -> None:
+    def __init__(
+        self, run_dir: Path, job: str, leak_mib_per_s: float, gate: str = "", steps: int = 0
+    ) -> None:
         with open(run_dir / f"{job}-{id(self)}.err", "wb") as errors:
             self.proc = subprocess.Popen(
-                [sys.executable, str(REPO / "tests" / "fault_helpers.py"),
-                 str(run_dir / "wd.sock"), job, str(leak_mib_per_s), str(run_dir / "ckpt"), gate,
-                 str(steps)],
-                stdout=subprocess.PIPE, stderr=errors, text=True, cwd=REPO,
+                [
+                    sys.executable,
+                    str(REPO / "tests" / "fault_helpers.py"),
+                    str(run_dir / "wd.sock"),
+                    job,
+                    str(leak_mib_per_s),
+                    str(run_dir / "ckpt"),
+                    gate,
+                    str(steps),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                cwd=REPO,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         self.lines: list[str] = []
@@ -148,8 +178,11 @@ def _sends(run_dir: Path) -> list[dict[str, object]]:
 def test_daemon_killed_with_a_restart_in_flight(short_dir: Path) -> None:
     """SIGKILL while a checkpoint_and_restart runs: re-registration, one run, journal and budget."""
     run_dir = short_dir
-    config = write_config(run_dir, "checkpoint_and_restart",
-                          "cooldown_s = 0.0\nmax_restarts = 2\nrestart_window_s = 3600.0")
+    config = write_config(
+        run_dir,
+        "checkpoint_and_restart",
+        "cooldown_s = 0.0\nmax_restarts = 2\nrestart_window_s = 3600.0",
+    )
     gate = run_dir / "gate"
     processes: list[subprocess.Popen[bytes] | subprocess.Popen[str]] = []
     try:
@@ -173,8 +206,11 @@ def test_daemon_killed_with_a_restart_in_flight(short_dir: Path) -> None:
 
         pid = client.proc.pid
         with ControlRequester(str(run_dir / "wd.sock")) as requester:
-            wait_until(lambda: [c for c in requester.list_clients() if c["pid"] == pid], 30,
-                       "the client to register with the new daemon")
+            wait_until(
+                lambda: [c for c in requester.list_clients() if c["pid"] == pid],
+                30,
+                "the client to register with the new daemon",
+            )
         url = metrics_url(run_dir / "d2.log")
         budget = metric(url, "gpu_watchdog_restart_budget_remaining", 'training_job="kill-job"')
         assert budget == 1.0  # two allowed, one spent by the killed daemon
@@ -182,10 +218,12 @@ def test_daemon_killed_with_a_restart_in_flight(short_dir: Path) -> None:
         # The new daemon sees the same leak (the client still leaks while it checkpoints) ...
         def raised_again() -> bool:
             lines = (run_dir / "state" / "journal.jsonl").read_bytes().split(b"\n")
-            after = lines[lines.index(TORN) + 1:] if TORN in lines else []
+            after = lines[lines.index(TORN) + 1 :] if TORN in lines else []
             entries = [json.loads(line) for line in after if line.strip()]
-            return any(e.get("type") == "finding" and e.get("state") == "raised"
-                       and e.get("pid") == pid for e in entries)
+            return any(
+                e.get("type") == "finding" and e.get("state") == "raised" and e.get("pid") == pid
+                for e in entries
+            )
 
         wait_until(raised_again, 90, "the new daemon to see the leak (journalled)")
         # ... and, for several more polls, must not send the restart in flight again.

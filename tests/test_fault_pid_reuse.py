@@ -46,8 +46,13 @@ PID = 4242
 OLD, NEW = 1000, 2000
 """Start times (clock ticks since boot) of the old process and of the one that got its pid."""
 FAST = DetectionSettings(
-    bucket_s=1.0, warmup_s=5.0, leak_min_rise_bytes=64 * MIB, leak_min_rise_ratio=0.0,
-    leak_extrapolation_short=100.0, leak_extrapolation=100.0, leak_clear_after_s=600.0,
+    bucket_s=1.0,
+    warmup_s=5.0,
+    leak_min_rise_bytes=64 * MIB,
+    leak_min_rise_ratio=0.0,
+    leak_extrapolation_short=100.0,
+    leak_extrapolation=100.0,
+    leak_clear_after_s=600.0,
 )
 """Detection in seconds; a raised leak holds for 10 minutes once the floor stops rising."""
 
@@ -89,7 +94,8 @@ def test_start_ticks_of_real_processes_stays_put_and_tells_them_apart() -> None:
 def _host(t: float, rss: int, started: int | None) -> Reading:
     total = 16 * GIB
     return Reading(
-        t=t, host_processes=[HostProcessSample(pid=PID, rss_bytes=rss, started=started)],
+        t=t,
+        host_processes=[HostProcessSample(pid=PID, rss_bytes=rss, started=started)],
         host_memory=HostMemory(total_bytes=total, available_bytes=total - rss),
     )
 
@@ -164,8 +170,7 @@ def test_identity_of_a_pid_is_dropped_once_its_process_is_gone() -> None:
     engine = DetectionEngine(FAST)
     engine.observe(_host(0.0, GIB, OLD))
     assert engine.process_started(PID) == OLD
-    engine.observe(Reading(t=1.0, host_processes=[],
-                           host_memory=HostMemory(16 * GIB, 15 * GIB)))
+    engine.observe(Reading(t=1.0, host_processes=[], host_memory=HostMemory(16 * GIB, 15 * GIB)))
     assert engine.process_started(PID) is None
     assert engine.series_count() == 0
 
@@ -324,8 +329,9 @@ class _Server:
     def clients(self) -> list[_Client]:
         return self.clients_
 
-    def send_command_async(self, target: str, command: str, uid: int,
-                           **options: Any) -> Future[list[CommandResult]]:
+    def send_command_async(
+        self, target: str, command: str, uid: int, **options: Any
+    ) -> Future[list[CommandResult]]:
         self.sent.append((target, command))
         future: Future[list[CommandResult]] = Future()
         future.set_result([CommandResult(pid=PID, job=target, rank=0, command=command, ok=True)])
@@ -372,9 +378,14 @@ def pid_namespace() -> list[str]:
     """The command prefix that runs a program as pid 1 of a new pid namespace; skips without."""
     unshare = shutil.which("unshare")
     prefix = [unshare or "unshare", "--pid", "--fork", "--mount-proc"]
-    works = unshare is not None and os.geteuid() == 0 and subprocess.run(
-        [*prefix, "true"], capture_output=True, timeout=30, check=False
-    ).returncode == 0
+    works = (
+        unshare is not None
+        and os.geteuid() == 0
+        and subprocess.run(
+            [*prefix, "true"], capture_output=True, timeout=30, check=False
+        ).returncode
+        == 0
+    )
     if not works:
         if os.environ.get("WATCHDOG_REQUIRE_TOOLS"):
             pytest.fail("pid namespaces are required here (WATCHDOG_REQUIRE_TOOLS is set)")
@@ -387,9 +398,17 @@ def pid_namespace() -> list[str]:
 def test_kernel_reuses_a_pid_for_another_job(pid_namespace: list[str], short_dir: Path) -> None:
     """A leaking job is killed and its pid given to a new job: the new job gets nothing."""
     run = subprocess.run(
-        [*pid_namespace, sys.executable, str(REPO / "tests" / "pid_reuse_launcher.py"),
-         str(short_dir)],
-        capture_output=True, text=True, timeout=200, cwd=REPO, check=False,
+        [
+            *pid_namespace,
+            sys.executable,
+            str(REPO / "tests" / "pid_reuse_launcher.py"),
+            str(short_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd=REPO,
+        check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
@@ -402,7 +421,10 @@ def test_kernel_reuses_a_pid_for_another_job(pid_namespace: list[str], short_dir
     assert "checkpoint" not in b_out  # ... and the new job, on the same pid, got nothing
     entries = journal(short_dir)
     assert not [e for e in entries if e.get("job") == "new-job"]
-    mine = [(e["kind"], e["state"], e["message"]) for e in entries
-            if e.get("type") == "finding" and e.get("pid") == pid]
+    mine = [
+        (e["kind"], e["state"], e["message"])
+        for e in entries
+        if e.get("type") == "finding" and e.get("pid") == pid
+    ]
     assert [m[:2] for m in mine] == [("leak", "raised"), ("leak", "cleared")]
     assert "pid reused by a new process" in mine[1][2]

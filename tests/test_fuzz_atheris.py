@@ -23,7 +23,10 @@ def test_fuzz_target_runs_clean(target: str, tmp_path: Path) -> None:
     pytest.importorskip("atheris")
     done = subprocess.run(
         [sys.executable, str(FUZZ), target, "-max_total_time=4", "-seed=1"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "DONE" in done.stderr

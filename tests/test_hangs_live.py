@@ -57,14 +57,29 @@ class LiveDaemon:
         self.log_path = root / "daemon.log"
         self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "watchdog", "run", "--config", str(config),
-             "--listen", f"127.0.0.1:{self.port}", "--simulate", "healthy"],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "watchdog",
+                "run",
+                "--config",
+                str(config),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--simulate",
+                "healthy",
+            ],
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             # The config file places socket and state here (cli_env's variables would win).
             env={k: v for k, v in env.items() if not k.startswith("GPU_WATCHDOG_")},
         )
-        wait_for(lambda: Path(self.socket).exists() or self.process.poll() is not None,
-                 30, "the control socket")
+        wait_for(
+            lambda: Path(self.socket).exists() or self.process.poll() is not None,
+            30,
+            "the control socket",
+        )
         assert self.process.poll() is None, self.log_path.read_text()
 
     def events(self, name: str | None = None, **fields: object) -> list[dict[str, Any]]:
@@ -122,13 +137,26 @@ class Ranks:
         port = free_port()
         self.procs = []
         for rank in (0, 1):
-            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+            env = {
+                **os.environ,
+                "RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "LOCAL_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "PYTHONUNBUFFERED": "1",
+            }
             env.pop("TORCHELASTIC_RESTART_COUNT", None)
-            self.procs.append(subprocess.Popen(
-                [sys.executable, str(TESTS / "hang_loop.py"), daemon.socket, "100", mode],
-                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            ))
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(TESTS / "hang_loop.py"), daemon.socket, "100", mode],
+                    cwd=REPO,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
         self.pids = [p.pid for p in self.procs]
 
     def wait_hanging(self) -> None:
@@ -207,8 +235,11 @@ def test_killed_rank_is_reported_at_once_as_lost_with_the_rank_waiting_on_it(
     value = daemon.metric("gpu_watchdog_rank_lost", training_job="hang-job", pid=str(victim))
     assert value == 1
     assert daemon.metric("gpu_watchdog_rank_lost", rank="0") is None
-    wait_for(lambda: daemon.events("control_command_sent", command="dump_stacks", pid=survivor),
-             10, "the survivor's stacks asked for")
+    wait_for(
+        lambda: daemon.events("control_command_sent", command="dump_stacks", pid=survivor),
+        10,
+        "the survivor's stacks asked for",
+    )
 
 
 def test_cleanly_finished_ranks_are_not_lost(
@@ -222,8 +253,10 @@ def test_cleanly_finished_ranks_are_not_lost(
         " world_size=2, heartbeat_s=0.2)\n"
         "wd.step(); wd.link.connected.wait(10); time.sleep(float(sys.argv[3]))\n"
     )
-    ranks = [subprocess.Popen([sys.executable, "-c", script, daemon.socket, str(r), str(s)],
-                              cwd=REPO) for r, s in ((0, 0.5), (1, 3.0))]
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", script, daemon.socket, str(r), str(s)], cwd=REPO)
+        for r, s in ((0, 0.5), (1, 3.0))
+    ]
     assert [p.wait(timeout=60) for p in ranks] == [0, 0]
     wait_for(lambda: len(daemon.events("control_client_left")) >= 2, 10, "both ranks leaving")
     assert daemon.events("rank_lost_raised") == []
@@ -238,10 +271,28 @@ def test_group_restart_lets_torchrun_restart_the_hung_group(
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC_")}
     result = subprocess.run(
-        [torchrun, "--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
-         "--rdzv-endpoint", "localhost:0", "--monitor-interval", "0.2",
-         str(TESTS / "hang_loop.py"), daemon.socket, "30", "hang"],
-        capture_output=True, text=True, cwd=REPO, timeout=180, env=env,
+        [
+            torchrun,
+            "--nproc-per-node",
+            "2",
+            "--max-restarts",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            "localhost:0",
+            "--monitor-interval",
+            "0.2",
+            str(TESTS / "hang_loop.py"),
+            daemon.socket,
+            "30",
+            "hang",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=180,
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     # Both ranks share torchrun's stdout, so one's line may land inside the other's.

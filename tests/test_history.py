@@ -158,9 +158,20 @@ def test_commands_sent_by_hand_are_journalled(tmp_path: Path, cli_env: dict[str,
     state = tmp_path / "state"
     socket_path = cli_env["GPU_WATCHDOG_SOCKET"]
     daemon = subprocess.Popen(
-        [PYTHON, "-m", "watchdog", "run", "--simulate", "healthy",
-         "--listen", f"127.0.0.1:{free_port()}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env,
+        [
+            PYTHON,
+            "-m",
+            "watchdog",
+            "run",
+            "--simulate",
+            "healthy",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env,
     )
     stop = threading.Event()
     try:
@@ -168,8 +179,9 @@ def test_commands_sent_by_hand_are_journalled(tmp_path: Path, cli_env: dict[str,
         quiet = _history(state, env=cli_env)
         assert quiet.returncode == 0, quiet.stderr
         assert (quiet.stdout, quiet.stderr.strip()) == ("", f"no journal entries in {state}")
-        wd = watchdog.attach(socket_path=socket_path, job="by-hand",
-                             checkpoint=lambda step: {"saved": step})
+        wd = watchdog.attach(
+            socket_path=socket_path, job="by-hand", checkpoint=lambda step: {"saved": step}
+        )
 
         def train() -> None:
             while not stop.is_set():
@@ -178,13 +190,19 @@ def test_commands_sent_by_hand_are_journalled(tmp_path: Path, cli_env: dict[str,
 
         threading.Thread(target=train, daemon=True).start()
         assert wd.link.connected.wait(10), "the client never registered"
-        sent = subprocess.run([PYTHON, "-m", "watchdog", "send", "by-hand", "checkpoint"],
-                              capture_output=True, text=True, env=cli_env, timeout=60)
+        sent = subprocess.run(
+            [PYTHON, "-m", "watchdog", "send", "by-hand", "checkpoint"],
+            capture_output=True,
+            text=True,
+            env=cli_env,
+            timeout=60,
+        )
         assert sent.returncode == 0, sent.stderr
         lines = _history(state, "--job", "by-hand", env=cli_env).stdout.splitlines()
         uid = f"(uid {os.getuid()})"
-        assert any("by hand" in line and "checkpoint" in line and f"sent {uid}" in line
-                   for line in lines), lines
+        assert any(
+            "by hand" in line and "checkpoint" in line and f"sent {uid}" in line for line in lines
+        ), lines
         assert any("by hand" in line and f"ok {uid}" in line for line in lines), lines
     finally:
         stop.set()

@@ -69,7 +69,8 @@ def test_a_thread_exiting_mid_read_hides_no_other_thread_s_children(
         (tmp_path / "100" / "task" / tid / "children").write_text(children)
     listdir = os.listdir
     monkeypatch.setattr(
-        os, "listdir",
+        os,
+        "listdir",
         lambda path: ["100", "101", "102"] if str(path).endswith("100/task") else listdir(path),
     )
     assert _kernel_children(tmp_path, 100) == [201, 202, 203]

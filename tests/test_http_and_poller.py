@@ -261,8 +261,9 @@ def test_wall_clock_jump_leaves_other_jobs_at_their_time() -> None:
     poller.start()
     try:
         later = datetime.now(timezone.utc) + timedelta(days=30)
-        poller.scheduler.add_job(lambda: fired.append("restart"), "date", run_date=later,
-                                 id="schedule-0")
+        poller.scheduler.add_job(
+            lambda: fired.append("restart"), "date", run_date=later, id="schedule-0"
+        )
         wall_offset[0] = -5.0
         assert poller.check_clock() is True
         time.sleep(0.5)

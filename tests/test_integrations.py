@@ -34,8 +34,9 @@ def test_optimizer_hook_steps_and_checkpoints(tmp_path):
     model = torch.nn.Linear(4, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with FakeDaemon() as daemon:
-        wd = watch_optimizer(optimizer, model, socket_path=daemon.socket_path,
-                             checkpoint_dir=tmp_path)
+        wd = watch_optimizer(
+            optimizer, model, socket_path=daemon.socket_path, checkpoint_dir=tmp_path
+        )
         try:
             for _ in range(3):
                 optimizer.step()
@@ -79,10 +80,17 @@ def test_lightning_callback_checkpoint_restart_resume(tmp_path):
     data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
 
     def trainer(callback, max_steps):
-        return pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
-                          enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, callbacks=[callback],
-                          default_root_dir=tmp_path)
+        return pl.Trainer(
+            max_steps=max_steps,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[callback],
+            default_root_dir=tmp_path,
+        )
 
     results: list = []
     with FakeDaemon() as daemon:
@@ -118,22 +126,43 @@ def test_huggingface_callback_checkpoint_restart_resume(tmp_path):
                 Slow.first_step = state.global_step
             time.sleep(0.01)
 
-    config = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=32,
-                                     max_position_embeddings=16, num_labels=2)
+    config = transformers.BertConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
     generator = torch.Generator().manual_seed(0)
-    data = [{"input_ids": torch.randint(0, 32, (8,), generator=generator),
-             "attention_mask": torch.ones(8, dtype=torch.long), "labels": torch.tensor(i % 2)}
-            for i in range(64)]
+    data = [
+        {
+            "input_ids": torch.randint(0, 32, (8,), generator=generator),
+            "attention_mask": torch.ones(8, dtype=torch.long),
+            "labels": torch.tensor(i % 2),
+        }
+        for i in range(64)
+    ]
 
     def trainer(callback, max_steps):
         args = transformers.TrainingArguments(
-            output_dir=str(tmp_path / "out"), max_steps=max_steps,
-            per_device_train_batch_size=4, use_cpu=True, report_to=[], save_strategy="no",
-            logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+            output_dir=str(tmp_path / "out"),
+            max_steps=max_steps,
+            per_device_train_batch_size=4,
+            use_cpu=True,
+            report_to=[],
+            save_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
         )
-        return transformers.Trainer(model=transformers.BertForSequenceClassification(config),
-                                    args=args, train_dataset=data, callbacks=[callback, Slow()])
+        return transformers.Trainer(
+            model=transformers.BertForSequenceClassification(config),
+            args=args,
+            train_dataset=data,
+            callbacks=[callback, Slow()],
+        )
 
     results: list = []
     with FakeDaemon() as daemon:
@@ -149,8 +178,9 @@ def test_huggingface_callback_checkpoint_restart_resume(tmp_path):
     assert restart["path"].endswith(f"checkpoint-{restart['step']}")
     Slow.first_step = None
     with FakeDaemon() as daemon:
-        resumed = trainer(WatchdogTrainerCallback(socket_path=daemon.socket_path),
-                          restart["step"] + 3)
+        resumed = trainer(
+            WatchdogTrainerCallback(socket_path=daemon.socket_path), restart["step"] + 3
+        )
         resumed.train(resume_from_checkpoint=True)
     assert Slow.first_step == restart["step"] + 1
     assert resumed.state.global_step == restart["step"] + 3
@@ -176,11 +206,18 @@ def test_examples_run_and_register(script, needs, tmp_path):
     repo = Path(__file__).resolve().parent.parent
     with FakeDaemon() as daemon:
         env = {**os.environ, "GPU_WATCHDOG_SOCKET": daemon.socket_path, "PYTHONUNBUFFERED": "1"}
-        where = ["--output-dir" if "huggingface" in script else "--checkpoint-dir",
-                 str(tmp_path / "ck")]
-        proc = subprocess.Popen([sys.executable, str(repo / "examples" / script), "--steps",
-                                 "100000", *where], cwd=tmp_path, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        where = [
+            "--output-dir" if "huggingface" in script else "--checkpoint-dir",
+            str(tmp_path / "ck"),
+        ]
+        proc = subprocess.Popen(
+            [sys.executable, str(repo / "examples" / script), "--steps", "100000", *where],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             client = daemon.wait_for_client(proc.pid, timeout_s=60)
             (result,) = daemon.send("checkpoint", target=client.pid, timeout_s=60)

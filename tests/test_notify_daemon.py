@@ -48,15 +48,27 @@ def test_daemon_notifies_ready_pings_and_stopping(short_dir: Path) -> None:
     control = short_dir / "run" / "watchdog.sock"
     config = short_dir / "config.toml"
     config.write_text(
-        f'[daemon]\nstate_dir = "{short_dir / "state"}"\n'
-        f'[control]\nsocket_path = "{control}"\n'
+        f'[daemon]\nstate_dir = "{short_dir / "state"}"\n[control]\nsocket_path = "{control}"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_WATCHDOG_", "WATCHDOG_"))}
     env.update(NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="2000000")
     process = subprocess.Popen(
-        [sys.executable, "-m", "watchdog", "run", "--config", str(config),
-         "--listen", f"127.0.0.1:{port}", "--simulate", "healthy"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "watchdog",
+            "run",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--simulate",
+            "healthy",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         ready = next(
@@ -93,9 +105,22 @@ def test_daemon_stopped_by_sigstop_sends_no_pings(short_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_WATCHDOG_", "WATCHDOG_"))}
     env.update(NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="2000000")
     process = subprocess.Popen(
-        [sys.executable, "-m", "watchdog", "run", "--config", str(config),
-         "--listen", f"127.0.0.1:{free_port()}", "--simulate", "healthy"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "watchdog",
+            "run",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--simulate",
+            "healthy",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         assert any(m.get("WATCHDOG") == "1" for m in _messages(sock, time.monotonic() + 30))

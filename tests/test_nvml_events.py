@@ -492,14 +492,18 @@ def test_daemon_exports_xids_ecc_and_watcher_health_and_stops_promptly(
     try:
         me = str(os.getpid())
         daemon.wait_for(
-            lambda s: value(s, "gpu_watchdog_event_watcher_gpus", state="registered") == 1
-            and value(s, "gpu_watchdog_process_info", pid=me) == 1  # attributed: on the GPU
+            lambda s: (
+                value(s, "gpu_watchdog_event_watcher_gpus", state="registered") == 1
+                and value(s, "gpu_watchdog_process_info", pid=me) == 1
+            )  # attributed: on the GPU
         )
         fake.state.add_event(0, 48)
         fake.write()
         series = daemon.wait_for(
-            lambda s: value(s, "gpu_watchdog_gpu_xid_events_total", xid="48") == 1
-            and value(s, "gpu_watchdog_collector_success", collector="nvml_health") == 1
+            lambda s: (
+                value(s, "gpu_watchdog_gpu_xid_events_total", xid="48") == 1
+                and value(s, "gpu_watchdog_collector_success", collector="nvml_health") == 1
+            )
         )
         assert value(
             series, "gpu_watchdog_gpu_xid_events_total", gpu="0", fatal="true", source="nvml"

@@ -240,7 +240,8 @@ def test_driver_with_only_unversioned_process_calls_lists_its_processes(make: Ma
     for _ in range(2):  # the call found is remembered
         reading = rig.processes.poll()
         assert {(p.pid, p.used_bytes) for p in reading.processes or []} == {
-            (10, 3 * GIB), (11, None)
+            (10, 3 * GIB),
+            (11, None),
         }
         assert reading.unread_gpus == frozenset()
     assert rig.loaded.calls("nvmlDeviceGetComputeRunningProcesses") >= 2

@@ -239,10 +239,22 @@ def test_a_failed_process_list_names_its_gpu_unread_for_a_few_polls() -> None:
 def test_processes_of_an_unread_gpu_stay_in_the_daemon_state() -> None:
     """The exported processes of a GPU whose list failed this poll are its last known ones."""
     state = DaemonState()
-    state.apply(Reading(t=0.0, processes=[GpuProcessSample(gpu=0, pid=10, used_bytes=GIB),
-                                          GpuProcessSample(gpu=1, pid=20, used_bytes=GIB)]))
-    state.apply(Reading(t=5.0, processes=[GpuProcessSample(gpu=0, pid=11, used_bytes=GIB)],
-                        unread_gpus=frozenset({1})))
+    state.apply(
+        Reading(
+            t=0.0,
+            processes=[
+                GpuProcessSample(gpu=0, pid=10, used_bytes=GIB),
+                GpuProcessSample(gpu=1, pid=20, used_bytes=GIB),
+            ],
+        )
+    )
+    state.apply(
+        Reading(
+            t=5.0,
+            processes=[GpuProcessSample(gpu=0, pid=11, used_bytes=GIB)],
+            unread_gpus=frozenset({1}),
+        )
+    )
     assert sorted(p.pid for p in state.snapshot().processes) == [11, 20]
     state.apply(Reading(t=10.0, processes=[GpuProcessSample(gpu=0, pid=11, used_bytes=GIB)]))
     assert [p.pid for p in state.snapshot().processes] == [11]

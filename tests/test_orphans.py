@@ -18,9 +18,14 @@ def host(pid: int, ppid: int, state: str = "sleeping", started: int = 1000) -> H
     return HostProcessSample(pid=pid, ppid=ppid, state=state, started=started)
 
 
-def judge(detector: OrphanDetector, t: float, procs: list[GpuProcessSample],
-          facts: list[HostProcessSample] | None, used: int | None = None,
-          live: tuple[int, ...] = ()) -> list[tuple[str, str, int | None]]:
+def judge(
+    detector: OrphanDetector,
+    t: float,
+    procs: list[GpuProcessSample],
+    facts: list[HostProcessSample] | None,
+    used: int | None = None,
+    live: tuple[int, ...] = (),
+) -> list[tuple[str, str, int | None]]:
     """One observation; (state, reason, pid) of each event."""
     total = sum(p.used_bytes or 0 for p in procs) if used is None else used
     events = detector.observe(t, [device(total)], procs, facts, live)
@@ -73,8 +78,10 @@ def test_zombie_on_the_process_list_is_an_orphan():
 def test_registered_clients_and_invisible_pids_are_never_orphans():
     """A live job (registered) and a pid without host facts are left alone."""
     detector = OrphanDetector(min_age_s=0)
-    procs = [GpuProcessSample(gpu=0, pid=50, used_bytes=GIB),
-             GpuProcessSample(gpu=0, pid=70, used_bytes=GIB)]
+    procs = [
+        GpuProcessSample(gpu=0, pid=50, used_bytes=GIB),
+        GpuProcessSample(gpu=0, pid=70, used_bytes=GIB),
+    ]
     judge(detector, 0, procs, [host(50, ppid=40), host(70, ppid=40)], live=(50,))
     facts = [host(50, ppid=1, state="zombie")]  # 70: not visible any more
     assert judge(detector, 10, procs, facts, used=2 * GIB, live=(50,)) == []

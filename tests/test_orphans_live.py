@@ -38,8 +38,9 @@ class Family:
     """A launcher and its worker; ``orphan()`` ends the launcher and leaves the worker."""
 
     def __init__(self) -> None:
-        self.launcher = subprocess.Popen([PYTHON, "-c", LAUNCHER], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, text=True)
+        self.launcher = subprocess.Popen(
+            [PYTHON, "-c", LAUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert self.launcher.stdout is not None
         self.worker = int(self.launcher.stdout.readline())
 
@@ -89,9 +90,16 @@ def test_host_source_reports_parent_and_state(family: Family, zombie: int) -> No
     assert before[zombie].ppid == os.getpid()
     family.orphan()
     after = wait_for(
-        lambda: next((s for s in source.poll().host_processes or []
-                      if s.pid == family.worker and s.ppid != family.launcher.pid), None),
-        30, "the worker's reparenting",
+        lambda: next(
+            (
+                s
+                for s in source.poll().host_processes or []
+                if s.pid == family.worker and s.ppid != family.launcher.pid
+            ),
+            None,
+        ),
+        30,
+        "the worker's reparenting",
     )
     assert after.state in ("sleeping", "running")
     assert after.started == before[family.worker].started  # the same process, not a new one
@@ -100,15 +108,18 @@ def test_host_source_reports_parent_and_state(family: Family, zombie: int) -> No
 def test_orphans_found_from_real_processes(family: Family, zombie: int) -> None:
     """The detector, fed by the host source, reports the reparented worker and the zombie."""
     source = HostSource(lambda: [family.worker, zombie])
-    gpu = [GpuProcessSample(gpu=0, pid=family.worker, used_bytes=GIB),
-           GpuProcessSample(gpu=0, pid=zombie, used_bytes=2 * GIB)]
+    gpu = [
+        GpuProcessSample(gpu=0, pid=family.worker, used_bytes=GIB),
+        GpuProcessSample(gpu=0, pid=zombie, used_bytes=2 * GIB),
+    ]
     device = [DeviceSample(gpu=0, total_bytes=80 * GIB, used_bytes=3 * GIB)]
     detector = OrphanDetector(min_age_s=0, unattributed_min_bytes=GIB)
     events = detector.observe(0, device, gpu, source.poll().host_processes)
     assert [(e.reason, e.pid) for e in events] == [(ZOMBIE, zombie)]
     family.orphan()
     found = wait_for(
-        lambda: detector.observe(1, device, gpu, source.poll().host_processes), 30,
+        lambda: detector.observe(1, device, gpu, source.poll().host_processes),
+        30,
         "the reparented worker",
     )
     assert [(e.state, e.reason, e.pid, e.parent) for e in found] == [
@@ -146,10 +157,16 @@ def fake_daemon(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Callable[..
 
     def start(state: object) -> Daemon:
         fake = FakeNvml(tmp_path / "nvml.json", state)  # type: ignore[arg-type]
-        daemon = Daemon(fake, tmp_path, cli_env, detection={
-            "orphan_min_age_s": 1.0, "orphan_unattributed": "on",
-            "orphan_unattributed_min_bytes": GIB,
-        })
+        daemon = Daemon(
+            fake,
+            tmp_path,
+            cli_env,
+            detection={
+                "orphan_min_age_s": 1.0,
+                "orphan_unattributed": "on",
+                "orphan_unattributed_min_bytes": GIB,
+            },
+        )
         started.append(daemon)
         return daemon
 
@@ -167,19 +184,27 @@ def test_daemon_reports_orphaned_memory_on_real_processes(
     from tests.test_e2e_fake_nvml import value
 
     state = FakeState(gpus=gpus(2))
-    state.gpus[0].processes = [FakeProcess(pid=family.worker, used_memory=GIB),
-                               FakeProcess(pid=zombie, used_memory=2 * GIB)]
+    state.gpus[0].processes = [
+        FakeProcess(pid=family.worker, used_memory=GIB),
+        FakeProcess(pid=zombie, used_memory=2 * GIB),
+    ]
     state.gpus[0].memory_used = 8 * GIB  # 5 GiB more than its processes hold
     state.gpus[1].processes = [FakeProcess(pid=family.worker, used_memory=None)]  # hidden
     state.gpus[1].memory_used = 8 * GIB
     daemon = fake_daemon(state)
     # The worker must be seen under its launcher first: only a change of parent proves anything.
-    daemon.wait_for(lambda s: value(s, "gpu_watchdog_process_info", pid=str(family.worker))
-                    is not None and value(s, "gpu_watchdog_orphaned_memory_bytes",
-                                          reason=ZOMBIE) is not None, timeout=30)
+    daemon.wait_for(
+        lambda s: (
+            value(s, "gpu_watchdog_process_info", pid=str(family.worker)) is not None
+            and value(s, "gpu_watchdog_orphaned_memory_bytes", reason=ZOMBIE) is not None
+        ),
+        timeout=30,
+    )
     family.orphan()
-    series = daemon.wait_for(lambda s: value(s, "gpu_watchdog_orphaned_memory_bytes",
-                                             reason=REPARENTED) is not None, timeout=30)
+    series = daemon.wait_for(
+        lambda s: value(s, "gpu_watchdog_orphaned_memory_bytes", reason=REPARENTED) is not None,
+        timeout=30,
+    )
     orphaned = "gpu_watchdog_orphaned_memory_bytes"
     assert value(series, orphaned, gpu="0", pid=str(family.worker), reason=REPARENTED) == GIB
     assert value(series, orphaned, gpu="0", pid=str(zombie), reason=ZOMBIE) == 2 * GIB
@@ -195,7 +220,12 @@ def test_daemon_reports_orphaned_memory_on_real_processes(
     state.gpus[0].processes = [FakeProcess(pid=zombie, used_memory=2 * GIB)]
     state.gpus[0].memory_used = 2 * GIB
     daemon.fake.write(state)
-    series = daemon.wait_for(lambda s: value(s, orphaned, reason=REPARENTED) is None
-                             and value(s, orphaned, reason=UNATTRIBUTED) is None, timeout=30)
+    series = daemon.wait_for(
+        lambda s: (
+            value(s, orphaned, reason=REPARENTED) is None
+            and value(s, orphaned, reason=UNATTRIBUTED) is None
+        ),
+        timeout=30,
+    )
     assert value(series, orphaned, pid=str(zombie)) == 2 * GIB
     assert "orphaned_memory_cleared" in daemon.output()

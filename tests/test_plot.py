@@ -123,7 +123,9 @@ def test_decisions_are_marked_and_suppressed_ones_are_not() -> None:
 
 @pytest.mark.parametrize("name", ["out", "", "folder", "missing/out.png"])
 def test_a_plot_path_that_would_not_be_written_as_named_is_refused_first(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     name: str,
 ) -> None:
     """No suffix (matplotlib would add .png), a directory, a missing folder: one line, exit 2,
@@ -154,8 +156,11 @@ def test_a_predicted_oom_past_the_trace_s_end_is_on_the_plot(tmp_path: Path) -> 
     rows = full.read_text().splitlines()
     cut.write_text("\n".join(rows[: len(rows) * 3 // 5]) + "\n")  # stops well before the OOM
     result = replay_file(cut, DetectionSettings(), record=True)
-    ooms = [e.t + e.time_to_oom_s for e in result.events
-            if e.kind == LEAK and e.state == RAISED and e.time_to_oom_s is not None]
+    ooms = [
+        e.t + e.time_to_oom_s
+        for e in result.events
+        if e.kind == LEAK and e.state == RAISED and e.time_to_oom_s is not None
+    ]
     assert ooms
     assert max(ooms) > result.duration_s
     figure, axis = plt.subplots()

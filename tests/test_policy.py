@@ -122,7 +122,8 @@ def test_a_dry_run_spends_none_of_the_live_budget(tmp_path: Path) -> None:
     for decision in dry.decide(0.0, 0.0, _jobs):
         journal.append(decision_entry(decision))
     assert [(e["action"], e["outcome"]) for e in journal.read()] == [
-        ("dump_snapshot", DRY_RUN), ("checkpoint_and_restart", DRY_RUN)
+        ("dump_snapshot", DRY_RUN),
+        ("checkpoint_and_restart", DRY_RUN),
     ]
     live = _policy(max_restarts=1, ledger=ledger_from(journal.read()))
     live.observe(_event(20000.0, tto=600, pid=200))
@@ -139,9 +140,12 @@ def test_a_reload_that_keeps_a_rung_does_not_fire_it_again() -> None:
     policy.ledger.finished("train")
     policy.reconfigure(PolicySettings(cooldown_s=60.0))
     assert policy.decide(2000, 2000, _jobs) == []  # past the cooldown, the same finding
-    policy.reconfigure(PolicySettings(cooldown_s=60.0, ladder=(
-        LadderStep("leak", "dump_snapshot", under_time_to_oom_s=7000.0),
-    )))
+    policy.reconfigure(
+        PolicySettings(
+            cooldown_s=60.0,
+            ladder=(LadderStep("leak", "dump_snapshot", under_time_to_oom_s=7000.0),),
+        )
+    )
     assert _sent(policy.decide(2001, 2001, _jobs)) == ["dump_snapshot"]  # a new rung acts
 
 
@@ -187,8 +191,10 @@ def test_ledger_survives_a_restart_through_the_journal(tmp_path: Path) -> None:
             policy.ledger.finished("train")
     with journal.path.open("ab") as stream:
         # A hand-edited line (int(1e999) overflows), and a torn last one, as after SIGKILL.
-        stream.write(b'{"type": "decision", "t": 1, "wall": 1, "action": "empty_cache", '
-                     b'"job": "x", "gpu": 1e999, "outcome": "send"}\n')
+        stream.write(
+            b'{"type": "decision", "t": 1, "wall": 1, "action": "empty_cache", '
+            b'"job": "x", "gpu": 1e999, "outcome": "send"}\n'
+        )
         stream.write(b'{"type": "decision", "wall": 9')
     stats = ReadStats()
     restarted = _policy(cooldown_s=0.0)

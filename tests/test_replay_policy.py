@@ -102,8 +102,9 @@ def test_only_the_leaking_process_is_acted_on(tmp_path: Path, name: str) -> None
 
 def _asking_every_interval(events: list, end_t: float, interval_s: float) -> list:  # type: ignore[type-arg]
     """The policy asked at every interval from the first event on: what replay must equal."""
-    policy = Policy.from_settings(PolicySettings(cooldown_s=300.0, max_restarts=1,
-                                                 restart_window_s=5000.0))
+    policy = Policy.from_settings(
+        PolicySettings(cooldown_s=300.0, max_restarts=1, restart_window_s=5000.0)
+    )
 
     def jobs(gpu: int, pid: int | None) -> list[JobRef]:
         pids = [pid] if pid is not None else sorted(policy.culprits(gpu))
@@ -132,8 +133,16 @@ def test_skipping_quiet_stretches_decides_exactly_as_asking_every_interval(seed:
         pid = rng.choice([7, 8, None])
         state = "cleared" if rng.random() < 0.25 else "raised"
         kind = rng.choice(["leak", "leak", "near_oom"])
-        events.append(finding(t, state, kind=kind, tto=rng.choice([None, 600.0, 4000.0]),
-                              cause=rng.choice([None, "allocator_cache"]), pid=pid))
+        events.append(
+            finding(
+                t,
+                state,
+                kind=kind,
+                tto=rng.choice([None, 600.0, 4000.0]),
+                cause=rng.choice([None, "allocator_cache"]),
+                pid=pid,
+            )
+        )
     settings = PolicySettings(cooldown_s=300.0, max_restarts=1, restart_window_s=5000.0)
     end_t = t + 9000.0
     skipped = decisions_over(events, end_t, interval_s=1.0, settings=settings)

@@ -119,8 +119,7 @@ def test_near_oom_on_a_healthy_job_is_a_false_alarm_unless_it_is_sized_to_its_ca
     for step in range(0, 2 * 3600, 5):
         used = int(total * 0.935) if step >= 600 else (1 << 30) + step * total // 700
         lines += [f"{step},0,,{used},{total}", f"{step},0,42,{used - (300 << 20)},"]
-    label = scenarios.Label("flat", "flat_95", 1, leak=False,
-                            near_oom_expected=sized_to_the_card)
+    label = scenarios.Label("flat", "flat_95", 1, leak=False, near_oom_expected=sized_to_the_card)
     record = score.evaluate(lines, label, DetectionSettings(), scenarios)
     assert record.near_oom
     assert not record.outcomes["project"].alarmed

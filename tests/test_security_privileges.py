@@ -37,9 +37,17 @@ def test_environ_dropin_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     tool = require_tool("systemd-analyze")
     root = _root_with_dropin(tmp_path)
     result = subprocess.run(
-        [tool, "verify", f"--root={root}", "--man=no", "--generators=no",
-         str(root / "etc" / "systemd" / "system" / UNIT.name)],
-        capture_output=True, text=True, timeout=60,
+        [
+            tool,
+            "verify",
+            f"--root={root}",
+            "--man=no",
+            "--generators=no",
+            str(root / "etc" / "systemd" / "system" / UNIT.name),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout + result.stderr == "", result.stdout + result.stderr
@@ -51,10 +59,15 @@ def test_environ_dropin_grants_exactly_the_two_capabilities(tmp_path: Path) -> N
     root = _root_with_dropin(tmp_path)
     result = subprocess.run(
         [tool, "security", "--offline=true", f"--root={root}", "--no-pager", UNIT.name],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    granted = {line.split()[1] for line in result.stdout.splitlines()
-               if line.startswith("✗") and "CapabilityBoundingSet" in line}
+    granted = {
+        line.split()[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("✗") and "CapabilityBoundingSet" in line
+    }
     assert granted == {
         "CapabilityBoundingSet=~CAP_SYS_PTRACE",
         "CapabilityBoundingSet=~CAP_(DAC_*|FOWNER|IPC_OWNER)",
@@ -78,12 +91,16 @@ def root_process() -> Iterator[int]:
 def _readable_as_nobody(pid: int, name: str, caps: str) -> bool:
     """Whether user nobody, with ambient capabilities ``caps``, can read /proc/PID/NAME."""
     setpriv = require_tool("setpriv")
-    args = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-            f"--inh-caps={caps or '-all'}"]
+    args = [
+        setpriv,
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        f"--inh-caps={caps or '-all'}",
+    ]
     if caps:
         args.append(f"--ambient-caps={caps}")
-    result = subprocess.run([*args, "cat", f"/proc/{pid}/{name}"],
-                            capture_output=True, timeout=30)
+    result = subprocess.run([*args, "cat", f"/proc/{pid}/{name}"], capture_output=True, timeout=30)
     if not caps and result.returncode != 0 and b"Permission denied" not in result.stderr:
         pytest.skip(f"setpriv cannot drop to nobody here: {result.stderr!r}")
     return result.returncode == 0 and (name != "environ" or b"SLURM_JOB_ID=4242" in result.stdout)

@@ -13,8 +13,14 @@ def beat(detector: StallDetector, t: float, pid: int, step: int | None, **kw: ob
     return detector.heartbeat(t, pid, str(kw.pop("job", "j")), step, **kw)  # type: ignore[arg-type]
 
 
-def steady(detector: StallDetector, pid: int, until: float, every: float = 5.0,
-           step_s: float = 1.0, **kw: object) -> int:
+def steady(
+    detector: StallDetector,
+    pid: int,
+    until: float,
+    every: float = 5.0,
+    step_s: float = 1.0,
+    **kw: object,
+) -> int:
     """Heartbeats every ``every`` s of a job stepping every ``step_s`` s, up to ``until``."""
     t, step, sent = 0.0, 0, 0
     while t <= until:
@@ -130,8 +136,9 @@ def test_rank_dying_of_an_exception_is_lost_even_after_a_goodbye():
     """A goodbye naming an error (a CUDA OOM) is a lost rank too, and says what it died of."""
     detector = StallDetector()
     ranks(detector, 0, {0: 10, 1: 10})
-    events = detector.left(1.0, 100, detached=True, gone=True,
-                           error="OutOfMemoryError: CUDA out of memory")
+    events = detector.left(
+        1.0, 100, detached=True, gone=True, error="OutOfMemoryError: CUDA out of memory"
+    )
     assert [(e.kind, e.how) for e in events] == [
         (RANK_LOST, "OutOfMemoryError: CUDA out of memory")
     ]

@@ -225,8 +225,9 @@ def test_a_planned_growth_reaches_the_engine_and_its_absence_ends_it(tmp_path: P
     server = FakeServer([_client()])
     sup, engine, _ = _supervisor(tmp_path, server)
     sup.on_reading(Reading(t=12.5))
-    sup.on_report(_client(), AllocatorReport(step=3, growth_planned_s=90.0,
-                                             growth_up_to_bytes=1 << 30))
+    sup.on_report(
+        _client(), AllocatorReport(step=3, growth_planned_s=90.0, growth_up_to_bytes=1 << 30)
+    )
     sup.on_report(_client(), AllocatorReport(step=4))
     sup.on_report(_client("cpu"), AllocatorReport(step=5, growth_planned_s=90.0))
     assert engine.plans == [(12.5, 0, 42, 90.0, 1 << 30), (12.5, 42), (12.5, 42)]
@@ -291,14 +292,19 @@ def test_a_schedule_run_stopped_by_a_command_in_flight_is_journalled(tmp_path: P
 
     server = FakeServer([_client()], answer=False)
     sup, _, journal = _supervisor(tmp_path, server)
-    snapshot, empty = parse_schedules([{"action": "dump_snapshot", "cron": "0 * * * *"},
-                                       {"action": "empty_cache", "cron": "0 * * * *"}])
+    snapshot, empty = parse_schedules(
+        [
+            {"action": "dump_snapshot", "cron": "0 * * * *"},
+            {"action": "empty_cache", "cron": "0 * * * *"},
+        ]
+    )
     sup.on_schedule(snapshot)
     sup.on_schedule(empty)
     sup.on_schedule(empty)  # the next hour, the snapshot still running
     assert server.sent == [("train", "dump_snapshot")]
-    decisions = [(e["action"], e["outcome"], e["reason"])
-                 for e in journal.read() if e["type"] == "decision"]
+    decisions = [
+        (e["action"], e["outcome"], e["reason"]) for e in journal.read() if e["type"] == "decision"
+    ]
     assert decisions[1:] == [("empty_cache", "suppressed", "in_flight")] * 2
 
 
@@ -363,11 +369,14 @@ def test_a_command_cut_by_the_daemon_s_stop_keeps_its_job_in_flight_after(
     (pending,) = server.pending
     command = server.sent[-1][1]
     # Rank 1 answered before the stop; rank 0 was still checkpointing when it came.
-    pending.set_result([
-        CommandResult(pid=42, job="train", rank=0, command=command, ok=False,
-                      error=STOPPING_ERROR),
-        CommandResult(pid=43, job="train", rank=1, command=command, ok=True),
-    ])
+    pending.set_result(
+        [
+            CommandResult(
+                pid=42, job="train", rank=0, command=command, ok=False, error=STOPPING_ERROR
+            ),
+            CommandResult(pid=43, job="train", rank=1, command=command, ok=True),
+        ]
+    )
     results = [e for e in journal.read() if e["type"] == "result"]
     assert [(e["pid"], e.get("unanswered")) for e in results] == [(43, None), (42, True)]
     sent_at = max(e["wall"] for e in journal.read() if e["type"] == "decision")

@@ -69,14 +69,24 @@ class Server:
     def clients(self) -> list[Client]:
         return list(self.clients_)
 
-    def send_command_async(self, target: Any, command: str, uid: int,
-                           **kw: Any) -> Future[list[CommandResult]]:
+    def send_command_async(
+        self, target: Any, command: str, uid: int, **kw: Any
+    ) -> Future[list[CommandResult]]:
         self.sent.append((target, command, kw.get("args", {})))
         details = {"stacks": STACKS, "threads": {"0x0000000000000001": "MainThread"}}
         future: Future[list[CommandResult]] = Future()
-        future.set_result([CommandResult(pid=target if isinstance(target, int) else 0,
-                                         job="j", rank=0, command=command, ok=True,
-                                         details=details if command == "dump_stacks" else {})])
+        future.set_result(
+            [
+                CommandResult(
+                    pid=target if isinstance(target, int) else 0,
+                    job="j",
+                    rank=0,
+                    command=command,
+                    ok=True,
+                    details=details if command == "dump_stacks" else {},
+                )
+            ]
+        )
         return future
 
 
@@ -90,22 +100,36 @@ class Clock:
 
 def ranks(count: int) -> list[Client]:
     """Ranks 0..count-1 of job "j", pids 100 + rank."""
-    return [Client(100 + r, Registration(job="j", rank=r, world_size=count, device="cpu"))
-            for r in range(count)]
+    return [
+        Client(100 + r, Registration(job="j", rank=r, world_size=count, device="cpu"))
+        for r in range(count)
+    ]
 
 
-def make(tmp_path: Path, server: Server, exited: Any = None, **policy: Any) -> tuple[
-    Supervisor, Clock, Journal, DaemonState
-]:
+def make(
+    tmp_path: Path, server: Server, exited: Any = None, **policy: Any
+) -> tuple[Supervisor, Clock, Journal, DaemonState]:
     clock = Clock()
     journal = Journal(tmp_path)
     state = DaemonState()
     settings = replace(PolicySettings(), **policy)
-    detection = replace(DetectionSettings(), stall_min_s=5.0, stall_step_factor=10.0,
-                        orphan_min_age_s=0.0, orphan_unattributed="on")
-    sup = Supervisor(NoEngine(), Policy.from_settings(settings), journal, state, server,
-                     detection=detection, clock=clock,
-                     exited=exited or (lambda pid, started: True))
+    detection = replace(
+        DetectionSettings(),
+        stall_min_s=5.0,
+        stall_step_factor=10.0,
+        orphan_min_age_s=0.0,
+        orphan_unattributed="on",
+    )
+    sup = Supervisor(
+        NoEngine(),
+        Policy.from_settings(settings),
+        journal,
+        state,
+        server,
+        detection=detection,
+        clock=clock,
+        exited=exited or (lambda pid, started: True),
+    )
     return sup, clock, journal, state
 
 
@@ -133,15 +157,18 @@ def test_stall_asks_each_process_for_its_stacks_once_and_journals_them(tmp_path:
     assert [(t, c) for t, c, _ in server.sent] == [(100, "dump_stacks"), (101, "dump_stacks")]
     found = [e for e in entries(journal) if e["type"] == "finding"]
     assert [(e["kind"], e["state"], e["pid"]) for e in found] == [
-        ("stalled", "raised", 100), ("stalled", "raised", 101)
+        ("stalled", "raised", 100),
+        ("stalled", "raised", 101),
     ]
     stacks = [e for e in entries(journal) if e["type"] == "stacks"]
     assert stacks[0]["threads"] == [
         "MainThread: distributed/distributed_c10d.py:3252 all_reduce < job/train.py:59 main"
     ]
     metrics = generate_latest(_registry(sup)).decode()
-    assert 'gpu_watchdog_client_stalled{device="cpu",pid="100",rank="0",training_job="j"} 1.0' \
+    assert (
+        'gpu_watchdog_client_stalled{device="cpu",pid="100",rank="0",training_job="j"} 1.0'
         in metrics
+    )
 
 
 def test_killed_rank_is_lost_at_once_and_its_survivors_are_asked_for_stacks(
@@ -158,8 +185,10 @@ def test_killed_rank_is_lost_at_once_and_its_survivors_are_asked_for_stacks(
         ("raised", 101, 1, [100])
     ]
     assert server.sent == [(100, "dump_stacks", {})]
-    assert 'gpu_watchdog_rank_lost{pid="101",rank="1",training_job="j"} 1.0' in generate_latest(
-        _registry(sup)).decode()
+    assert (
+        'gpu_watchdog_rank_lost{pid="101",rank="1",training_job="j"} 1.0'
+        in generate_latest(_registry(sup)).decode()
+    )
 
 
 def test_a_goodbye_is_taken_at_its_word(tmp_path: Path) -> None:
@@ -194,8 +223,11 @@ def test_orphaned_memory_is_journalled_and_exported_but_never_acted_on(tmp_path:
     server = Server(ranks(1))
     server.clients_[0].registration = Registration(job="j", device="cuda:0")
     sup, _clock, journal, state = make(tmp_path, server)
-    reading = Reading(t=0, devices=[DeviceSample(0, "GPU-0", "A100", 80 << 30, 10 << 30)],
-                      processes=[GpuProcessSample(0, 100, 2 << 30)])
+    reading = Reading(
+        t=0,
+        devices=[DeviceSample(0, "GPU-0", "A100", 80 << 30, 10 << 30)],
+        processes=[GpuProcessSample(0, 100, 2 << 30)],
+    )
     state.apply(reading)
     sup.on_reading(reading)
     found = [e for e in entries(journal) if e["type"] == "finding"]
@@ -205,8 +237,10 @@ def test_orphaned_memory_is_journalled_and_exported_but_never_acted_on(tmp_path:
     assert not [e for e in entries(journal) if e["type"] == "decision"]
     assert sup._policy.active == []
     metrics = generate_latest(_registry(sup)).decode()
-    assert 'gpu_watchdog_gpu_memory_unattributed_bytes{gpu="0",source="nvml"} 8.589934592e+09' \
+    assert (
+        'gpu_watchdog_gpu_memory_unattributed_bytes{gpu="0",source="nvml"} 8.589934592e+09'
         in metrics
+    )
 
 
 def _registry(sup: Supervisor) -> CollectorRegistry:

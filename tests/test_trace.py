@@ -45,8 +45,10 @@ def test_columns_may_come_in_any_order(tmp_path: Path) -> None:
     [
         ("", "trace.csv: empty file"),
         ("0,0,,1,2\n", "trace.csv:1: not a trace header"),
-        ("t,gpu,pid,used_bytes,total_bytes,t\n0,0,,1,2,9\n",
-         "trace.csv:1: column t given more than once"),
+        (
+            "t,gpu,pid,used_bytes,total_bytes,t\n0,0,,1,2,9\n",
+            "trace.csv:1: column t given more than once",
+        ),
         (
             "t,gpu,pid,used_bytes,total_bytes\n0,0,,x,2\n",
             "trace.csv:2: used_bytes is not an integer",

@@ -44,12 +44,14 @@ ENV_PREFIX = "GPU_WATCHDOG_"
 # Variables that are not settings but are read by the same programs: the config file's
 # path, and the client library's own (watchdog/client/handle.py), which a training
 # job's environment carries into any gpu-watchdog command run from it.
-ENV_NOT_SETTINGS = frozenset({
-    "GPU_WATCHDOG_CONFIG",
-    "GPU_WATCHDOG_CHECKPOINT_DIR",
-    "GPU_WATCHDOG_SNAPSHOT_DIR",
-    "GPU_WATCHDOG_RESTART_MODE",
-})
+ENV_NOT_SETTINGS = frozenset(
+    {
+        "GPU_WATCHDOG_CONFIG",
+        "GPU_WATCHDOG_CHECKPOINT_DIR",
+        "GPU_WATCHDOG_SNAPSHOT_DIR",
+        "GPU_WATCHDOG_RESTART_MODE",
+    }
+)
 # Short names for settings that clients and daemon share.
 ALIASES = {"GPU_WATCHDOG_SOCKET": ("control", "socket_path")}
 
@@ -179,7 +181,7 @@ def render_basic_auth(section: str, users: tuple[BasicAuthUser, ...]) -> list[st
         return [
             f"# [[{section}.basic_auth]]",
             '# user = "prometheus"',
-            '# password_hash = "$2b$12$..."   # htpasswd -nBC 12 \'\' | tr -d \':\\n\'',
+            "# password_hash = \"$2b$12$...\"   # htpasswd -nBC 12 '' | tr -d ':\\n'",
         ]
     from watchdog.config_docs import toml_value  # config_docs imports this module
 

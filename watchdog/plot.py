@@ -197,8 +197,11 @@ def _draw_gpu(axis: Any, result: ReplayResult, gpu: int, scale: float, duration:
             )
             labelled.add("cleared")
     # Predicted OOMs past the trace's end are shown too, up to twice its length.
-    ooms = [e.t + e.time_to_oom_s for e in events
-            if e.kind == LEAK and e.state == RAISED and e.time_to_oom_s is not None]
+    ooms = [
+        e.t + e.time_to_oom_s
+        for e in events
+        if e.kind == LEAK and e.state == RAISED and e.time_to_oom_s is not None
+    ]
     right = min(max([duration, *ooms]), 2 * duration)
     axis.set_xlim(0, right / scale * 1.02)
     axis.set_ylim(bottom=0, top=(total / GIB * 1.08) if total else None)

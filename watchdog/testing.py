@@ -84,7 +84,10 @@ class FakeDaemon:
         raise TimeoutError(f"pid {pid} did not register within {timeout_s:g} s")
 
     def send(
-        self, command: str, target: int | str | None = None, timeout_s: float = 30.0,
+        self,
+        command: str,
+        target: int | str | None = None,
+        timeout_s: float = 30.0,
         **args: Any,
     ) -> list[CommandResult]:
         """Send ``command`` and wait; someone else must be calling ``wd.step()``."""

@@ -113,7 +113,9 @@ class CheckpointStore:
             log.warning(
                 "checkpoint directory %s holds later steps than %d (%s): another run's? "
                 "A resume loads the highest step",
-                self.directory, step, later[0].name,
+                self.directory,
+                step,
+                later[0].name,
             )
         self.prune(keep_also=path)
         return path, size

@@ -80,8 +80,12 @@ def empty_cache(device: str) -> dict[str, Any]:
     before = int(torch.cuda.memory_reserved(index))
     torch.cuda.empty_cache()
     after = int(torch.cuda.memory_reserved(index))
-    return {"cuda": True, "reserved_before": before, "reserved_after": after,
-            "freed_bytes": before - after}
+    return {
+        "cuda": True,
+        "reserved_before": before,
+        "reserved_after": after,
+        "freed_bytes": before - after,
+    }
 
 
 class SnapshotTaker:
@@ -118,8 +122,11 @@ class SnapshotTaker:
             "bytes": size,
             "recording_started": started,
             "note": "view at https://pytorch.org/memory_viz"
-            + ("; history was off until now, ask again later for allocation traces"
-               if started else ""),
+            + (
+                "; history was off until now, ask again later for allocation traces"
+                if started
+                else ""
+            ),
         }
 
 

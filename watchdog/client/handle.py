@@ -590,9 +590,9 @@ def _detach_at_exit() -> None:
     error = _dying_of()
     for handle in list(_active):
         if not handle.closed:
-            handle.link.farewell = {"reason": "error", "error": error} if error else {
-                "reason": "exit"
-            }
+            handle.link.farewell = (
+                {"reason": "error", "error": error} if error else {"reason": "exit"}
+            )
             handle.close()
 
 

@@ -141,7 +141,8 @@ class Link:
             log.warning(
                 "gpu-watchdog: no daemon at %s (%s); training continues, "
                 "retrying in the background",
-                self.socket_path, exc,
+                self.socket_path,
+                exc,
             )
         elif self.connected.is_set():
             log.warning("gpu-watchdog: lost the daemon (%s); reconnecting", exc)
@@ -155,8 +156,9 @@ class Link:
             sock.connect(self.socket_path)
             decoder = FrameDecoder(HARD_MAX_MESSAGE_BYTES)
             pending: list[dict[str, Any]] = []
-            sock.sendall(encode({"type": "register", "client_version": __version__,
-                                 **self._registration()}))
+            sock.sendall(
+                encode({"type": "register", "client_version": __version__, **self._registration()})
+            )
             reply = recv_message(sock, decoder, pending, REGISTER_TIMEOUT_S)
             if reply["type"] != "registered":
                 raise ProtocolError(f"registration refused: {reply.get('message', reply)}")
@@ -223,10 +225,16 @@ class Link:
                 except (ProtocolError, ValueError, TypeError) as exc:
                     # Too large, or not JSON: the command still gets an answer, without
                     # the details that could not be sent.
-                    frame = encode({"type": message.get("type"), "id": message.get("id"),
-                                    "ok": False, "details": {},
-                                    "error": f"result not sent: {exc}"[:MAX_ERROR_CHARS]},
-                                   self.max_message_bytes)
+                    frame = encode(
+                        {
+                            "type": message.get("type"),
+                            "id": message.get("id"),
+                            "ok": False,
+                            "details": {},
+                            "error": f"result not sent: {exc}"[:MAX_ERROR_CHARS],
+                        },
+                        self.max_message_bytes,
+                    )
                 sock.sendall(frame)
             self._outbox.popleft()
             with self._flushed:
@@ -235,7 +243,9 @@ class Link:
     def _drop_stale_results(self) -> None:
         while self._outbox and self._outbox[0][0] != self.generation:
             _, message = self._outbox.popleft()
-            log.info("gpu-watchdog: dropped the result of command %s: the daemon restarted",
-                     message.get("id"))
+            log.info(
+                "gpu-watchdog: dropped the result of command %s: the daemon restarted",
+                message.get("id"),
+            )
         with self._flushed:
             self._flushed.notify_all()

@@ -10,16 +10,30 @@ from typing import Any
 from watchdog.config import load_config
 from watchdog.control.requests import ControlRequester
 
-COLUMNS = ("PID", "JOB", "RANK", "DEVICE", "STEP", "ALLOC", "RESERVED", "PEAK", "RETRIES",
-           "OOMS", "RSS", "AGE", "GROWTH")
+COLUMNS = (
+    "PID",
+    "JOB",
+    "RANK",
+    "DEVICE",
+    "STEP",
+    "ALLOC",
+    "RESERVED",
+    "PEAK",
+    "RETRIES",
+    "OOMS",
+    "RSS",
+    "AGE",
+    "GROWTH",
+)
 
 
 def add_socket_options(parser: argparse.ArgumentParser) -> None:
     """``--socket`` and ``--config``, to find the daemon."""
     parser.add_argument(
-        "--socket", metavar="PATH",
+        "--socket",
+        metavar="PATH",
         help="control socket (default: control.socket_path from the configuration, "
-             "or GPU_WATCHDOG_SOCKET)",
+        "or GPU_WATCHDOG_SOCKET)",
     )
     parser.add_argument("--config", metavar="FILE", type=Path, help="configuration file")
 
@@ -61,7 +75,8 @@ def planned(client: dict[str, Any]) -> str:
 def register(subparsers: Any) -> None:
     """Add the ``clients`` subcommand."""
     parser = subparsers.add_parser(
-        "clients", help="list training processes registered with the daemon",
+        "clients",
+        help="list training processes registered with the daemon",
         description="List the training processes attached to the daemon's control socket.",
     )
     add_socket_options(parser)
@@ -73,11 +88,19 @@ def rows(clients: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     """One table row per client."""
     return [
         (
-            str(c["pid"]), text(c.get("job")), text(c.get("rank")), text(c.get("device")),
-            text(c.get("step")), human_bytes(c.get("allocated_bytes")),
-            human_bytes(c.get("reserved_bytes")), human_bytes(c.get("peak_allocated_bytes")),
-            text(c.get("alloc_retries")), text(c.get("ooms")), human_bytes(c.get("rss_bytes")),
-            f"{c.get('heartbeat_age_s', 0):.1f}s", planned(c),
+            str(c["pid"]),
+            text(c.get("job")),
+            text(c.get("rank")),
+            text(c.get("device")),
+            text(c.get("step")),
+            human_bytes(c.get("allocated_bytes")),
+            human_bytes(c.get("reserved_bytes")),
+            human_bytes(c.get("peak_allocated_bytes")),
+            text(c.get("alloc_retries")),
+            text(c.get("ooms")),
+            human_bytes(c.get("rss_bytes")),
+            f"{c.get('heartbeat_age_s', 0):.1f}s",
+            planned(c),
         )
         for c in clients
     ]

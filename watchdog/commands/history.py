@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
 def _pids_of(entries: Iterable[dict[str, Any]], job: str) -> set[int]:
     """The pids the journal's decisions and results about ``job`` name."""
     return {
-        entry["pid"] for entry in entries
+        entry["pid"]
+        for entry in entries
         if entry.get("job") == job and isinstance(entry.get("pid"), int)
     }
 

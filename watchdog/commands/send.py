@@ -21,19 +21,29 @@ _PID = re.compile(r"[0-9]{1,10}")
 def register(subparsers: Any) -> None:
     """Add the ``send`` subcommand."""
     parser = subparsers.add_parser(
-        "send", help="send a command to a training process and print the result",
+        "send",
+        help="send a command to a training process and print the result",
         description="Send a command to one process (PID) or every rank of a job (JOB). "
-                    "Allowed to root and to the process's own user.",
+        "Allowed to root and to the process's own user.",
     )
     parser.add_argument("target", metavar="PID|JOB", help="process id or job id")
     # dest "action": "command" is the subcommand's name, which error messages print.
-    parser.add_argument("action", choices=COMMANDS, metavar="COMMAND",
-                        help=f"one of: {', '.join(COMMANDS)}")
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
-                        help="seconds to wait for the result (default 600)")
-    parser.add_argument("--dir", metavar="DIR",
-                        help="dump_snapshot: directory for the snapshot, as the training "
-                             "process sees it (a relative one is taken from here)")
+    parser.add_argument(
+        "action", choices=COMMANDS, metavar="COMMAND", help=f"one of: {', '.join(COMMANDS)}"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds to wait for the result (default 600)",
+    )
+    parser.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="dump_snapshot: directory for the snapshot, as the training "
+        "process sees it (a relative one is taken from here)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     add_socket_options(parser)
     parser.set_defaults(func=run)

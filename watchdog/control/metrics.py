@@ -20,15 +20,31 @@ _LABELS = ["pid", "training_job", "rank", "device"]
 _FIGURES = (
     # (attribute, metric name, help, counter?)
     ("step", "gpu_watchdog_client_step", "Training step last reported by the client.", False),
-    ("allocated_bytes", "gpu_watchdog_client_allocated_bytes",
-     "Bytes held by tensors (torch.cuda.memory_allocated).", False),
-    ("reserved_bytes", "gpu_watchdog_client_reserved_bytes",
-     "Bytes reserved by the caching allocator (torch.cuda.memory_reserved).", False),
-    ("peak_allocated_bytes", "gpu_watchdog_client_peak_allocated_bytes",
-     "Peak of allocated bytes (torch.cuda.max_memory_allocated).", False),
+    (
+        "allocated_bytes",
+        "gpu_watchdog_client_allocated_bytes",
+        "Bytes held by tensors (torch.cuda.memory_allocated).",
+        False,
+    ),
+    (
+        "reserved_bytes",
+        "gpu_watchdog_client_reserved_bytes",
+        "Bytes reserved by the caching allocator (torch.cuda.memory_reserved).",
+        False,
+    ),
+    (
+        "peak_allocated_bytes",
+        "gpu_watchdog_client_peak_allocated_bytes",
+        "Peak of allocated bytes (torch.cuda.max_memory_allocated).",
+        False,
+    ),
     ("rss_bytes", "gpu_watchdog_client_rss_bytes", "Host resident memory of the client.", False),
-    ("alloc_retries", "gpu_watchdog_client_alloc_retries",
-     "cudaMalloc retries after freeing cached blocks (memory_stats num_alloc_retries).", True),
+    (
+        "alloc_retries",
+        "gpu_watchdog_client_alloc_retries",
+        "cudaMalloc retries after freeing cached blocks (memory_stats num_alloc_retries).",
+        True,
+    ),
     ("ooms", "gpu_watchdog_client_ooms", "Out-of-memory errors seen by the allocator.", True),
 )
 

@@ -87,8 +87,13 @@ class ControlRequester:
     ) -> list[dict[str, Any]]:
         """Issue ``command`` to a pid or job and return one result per client."""
         reply = self.request(
-            {"type": "send", "target": target, "command": command, "args": args or {},
-             "timeout_s": timeout_s},
+            {
+                "type": "send",
+                "target": target,
+                "command": command,
+                "args": args or {},
+                "timeout_s": timeout_s,
+            },
             timeout_s + 10.0,
         )
         return list(reply["results"])

@@ -96,9 +96,7 @@ class CommandPermissionError(ControlError):
 
 def peer_cred(sock: socket.socket, proc_root: Path = Path("/proc")) -> PeerCred:
     """The kernel's view of who is on the other end of a Unix socket, and when it started."""
-    pid, uid, gid = _CRED.unpack(
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
-    )
+    pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
     return PeerCred(pid, uid, gid, start_ticks(pid, proc_root))
 
 
@@ -521,9 +519,7 @@ class ControlServer:
                 return
             except OSError as exc:  # EMFILE and friends: keep serving who is connected
                 self._count_drop("accept_error")
-                self._log.warning(
-                    "control_accept_failed", error=str(exc), paused_s=_ACCEPT_PAUSE_S
-                )
+                self._log.warning("control_accept_failed", error=str(exc), paused_s=_ACCEPT_PAUSE_S)
                 self._selector.unregister(self._listener)
                 self._accept_paused_until = self._clock() + _ACCEPT_PAUSE_S
                 return
@@ -661,8 +657,12 @@ class ControlServer:
                 if current:
                     del self._clients[client.peer.pid]
             if why:
-                self._log.info("control_client_left", reason=why, job=client.registration.job,
-                               **_who(client.peer))
+                self._log.info(
+                    "control_client_left",
+                    reason=why,
+                    job=client.registration.job,
+                    **_who(client.peer),
+                )
             if current:
                 self._left(client, conn.peer_gone)
         for command_id, pending in list(self._pending.items()):
@@ -700,8 +700,15 @@ class ControlServer:
         }
         handler = handlers.get(kind)
         if handler is None:
-            self._send(conn, {"type": "error", "id": message.get("id"),
-                              "code": "unknown_type", "message": f"unknown type {kind!r}"})
+            self._send(
+                conn,
+                {
+                    "type": "error",
+                    "id": message.get("id"),
+                    "code": "unknown_type",
+                    "message": f"unknown type {kind!r}",
+                },
+            )
             return
         handler(conn, message)
 
@@ -714,13 +721,22 @@ class ControlServer:
             # The policy and `send JOB` act on a job by its name: a process of another user
             # joining it could have that user's job checkpointed, restarted, or its budget
             # spent. A job belongs to the user of its registered processes; root may join any.
-            self._send(conn, {
-                "type": "error", "id": message.get("id"), "code": "job_taken",
-                "message": f"job {registration.job!r} is registered by another user "
-                           f"(uid {min(owners - {conn.peer.uid})}); pick another job name",
-            })
-            self._log.warning("control_register_refused", job=registration.job,
-                              reason="job_taken", **_who(conn.peer))
+            self._send(
+                conn,
+                {
+                    "type": "error",
+                    "id": message.get("id"),
+                    "code": "job_taken",
+                    "message": f"job {registration.job!r} is registered by another user "
+                    f"(uid {min(owners - {conn.peer.uid})}); pick another job name",
+                },
+            )
+            self._log.warning(
+                "control_register_refused",
+                job=registration.job,
+                reason="job_taken",
+                **_who(conn.peer),
+            )
             self._close(conn, None)
             return
         now = self._clock()
@@ -739,14 +755,22 @@ class ControlServer:
         conn.client = client
         with self._lock:
             self._clients[conn.peer.pid] = client
-        self._send(conn, {
-            "type": "registered",
-            "heartbeat_s": self.settings.heartbeat_s,
-            "max_message_bytes": self.settings.max_message_bytes,
-            "server_version": __version__,
-        })
-        self._log.info("control_client_registered", job=registration.job,
-                       rank=registration.rank, device=registration.device, **_who(conn.peer))
+        self._send(
+            conn,
+            {
+                "type": "registered",
+                "heartbeat_s": self.settings.heartbeat_s,
+                "max_message_bytes": self.settings.max_message_bytes,
+                "server_version": __version__,
+            },
+        )
+        self._log.info(
+            "control_client_registered",
+            job=registration.job,
+            rank=registration.rank,
+            device=registration.device,
+            **_who(conn.peer),
+        )
 
     def _job_owners(self, job: str, pid: int) -> set[int]:
         """The uids of the registered processes of ``job``, other than ``pid``."""
@@ -763,13 +787,19 @@ class ControlServer:
         device, uuid = opt_text(message, "device"), opt_text(message, "device_uuid")
         now = self._clock()
         with self._lock:
-            if device and (device, uuid) != (client.registration.device,
-                                             client.registration.device_uuid):
-                client.registration = replace(client.registration, device=device,
-                                              device_uuid=uuid)
+            if device and (device, uuid) != (
+                client.registration.device,
+                client.registration.device_uuid,
+            ):
+                client.registration = replace(client.registration, device=device, device_uuid=uuid)
             previous, previous_t = client.report.step, client.reported_at
-            if (report.step is not None and previous is not None and previous_t is not None
-                    and now > previous_t and report.step >= previous):
+            if (
+                report.step is not None
+                and previous is not None
+                and previous_t is not None
+                and now > previous_t
+                and report.step >= previous
+            ):
                 client.steps_per_s = (report.step - previous) / (now - previous_t)
             client.report, client.reported_at, client.last_seen = report, now, now
             info = client.info(now)
@@ -798,8 +828,12 @@ class ControlServer:
             return
         farewell = client.farewell or {}
         try:
-            self.on_leave(client.info(self._clock()), client.farewell is not None,
-                          farewell.get("error", ""), peer_gone)
+            self.on_leave(
+                client.info(self._clock()),
+                client.farewell is not None,
+                farewell.get("error", ""),
+                peer_gone,
+            )
         except Exception:
             self._report_errors += 1
             self._log.exception("control_on_leave_failed", **_who(client.peer))
@@ -809,8 +843,7 @@ class ControlServer:
         command_id = opt_int(message, "id")
         pending = self._pending.get(command_id) if command_id is not None else None
         if pending is None or pending.conn is not conn:
-            self._log.info("control_result_ignored", id=command_id,
-                           **_who(conn.peer))
+            self._log.info("control_result_ignored", id=command_id, **_who(conn.peer))
             return
         del self._pending[command_id]  # type: ignore[arg-type]
         try:
@@ -822,8 +855,14 @@ class ControlServer:
         self._record(pending, result)
 
     def _on_list(self, conn: _Conn, message: dict[str, Any]) -> None:
-        self._send(conn, {"type": "clients", "id": message.get("id"),
-                          "clients": [c.to_dict() for c in self.clients()]})
+        self._send(
+            conn,
+            {
+                "type": "clients",
+                "id": message.get("id"),
+                "clients": [c.to_dict() for c in self.clients()],
+            },
+        )
 
     def _on_send(self, conn: _Conn, message: dict[str, Any]) -> None:
         request_id = message.get("id")
@@ -840,8 +879,10 @@ class ControlServer:
         try:
             done = self._dispatch(target, command, conn.peer.uid, args, timeout_s)
         except ControlError as exc:
-            self._send(conn, {"type": "error", "id": request_id,
-                              "code": _error_code(exc), "message": str(exc)})
+            self._send(
+                conn,
+                {"type": "error", "id": request_id, "code": _error_code(exc), "message": str(exc)},
+            )
             return
         conn.requests += 1
         uid, on_sent, on_done = conn.peer.uid, self.on_request_sent, self.on_request_done
@@ -855,8 +896,14 @@ class ControlServer:
             results = future.result()
             if on_done is not None:  # first: once `send` returns, `history` shows the result
                 self._contain(lambda: on_done(uid, results))
-            self._send(conn, {"type": "send_result", "id": request_id,
-                              "results": [r.to_dict() for r in results]})
+            self._send(
+                conn,
+                {
+                    "type": "send_result",
+                    "id": request_id,
+                    "results": [r.to_dict() for r in results],
+                },
+            )
 
         done.add_done_callback(reply)
 
@@ -918,28 +965,48 @@ class ControlServer:
             command_id = next(self._ids)
             pending = _Pending(conns[id(client)], client, command, now + timeout, collect(index))
             self._pending[command_id] = pending
-            self._send(pending.conn, {"type": "command", "id": command_id,
-                                      "command": command, "args": args})
-            self._log.info("control_command_sent", command=command, id=command_id,
-                           job=client.registration.job, requester_uid=requester_uid,
-                           **_who(client.peer))
+            self._send(
+                pending.conn,
+                {"type": "command", "id": command_id, "command": command, "args": args},
+            )
+            self._log.info(
+                "control_command_sent",
+                command=command,
+                id=command_id,
+                job=client.registration.job,
+                requester_uid=requester_uid,
+                **_who(client.peer),
+            )
         return combined
 
     def _finish(self, pending: _Pending, *, error: str) -> None:
         client = pending.client
-        self._record(pending, CommandResult(
-            pid=client.peer.pid, job=client.registration.job, rank=client.registration.rank,
-            command=pending.command, ok=False, error=error,
-        ))
+        self._record(
+            pending,
+            CommandResult(
+                pid=client.peer.pid,
+                job=client.registration.job,
+                rank=client.registration.rank,
+                command=pending.command,
+                ok=False,
+                error=error,
+            ),
+        )
 
     def _record(self, pending: _Pending, result: CommandResult) -> None:
         with self._lock:
             self._command_counts[(result.command, result.outcome)] += 1
             pending.client.commands[f"{result.command}:{result.outcome}"] += 1
         log = self._log.info if result.ok else self._log.warning
-        log("control_command_finished", command=result.command, ok=result.ok,
-            duration_s=result.duration_s, error=result.error or None, job=result.job,
-            pid=result.pid)
+        log(
+            "control_command_finished",
+            command=result.command,
+            ok=result.ok,
+            duration_s=result.duration_s,
+            error=result.error or None,
+            job=result.job,
+            pid=result.pid,
+        )
         pending.done(result)
 
 

@@ -71,7 +71,9 @@ def families(
 def _stall_families(clients: Iterable[Any], stalls: Iterable[ClientStall]) -> Iterator[Metric]:
     labels_of = {
         client.pid: [
-            str(client.pid), client.job, _text(client.registration.rank),
+            str(client.pid),
+            client.job,
+            _text(client.registration.rank),
             client.registration.device,
         ]
         for client in clients

@@ -126,10 +126,17 @@ class Supervisor:
         gpu = self._gpu_of(client)
         registration = client.registration
         with self._lock:
-            self._take_events(self._stalls.heartbeat(
-                self._clock(), client.pid, client.job, report.step, rank=registration.rank,
-                world_size=registration.world_size, gpu=-1 if gpu is None else gpu,
-            ))
+            self._take_events(
+                self._stalls.heartbeat(
+                    self._clock(),
+                    client.pid,
+                    client.job,
+                    report.step,
+                    rank=registration.rank,
+                    world_size=registration.world_size,
+                    gpu=-1 if gpu is None else gpu,
+                )
+            )
             if gpu is not None and None not in (report.allocated_bytes, report.reserved_bytes):
                 events = self._engine.observe_allocator(
                     self._last_t, gpu, client.pid, report.allocated_bytes, report.reserved_bytes
@@ -138,13 +145,23 @@ class Supervisor:
             if gpu is not None and report.growth_planned_s is not None:
                 if client.pid not in self._planning:
                     self._planning.add(client.pid)
-                    log.info("growth_planned", pid=client.pid, job=client.job, gpu=gpu,
-                             for_s=report.growth_planned_s,
-                             up_to_bytes=report.growth_up_to_bytes)
-                self._take_events(self._engine.plan_growth(
-                    self._last_t, gpu, client.pid, report.growth_planned_s,
-                    report.growth_up_to_bytes,
-                ))
+                    log.info(
+                        "growth_planned",
+                        pid=client.pid,
+                        job=client.job,
+                        gpu=gpu,
+                        for_s=report.growth_planned_s,
+                        up_to_bytes=report.growth_up_to_bytes,
+                    )
+                self._take_events(
+                    self._engine.plan_growth(
+                        self._last_t,
+                        gpu,
+                        client.pid,
+                        report.growth_planned_s,
+                        report.growth_up_to_bytes,
+                    )
+                )
             else:
                 if client.pid in self._planning:
                     self._planning.discard(client.pid)
@@ -152,9 +169,7 @@ class Supervisor:
                 self._take_events(self._engine.end_growth(self._last_t, client.pid))
         self._request_stacks()
 
-    def on_leave(
-        self, client: Any, detached: bool, error: str, peer_gone: bool = True
-    ) -> None:
+    def on_leave(self, client: Any, detached: bool, error: str, peer_gone: bool = True) -> None:
         """A client's connection closed: a rank of a multi-rank job may have died.
 
         ``peer_gone``: the process closed it (False: the daemon dropped a live, misbehaving
@@ -164,9 +179,11 @@ class Supervisor:
         gone = peer_gone and not detached and self._exited(client.pid, client.started)
         with self._lock:
             self._planning.discard(client.pid)
-            self._take_events(self._stalls.left(
-                self._clock(), client.pid, detached=detached, gone=gone, error=error
-            ))
+            self._take_events(
+                self._stalls.left(
+                    self._clock(), client.pid, detached=detached, gone=gone, error=error
+                )
+            )
             decisions = self._policy.decide(self._last_t, self._wall(), self._jobs)
         self._request_stacks()
         self._carry_out(decisions)
@@ -175,21 +192,35 @@ class Supervisor:
         """A command someone sent by hand (``gpu-watchdog send``): journalled, for the audit."""
         wall = self._wall()
         for client in clients:
-            self._journal.append({
-                "type": "request", "wall": wall, "command": command, "job": client.job,
-                "pid": client.pid, "rank": client.registration.rank,
-                "requester_uid": requester_uid,
-            })
+            self._journal.append(
+                {
+                    "type": "request",
+                    "wall": wall,
+                    "command": command,
+                    "job": client.job,
+                    "pid": client.pid,
+                    "rank": client.registration.rank,
+                    "requester_uid": requester_uid,
+                }
+            )
 
     def on_request_done(self, requester_uid: int, results: list[Any]) -> None:
         """The results of a command sent by hand: journalled, apart from the policy's."""
         wall = self._wall()
         for result in results:
-            self._journal.append({
-                "type": "request_result", "wall": wall, "command": result.command,
-                "job": result.job, "pid": result.pid, "ok": result.ok, "error": result.error,
-                "duration_s": result.duration_s, "requester_uid": requester_uid,
-            })
+            self._journal.append(
+                {
+                    "type": "request_result",
+                    "wall": wall,
+                    "command": result.command,
+                    "job": result.job,
+                    "pid": result.pid,
+                    "ok": result.ok,
+                    "error": result.error,
+                    "duration_s": result.duration_s,
+                    "requester_uid": requester_uid,
+                }
+            )
 
     def detection_status(self) -> list[Any]:
         """The detection engine's per-series status, read under the lock."""
@@ -323,8 +354,7 @@ class Supervisor:
             # unregistered one included: then no job here is to blame); else every job's.
             culprits = self._policy.culprits(gpu)
             chosen = [
-                c for c in clients
-                if self._gpu_of(c) == gpu and (not culprits or c.pid in culprits)
+                c for c in clients if self._gpu_of(c) == gpu and (not culprits or c.pid in culprits)
             ]
         refs = {c.job: JobRef(c.job, _user(c.uid)) for c in chosen}
         return list(refs.values())
@@ -393,13 +423,15 @@ class Supervisor:
         live = [c.pid for c in self._server.clients()] if self._server is not None else []
         # A simulated GPU's pids are made up: no host process can tell anything about them.
         hosted = "host" in self._reported and snapshot.origin != SIMULATED
-        return list(self._orphans.observe(
-            now,
-            snapshot.devices,
-            snapshot.processes if "processes" in self._reported else None,
-            snapshot.host_processes if hosted else None,
-            live,
-        ))
+        return list(
+            self._orphans.observe(
+                now,
+                snapshot.devices,
+                snapshot.processes if "processes" in self._reported else None,
+                snapshot.host_processes if hosted else None,
+                live,
+            )
+        )
 
     def _want_stacks(self, event: Any) -> None:
         """Ask for the stacks of a stalled process, or of the ranks left waiting on a dead one.
@@ -436,13 +468,24 @@ class Supervisor:
                 continue
             threads = stacks.summarize(result.details)
             log.warning(
-                "stacks", finding=event.kind, job=event.job, pid=pid, rank=result.rank,
+                "stacks",
+                finding=event.kind,
+                job=event.job,
+                pid=pid,
+                rank=result.rank,
                 threads=threads,
             )
-            self._journal.append({
-                "type": "stacks", "wall": self._wall(), "finding": event.kind,
-                "job": event.job, "pid": pid, "rank": result.rank, "threads": threads,
-            })
+            self._journal.append(
+                {
+                    "type": "stacks",
+                    "wall": self._wall(),
+                    "finding": event.kind,
+                    "job": event.job,
+                    "pid": pid,
+                    "rank": result.rank,
+                    "threads": threads,
+                }
+            )
 
     def _on_done(self, decision: Decision, future: Future[Any]) -> None:
         try:

@@ -130,7 +130,10 @@ def probe_cuda(index: int, timeout_s: float = 120.0) -> CudaDevice:
     try:
         done = subprocess.run(
             [sys.executable, "-c", _CUDA_PROBE, str(index)],
-            capture_output=True, text=True, timeout=timeout_s, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
@@ -146,8 +149,9 @@ def probe_cuda(index: int, timeout_s: float = 120.0) -> CudaDevice:
         raise WatchdogError(f"--gpu: {found['error']}", EXIT_NVML_UNAVAILABLE)
     if done.returncode != 0 or "total" not in found:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise WatchdogError(f"--gpu: probing CUDA device {index} failed: {tail}",
-                            EXIT_NVML_UNAVAILABLE)
+        raise WatchdogError(
+            f"--gpu: probing CUDA device {index} failed: {tail}", EXIT_NVML_UNAVAILABLE
+        )
     return CudaDevice(index, str(found["name"]), int(found["total"]), int(found["free"]))
 
 
@@ -215,25 +219,35 @@ class Demo:
         show(f"  run directory  {self.run_dir}")
         daemon = f"pid {self._daemon.pid if self._daemon else '?'}"
         if cuda is None:
-            show(f"  daemon         {daemon}: a SIMULATED idle GPU, plus the REAL host memory "
-                 "of the training process")
+            show(
+                f"  daemon         {daemon}: a SIMULATED idle GPU, plus the REAL host memory "
+                "of the training process"
+            )
         else:
-            show(f"  daemon         {daemon}: REAL NVML (every GPU on this host), plus the host "
-                 "memory of the training process")
+            show(
+                f"  daemon         {daemon}: REAL NVML (every GPU on this host), plus the host "
+                "memory of the training process"
+            )
         show(f"  metrics        {self.result.metrics_url}  (while the demo runs)")
         pace = 1 / self.options.step_time_s if self.options.step_time_s else 0
         show(f"  training job   {self.options.steps} steps at ~{pace:.0f} steps/s, fixed seed")
         if self.options.leak:
             memory = "host memory" if cuda is None else "GPU memory"
-            show(f"  planted leak   validation losses kept with their autograd graphs "
-                 f"({memory}): ~{rate / MIB:.1f} MiB/s, sized to fill {where} "
-                 f"{mib(available)} free in ~{minutes(available / rate)}")
+            show(
+                f"  planted leak   validation losses kept with their autograd graphs "
+                f"({memory}): ~{rate / MIB:.1f} MiB/s, sized to fill {where} "
+                f"{mib(available)} free in ~{minutes(available / rate)}"
+            )
         else:
             show("  planted leak   none (--no-leak): the daemon should leave the job alone")
-        show("  policy         demo config: leak -> dump_snapshot; leak with OOM predicted "
-             "within 2 h -> checkpoint_and_restart")
-        show("                 (the default ladder restarts only within 30 min of the OOM)"
-             + ("; DRY RUN: decide and record, send nothing" if self.options.dry_run else ""))
+        show(
+            "  policy         demo config: leak -> dump_snapshot; leak with OOM predicted "
+            "within 2 h -> checkpoint_and_restart"
+        )
+        show(
+            "                 (the default ladder restarts only within 30 min of the OOM)"
+            + ("; DRY RUN: decide and record, send nothing" if self.options.dry_run else "")
+        )
         show("")
 
     def _launch_until_done(self) -> None:
@@ -243,37 +257,52 @@ class Demo:
             if code == 0:
                 return
             if code != RESTART_EXIT_CODE:
-                raise WatchdogError(f"the training job failed with status {code}; "
-                                    f"see {self.run_dir / 'train.log'}")
+                raise WatchdogError(
+                    f"the training job failed with status {code}; see {self.run_dir / 'train.log'}"
+                )
             if launch + 1 < MAX_LAUNCHES:
                 self.result.restarts += 1
-                self.display.event("launcher", f"exit {code}: starting the job again "
-                                   "(as torchrun, systemd or Slurm would)")
+                self.display.event(
+                    "launcher",
+                    f"exit {code}: starting the job again (as torchrun, systemd or Slurm would)",
+                )
         raise WatchdogError(f"the job asked for a restart {MAX_LAUNCHES} times; giving up")
 
     def _run_training(self, launch: int) -> int:
         options = self.options
         rate = self.result.leak_rate_bytes_per_s
         command = [
-            sys.executable, "-m", "watchdog.demo.train",
-            "--steps", str(options.steps),
-            "--checkpoint-dir", str(self.run_dir / "checkpoints"),
-            "--out", str(self.run_dir / "final.pt"),
-            "--leak-bytes-per-step", str(int(rate * options.step_time_s)),
-            "--step-time", str(options.step_time_s),
-            "--socket", str(self.socket),
+            sys.executable,
+            "-m",
+            "watchdog.demo.train",
+            "--steps",
+            str(options.steps),
+            "--checkpoint-dir",
+            str(self.run_dir / "checkpoints"),
+            "--out",
+            str(self.run_dir / "final.pt"),
+            "--leak-bytes-per-step",
+            str(int(rate * options.step_time_s)),
+            "--step-time",
+            str(options.step_time_s),
+            "--socket",
+            str(self.socket),
         ]
         if self.cuda is not None:
             command += ["--device", f"cuda:{self.cuda.index}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
         with open(self.run_dir / "train.log", "a") as log:
             self._train = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                text=True, env=env, start_new_session=True,
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+                start_new_session=True,
             )
         assert self._train.stdout is not None
-        reader = threading.Thread(target=self._read_events, args=(self._train.stdout,),
-                                  daemon=True)
+        reader = threading.Thread(target=self._read_events, args=(self._train.stdout,), daemon=True)
         reader.start()
         ticks = 0
         while self._train.poll() is None:
@@ -335,8 +364,11 @@ class Demo:
         elif kind == "step":
             self._step = int(event.get("step", 0))
         elif kind == "restart":
-            show("train", f"checkpoint written at step {event.get('step')}: "
-                 f"{event.get('checkpoint')}; exiting with {event.get('code')}")
+            show(
+                "train",
+                f"checkpoint written at step {event.get('step')}: "
+                f"{event.get('checkpoint')}; exiting with {event.get('code')}",
+            )
         elif kind == "done":
             self._step = int(event.get("step", 0))
             self.result.final_step = self._step
@@ -369,8 +401,10 @@ class Demo:
         if kind == "finding":
             text = f"{entry.get('kind')} {entry.get('state')}: {entry.get('message')}"
             self.result.findings.append(text)
-            show(str(entry.get("kind")).upper() if entry.get("state") == "raised" else "cleared",
-                 text)
+            show(
+                str(entry.get("kind")).upper() if entry.get("state") == "raised" else "cleared",
+                text,
+            )
         elif kind == "decision":
             text = str(entry.get("message") or f"{entry.get('outcome')} {entry.get('action')}")
             self.result.decisions.append(f"{entry.get('outcome')} {entry.get('action')}")
@@ -397,15 +431,21 @@ class Demo:
         result, show = self.result, self.display.line
         show("")
         state = "finished" if result.ok else "did NOT finish"
-        show(f"gpu-watchdog demo: the job {state}: step {result.final_step} of "
-             f"{self.options.steps}, {result.restarts} restart(s), {result.wall_s:.0f} s")
+        show(
+            f"gpu-watchdog demo: the job {state}: step {result.final_step} of "
+            f"{self.options.steps}, {result.restarts} restart(s), {result.wall_s:.0f} s"
+        )
         sent = [d for d in result.decisions if d.startswith("send ")]
-        show(f"  decisions      {len(result.decisions)} ({len(sent)} sent): "
-             f"{', '.join(result.decisions) or 'none'}")
+        show(
+            f"  decisions      {len(result.decisions)} ({len(sent)} sent): "
+            f"{', '.join(result.decisions) or 'none'}"
+        )
         show(f"  final weights  {result.weights or '-'}")
         show(f"  journal        gpu-watchdog history --state-dir {self.state_dir}")
-        show(f"  metrics        {self.run_dir / 'metrics.txt'} (the last scrape of "
-             f"{result.metrics_url or 'the daemon'})")
+        show(
+            f"  metrics        {self.run_dir / 'metrics.txt'} (the last scrape of "
+            f"{result.metrics_url or 'the daemon'})"
+        )
         show(f"  logs           {self.run_dir / 'daemon.log'}, {self.run_dir / 'train.log'}")
         show("  nothing is left running; remove the run directory when done")
 
@@ -453,8 +493,7 @@ def start_daemon(
     }
     if dry_run:
         env["GPU_WATCHDOG_POLICY_DRY_RUN"] = "true"
-    command = [sys.executable, "-m", "watchdog", "run", "--config", str(CONFIG),
-               "--listen", listen]
+    command = [sys.executable, "-m", "watchdog", "run", "--config", str(CONFIG), "--listen", listen]
     if real_nvml:
         env["GPU_WATCHDOG_SOURCES_PROCESS_INTERVAL_S"] = "1"
     else:
@@ -466,7 +505,11 @@ def start_daemon(
     with open(log_path, "wb") as log:
         daemon = subprocess.Popen(
             command,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
         )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -177,15 +177,21 @@ def train(
                 kept.append(loss_fn(plain(vx), vy))  # the bug: no torch.no_grad(), no .item()
             wd.step()
             if wd.step_count % args.report_every == 0:
-                emit("step", rank=rank, step=wd.step_count, loss=round(last_loss, 6),
-                     kept=len(kept))
+                emit(
+                    "step", rank=rank, step=wd.step_count, loss=round(last_loss, 6), kept=len(kept)
+                )
             if args.step_time:
                 next_at += args.step_time
                 time.sleep(max(0.0, next_at - time.monotonic()))
     except RestartRequested as exc:
         newest = sorted(args.checkpoint_dir.glob("ckpt-*.pt"))
-        emit("restart", rank=rank, step=wd.step_count, code=exc.code,
-             checkpoint=str(newest[-1]) if newest else None)
+        emit(
+            "restart",
+            rank=rank,
+            step=wd.step_count,
+            code=exc.code,
+            checkpoint=str(newest[-1]) if newest else None,
+        )
         raise
     return last_loss
 

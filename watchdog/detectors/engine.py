@@ -240,8 +240,10 @@ class DetectionEngine:
         device = self._gpus.get(gpu)
         if device is None:
             return
-        until = max((p.until_t for p in self._plans.values() if p.gpu == gpu and p.until_t > t),
-                    default=math.inf)
+        until = max(
+            (p.until_t for p in self._plans.values() if p.gpu == gpu and p.until_t > t),
+            default=math.inf,
+        )
         if until == math.inf:
             device.end_growth(t, afresh)
         else:

@@ -125,7 +125,9 @@ class OrphanDetector:
     """
 
     def __init__(
-        self, min_age_s: float = 120.0, unattributed_min_bytes: int = 2 << 30,
+        self,
+        min_age_s: float = 120.0,
+        unattributed_min_bytes: int = 2 << 30,
         unattributed: bool = True,
     ) -> None:
         self.min_age_s = min_age_s
@@ -235,8 +237,10 @@ class OrphanDetector:
 
     def _event(self, t: float, key: Key, candidate: _Candidate, state: str) -> OrphanEvent:
         gpu, pid, reason = key
-        amount = "an unknown amount" if candidate.used_bytes is None else (
-            f"{candidate.used_bytes / _MIB:.0f} MiB"
+        amount = (
+            "an unknown amount"
+            if candidate.used_bytes is None
+            else (f"{candidate.used_bytes / _MIB:.0f} MiB")
         )
         what = {
             ZOMBIE: f"pid {pid} is a zombie (exited, not reaped) still listed with {amount}",
@@ -247,13 +251,21 @@ class OrphanDetector:
             UNATTRIBUTED: f"{amount} in use that no listed process accounts for",
         }[reason]
         if state == CLEARED:
-            what = f"no longer orphaned ({reason})" if pid is not None else (
-                "used memory is accounted for again"
+            what = (
+                f"no longer orphaned ({reason})"
+                if pid is not None
+                else ("used memory is accounted for again")
             )
             what = f"pid {pid}: {what}" if pid is not None else what
         return OrphanEvent(
-            t=t, state=state, gpu=gpu, pid=pid, reason=reason, used_bytes=candidate.used_bytes,
-            parent=candidate.parent, message=f"GPU {gpu}: {what}",
+            t=t,
+            state=state,
+            gpu=gpu,
+            pid=pid,
+            reason=reason,
+            used_bytes=candidate.used_bytes,
+            parent=candidate.parent,
+            message=f"GPU {gpu}: {what}",
         )
 
 

@@ -681,8 +681,7 @@ class Series:
             climbed <= WARMUP_CLIMB_STEPS
             or level.starts[first] >= self.start_t + self.settings.warmup_s
             # From the memory the series started with: a load, or a restart's reload.
-            or self.climb_floor - self.start_floor
-            < max(self.min_rise, rise / 2)
+            or self.climb_floor - self.start_floor < max(self.min_rise, rise / 2)
             or mins[n - 1] <= self.peak_before_climb
         ):
             return None
@@ -776,10 +775,14 @@ class Series:
             near = near or verdict.near
             if verdict.leak and (best is None or verdict.confidence > best.confidence):
                 best, best_level = verdict, level
-        if best is not None and not self.leak_active and (
-            self.planned_until < math.inf
-            or self._been_here(best.trend)
-            or not self._confirmed(t, best, best_level)
+        if (
+            best is not None
+            and not self.leak_active
+            and (
+                self.planned_until < math.inf
+                or self._been_here(best.trend)
+                or not self._confirmed(t, best, best_level)
+            )
         ):
             best = None
         elif best is None:

@@ -309,9 +309,18 @@ class StallDetector:
         else:
             message = f"job {client.job}{_rank_text(client.rank)} pid {client.pid}: training again"
         return JobEvent(
-            t=t, kind=STALLED, state=state, job=client.job, gpu=client.gpu, pid=client.pid,
-            rank=client.rank, message=message, step=client.step, idle_s=idle,
-            threshold_s=threshold, step_time_s=step_time,
+            t=t,
+            kind=STALLED,
+            state=state,
+            job=client.job,
+            gpu=client.gpu,
+            pid=client.pid,
+            rank=client.rank,
+            message=message,
+            step=client.step,
+            idle_s=idle,
+            threshold_s=threshold,
+            step_time_s=step_time,
         )
 
     def _end_stall(self, t: float, client: _Client, why: str) -> list[JobEvent]:
@@ -327,7 +336,8 @@ class StallDetector:
     ) -> JobEvent:
         how = error or "gone"
         cause = (
-            f"died of {error}" if error
+            f"died of {error}"
+            if error
             else "died without detaching (killed: SIGKILL, the OOM killer, or a crash)"
         )
         waiting = sorted(survivors, key=lambda c: (c.rank or 0, c.pid))
@@ -336,8 +346,16 @@ class StallDetector:
             client.job, client.rank, client.pid, client.gpu, t
         )
         return JobEvent(
-            t=t, kind=RANK_LOST, state=RAISED, job=client.job, gpu=client.gpu, pid=client.pid,
-            rank=client.rank, step=client.step, waiting=tuple(c.pid for c in waiting), how=how,
+            t=t,
+            kind=RANK_LOST,
+            state=RAISED,
+            job=client.job,
+            gpu=client.gpu,
+            pid=client.pid,
+            rank=client.rank,
+            step=client.step,
+            waiting=tuple(c.pid for c in waiting),
+            how=how,
             message=(
                 f"job {client.job}: rank {client.rank} (pid {client.pid}) {cause} at step "
                 f"{client.step}; {names} wait(s) on it in the next collective"
@@ -347,7 +365,12 @@ class StallDetector:
     def _clear_lost(self, t: float, key: tuple[str, int], why: str) -> JobEvent:
         lost = self._lost.pop(key)
         return JobEvent(
-            t=t, kind=RANK_LOST, state=CLEARED, job=lost.job, gpu=lost.gpu, pid=lost.pid,
+            t=t,
+            kind=RANK_LOST,
+            state=CLEARED,
+            job=lost.job,
+            gpu=lost.gpu,
+            pid=lost.pid,
             rank=lost.rank,
             message=f"job {lost.job}: lost rank {lost.rank} (pid {lost.pid}): {why}",
         )
@@ -382,4 +405,3 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return "?"
     return f"{value:.3g} s" if value < 10 else f"{value:.0f} s"
-

@@ -46,9 +46,7 @@ REQUEST_TIMEOUT_S = 10.0
 FIRST_BYTE_TIMEOUT_S = 2.0
 """How long a connection may hold a slot before its first byte arrives."""
 _SLOT_POLL_S = 0.5
-REJECTIONS = (
-    "tls_handshake", "no_credentials", "bad_credentials", "method_not_allowed", "idle"
-)
+REJECTIONS = ("tls_handshake", "no_credentials", "bad_credentials", "method_not_allowed", "idle")
 """Why a request was refused; the label values of ``gpu_watchdog_http_requests_rejected_total``."""
 ALLOWED_METHODS = "GET, HEAD"
 _PLAIN_HTTP_REPLY = (
@@ -222,8 +220,13 @@ class MetricsServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         handler = _make_handler(registry, health, request_timeout_s)
         self._server = _BoundedServer(
-            (host, port), handler, max_concurrent, family, security or WebSecurity(),
-            request_timeout_s, first_byte_timeout_s,
+            (host, port),
+            handler,
+            max_concurrent,
+            family,
+            security or WebSecurity(),
+            request_timeout_s,
+            first_byte_timeout_s,
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True
@@ -295,8 +298,12 @@ def _make_handler(
 
         def _refuse_method(self) -> None:
             self.server.reject("method_not_allowed")
-            self._reply(405, "text/plain; charset=utf-8", b"method not allowed\n",
-                        headers={"Allow": ALLOWED_METHODS})
+            self._reply(
+                405,
+                "text/plain; charset=utf-8",
+                b"method not allowed\n",
+                headers={"Allow": ALLOWED_METHODS},
+            )
 
         # Every method HTTP defines besides GET and HEAD; unknown ones get 501.
         do_POST = do_PUT = do_DELETE = do_PATCH = _refuse_method
@@ -312,12 +319,18 @@ def _make_handler(
                 # verdict; only an authorized caller gets the reason, which names sources.
                 ok, reason = health()
                 text = reason if authorized else reason.split(":", 1)[0]
-                self._reply(200 if ok else 503, "text/plain; charset=utf-8",
-                            (text + "\n").encode(), body)
+                self._reply(
+                    200 if ok else 503, "text/plain; charset=utf-8", (text + "\n").encode(), body
+                )
             elif not authorized:
                 self.server.reject("no_credentials" if header is None else "bad_credentials")
-                self._reply(401, "text/plain; charset=utf-8", b"unauthorized\n", body,
-                            {"WWW-Authenticate": 'Basic realm="gpu-watchdog", charset="UTF-8"'})
+                self._reply(
+                    401,
+                    "text/plain; charset=utf-8",
+                    b"unauthorized\n",
+                    body,
+                    {"WWW-Authenticate": 'Basic realm="gpu-watchdog", charset="UTF-8"'},
+                )
             elif path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                 self._reply(200, content_type, encoder(registry), body)

@@ -139,8 +139,7 @@ def load_bcrypt() -> ModuleType:
         import bcrypt
     except ImportError:
         raise ConfigError(
-            "metrics.basic_auth needs the bcrypt package: "
-            "pip install 'gpu-job-watchdog[auth]'"
+            "metrics.basic_auth needs the bcrypt package: pip install 'gpu-job-watchdog[auth]'"
         ) from None
     return bcrypt
 

@@ -28,8 +28,8 @@ class WatchdogTrainerCallback(TrainerCallback):
 
     def __init__(self, wd: Watchdog | None = None, **attach_options: Any) -> None:
         """Args:
-            wd: An existing handle; else one is attached when training begins.
-            **attach_options: Passed to ``watchdog.attach`` (job, socket_path, ...).
+        wd: An existing handle; else one is attached when training begins.
+        **attach_options: Passed to ``watchdog.attach`` (job, socket_path, ...).
         """
         self.wd = wd
         self._own = wd is None

@@ -40,10 +40,10 @@ class WatchdogCallback(pl.Callback):
         **attach_options: Any,
     ) -> None:
         """Args:
-            checkpoint_dir: Where the watchdog's checkpoints go (``lightning-<step>.pt``).
-            keep: Checkpoints kept.
-            wd: An existing handle; else one is attached at fit start.
-            **attach_options: Passed to ``watchdog.attach`` (job, socket_path, ...).
+        checkpoint_dir: Where the watchdog's checkpoints go (``lightning-<step>.pt``).
+        keep: Checkpoints kept.
+        wd: An existing handle; else one is attached at fit start.
+        **attach_options: Passed to ``watchdog.attach`` (job, socket_path, ...).
         """
         super().__init__()
         self.store = CheckpointStore(checkpoint_dir, prefix="lightning", keep=keep)

@@ -274,7 +274,8 @@ class Policy:
         memory climbs because theirs does. Empty when no process is singled out.
         """
         return {
-            f.pid for f in self._active.values()
+            f.pid
+            for f in self._active.values()
             if f.gpu == gpu and f.pid is not None and f.kind in (LEAK, NEAR_OOM)
         }
 

@@ -261,7 +261,10 @@ def cron_trigger(line: str) -> Any:
         values = [_crontab_field(text, *spec) for text, spec in zip(fields, _FIELDS, strict=True)]
         minute, hour, day, month, weekdays = values
         trigger = CronTrigger(
-            minute=minute, hour=hour, day=day, month=month,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
             day_of_week=_weekday_names(weekdays),
             timezone="UTC",
         )

@@ -274,9 +274,7 @@ class NvmlEventWatcher:
                 lost = True
                 del self._handles[index]
                 self._set_state(index, RETRYING)
-                log.warning(
-                    "gpu_events_lost", gpu=index, error=exc.error, retry_in_s=self._retry_s
-                )
+                log.warning("gpu_events_lost", gpu=index, error=exc.error, retry_in_s=self._retry_s)
         if lost:
             self._retry_at = self._clock() + self._retry_s
         return lost

@@ -90,8 +90,13 @@ class NvmlProcessSource:
                 failures = self._failures[index] = self._failures.get(index, 0) + 1
                 if failures <= UNREAD_GRACE_POLLS:
                     unread.add(index)
-                log.warning("gpu_processes_unreadable", gpu=index, call=exc.call, error=exc.error,
-                            polls_in_a_row=failures)
+                log.warning(
+                    "gpu_processes_unreadable",
+                    gpu=index,
+                    call=exc.call,
+                    error=exc.error,
+                    polls_in_a_row=failures,
+                )
             else:
                 self._failures.pop(index, None)
         if len(processes) > self._max_processes:
