@@ -256,7 +256,10 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
         if scenario == "one_of_many":
             index = rng.randrange(count)
             leak_pid = jobs[index].pid
-            leak_start = max(jobs[index].start + 600, rng.uniform(0, 3) * 3600)
+            # Every job is on the GPU when the leak starts: with the others not started
+            # yet, "one of many" would be one of one (and the pid trivially right).
+            last_start = max(job.start for job in jobs)
+            leak_start = max(last_start + 600, rng.uniform(0, 3) * 3600)
             leak_kind, oom_after = "steady", _log_uniform(rng, 1800, 8 * 3600)
             label.pid = leak_pid
     elif scenario == "restart":

@@ -36,6 +36,22 @@ def test_every_scenario_builds_a_valid_labelled_trace(name: str) -> None:
         assert label.oom_t is None
 
 
+def test_a_leak_in_one_of_many_has_company_when_it_starts() -> None:
+    """Every one_of_many trace has the leaking process and another on the GPU at the leak's
+    start: a leak that ran out before the others started was one process of one."""
+    for seed in range(300_000, 300_100):
+        lines, label = scenarios.build("one_of_many", seed)
+        assert label.leak_start_t is not None
+        live_at_start = {
+            fields[2]
+            for fields in (line.split(",") for line in lines[1:])
+            if fields[2] and label.leak_start_t <= float(fields[0]) < label.leak_start_t + 60
+        }
+        assert label.pid is not None
+        assert str(label.pid) in live_at_start
+        assert len(live_at_start) >= 2, (seed, live_at_start)
+
+
 def test_scenarios_are_reproducible() -> None:
     """The same scenario and seed give the same trace."""
     assert scenarios.build("sawtooth_leak", 5) == scenarios.build("sawtooth_leak", 5)
