@@ -121,7 +121,7 @@ def test_restarted_policy_does_not_send_the_command_again() -> None:
     policy = Policy(ladder, cooldown_s=0.0, max_restarts=2, restart_window_s=3600.0, ledger=ledger)
     policy.observe(finding(5.0, tto=600.0))
 
-    def jobs(gpu: int, pid: int | None) -> list[JobRef]:
+    def jobs(gpu: int, pid: int | None, series: str) -> list[JobRef]:
         return [JobRef("train")]
 
     assert policy.decide(5.0, 1010.0, jobs) == []

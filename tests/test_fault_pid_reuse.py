@@ -359,14 +359,14 @@ def test_new_job_on_a_reused_pid_inherits_no_cooldown() -> None:
     """Guards are per job: another job's process with the old pid is acted on at once."""
     policy = Policy(DEFAULT_LADDER, cooldown_s=600, max_restarts=1, restart_window_s=86400)
     policy.observe(finding(0.0, pid=PID))
-    [first] = policy.decide(0.0, 1000.0, lambda gpu, pid: [JobRef("old-job")])
+    [first] = policy.decide(0.0, 1000.0, lambda gpu, pid, series: [JobRef("old-job")])
     assert (first.action, first.outcome) == ("dump_snapshot", SEND)
     policy.ledger.finished("old-job")
     policy.observe(finding(10.0, pid=PID, state="cleared"))  # the old process went away
     policy.observe(finding(20.0, pid=PID))  # the new one with its pid leaks too
-    again = policy.decide(20.0, 1020.0, lambda gpu, pid: [JobRef("old-job")])
+    again = policy.decide(20.0, 1020.0, lambda gpu, pid, series: [JobRef("old-job")])
     assert [(d.action, d.reason) for d in again] == [("dump_snapshot", "cooldown")]
-    other = policy.decide(20.0, 1020.0, lambda gpu, pid: [JobRef("new-job")])
+    other = policy.decide(20.0, 1020.0, lambda gpu, pid, series: [JobRef("new-job")])
     assert [(d.action, d.outcome) for d in other] == [("dump_snapshot", SEND)]
 
 

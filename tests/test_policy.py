@@ -23,7 +23,7 @@ from watchdog.policy.rules import (
 )
 
 
-def _jobs(gpu: int, pid: int | None) -> list[JobRef]:
+def _jobs(gpu: int, pid: int | None, series: str) -> list[JobRef]:
     return [JobRef(job="train", user="alice")]
 
 
@@ -175,7 +175,7 @@ def test_rungs_match_job_user_and_gpu() -> None:
     policy = Policy(ladder, 0, 3, 3600)
     policy.observe(_event(0))
     assert policy.decide(0, 0, _jobs) == []
-    assert _sent(policy.decide(1, 1, lambda g, p: [JobRef("bert-large")])) == ["dump_stacks"]
+    assert _sent(policy.decide(1, 1, lambda g, p, s: [JobRef("bert-large")])) == ["dump_stacks"]
 
 
 def test_ledger_survives_a_restart_through_the_journal(tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ def _asking_every_interval(events: list, end_t: float, interval_s: float) -> lis
         PolicySettings(cooldown_s=300.0, max_restarts=1, restart_window_s=5000.0)
     )
 
-    def jobs(gpu: int, pid: int | None) -> list[JobRef]:
+    def jobs(gpu: int, pid: int | None, series: str) -> list[JobRef]:
         pids = [pid] if pid is not None else sorted(policy.culprits(gpu))
         return [JobRef(f"pid:{p}") for p in pids] or [JobRef(f"gpu:{gpu}")]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from watchdog.policy.engine import Policy
 from watchdog.policy.journal import Journal
 from watchdog.policy.replay import decisions_over
 from watchdog.policy.rules import DEFAULT_LADDER
-from watchdog.samples import NVML, SIMULATED, DeviceSample, Reading
+from watchdog.samples import NVML, SIMULATED, DeviceSample, GpuProcessSample, Reading
 
 
 class FakeEngine:
@@ -150,6 +151,29 @@ def test_leak_on_a_registered_process_is_acted_on_and_journalled(tmp_path: Path)
     assert 'gpu_watchdog_restart_budget_remaining{training_job="train"} 0.0' in text
     assert 'gpu_watchdog_job_restarts{training_job="train"} 1.0' in text
     assert 'gpu_watchdog_findings_total{kind="leak",source="nvml",state="raised"} 1.0' in text
+
+
+def test_a_simulated_gpus_process_is_no_registered_job_with_the_same_pid(tmp_path: Path) -> None:
+    """A trace's pid names a made-up process: a real job that happens to have that pid is
+    not acted on; the job's own host series, watched for real, still is."""
+    server = FakeServer([_client()])
+    sup, engine, _ = _supervisor(tmp_path, server, origin=SIMULATED)
+    engine.queued = [finding(0, tto=600.0)]  # the simulated GPU's process 42
+    sup.on_reading(Reading(t=0))
+    assert server.sent == []
+    engine.queued = [dataclasses.replace(finding(1, tto=600.0), series="host_rss")]
+    sup.on_reading(Reading(t=1))
+    assert server.sent[0] == ("train", "dump_snapshot")
+
+
+def test_a_simulated_daemon_reads_host_memory_of_registered_clients_only(
+    tmp_path: Path,
+) -> None:
+    """The simulated GPU's pids are not looked up in /proc: they name no process here."""
+    for origin, expected in ((SIMULATED, [42]), (NVML, [42, 777])):
+        sup, _, _ = _supervisor(tmp_path / origin, FakeServer([_client()]), origin=origin)
+        sup._state.apply(Reading(t=1, processes=[GpuProcessSample(gpu=0, pid=777, used_bytes=5)]))
+        assert sup.monitored_pids() == expected
 
 
 def test_a_simulated_daemon_counts_its_findings_as_simulated(tmp_path: Path) -> None:

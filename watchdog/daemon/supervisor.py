@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from watchdog.control.server import STOPPING_ERROR
 from watchdog.daemon import hang_metrics, stacks
 from watchdog.daemon.state import DaemonState
-from watchdog.detectors.events import RAISED
+from watchdog.detectors.events import PROCESS, RAISED
 from watchdog.detectors.orphans import ORPHANED_MEMORY, OrphanDetector
 from watchdog.detectors.stall import RANK_LOST, STALLED, StallDetector
 from watchdog.policy.engine import SEND, SUPPRESSED, Decision, JobRef, Policy
@@ -306,8 +306,13 @@ class Supervisor:
         self._installed_schedules = (scheduler, kept)
 
     def monitored_pids(self) -> list[int]:
-        """GPU processes and registered clients: whose host memory to read."""
-        pids = set(self._state.gpu_pids())
+        """GPU processes and registered clients: whose host memory to read.
+
+        A simulated GPU's pids come from its trace and name no process here: reading
+        ``/proc`` for them would watch whatever unrelated process has that pid now.
+        """
+        simulated = self._state.snapshot().origin == SIMULATED
+        pids = set() if simulated else set(self._state.gpu_pids())
         if self._server is not None:
             pids.update(client.pid for client in self._server.clients())
         return sorted(pids)
@@ -336,9 +341,13 @@ class Supervisor:
                 message=event.message,
             )
 
-    def _jobs(self, gpu: int, pid: int | None) -> list[JobRef]:
-        """The registered jobs a finding on (gpu, pid) concerns."""
+    def _jobs(self, gpu: int, pid: int | None, series: str) -> list[JobRef]:
+        """The registered jobs a finding on (gpu, pid) of a ``series`` kind concerns."""
         if self._server is None:
+            return []
+        if series == PROCESS and self._state.snapshot().origin == SIMULATED:
+            # A process of the simulated GPU's trace: a registered job with its pid is
+            # another process that happens to have the same number.
             return []
         clients = self._server.clients()
         if pid is not None:

@@ -175,8 +175,8 @@ class Ledger:
 FindingKey = tuple[str, str, int, "int | None"]
 """(kind, series, gpu, pid): one finding's identity."""
 
-JobResolver = Callable[[int, "int | None"], list[JobRef]]
-"""Maps a finding's (gpu, pid) to the jobs to act on (empty: none known)."""
+JobResolver = Callable[[int, "int | None", str], list[JobRef]]
+"""Maps a finding's (gpu, pid, series kind) to the jobs to act on (empty: none known)."""
 
 
 class Policy:
@@ -316,7 +316,7 @@ class Policy:
         decided: set[tuple[str, str]] = set()
         for key, finding in sorted(self._active.items(), key=_finding_order):
             time_to_oom = finding.time_to_oom_at(t)
-            for ref in jobs(finding.gpu, finding.pid):
+            for ref in jobs(finding.gpu, finding.pid, finding.series):
                 for step in self._ladder:
                     fired = (self._dry_run, ref.job, step)
                     if fired in self._fired or (ref.job, step.action) in decided:

@@ -25,7 +25,7 @@ class _TraceJobs:
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
 
-    def __call__(self, gpu: int, pid: int | None) -> list[JobRef]:
+    def __call__(self, gpu: int, pid: int | None, series: str) -> list[JobRef]:
         if pid is not None:
             return [JobRef(f"pid:{pid}")]
         pids = sorted(self._policy.culprits(gpu))
