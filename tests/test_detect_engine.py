@@ -351,6 +351,21 @@ def test_series_not_seen_for_a_while_are_forgotten() -> None:
     assert [s.gpu for s in engine.status()] == [0]
 
 
+def test_a_stale_sample_does_not_bring_a_forgotten_series_back() -> None:
+    """A source that keeps giving its last sample (a trace played to its end) while others
+    move the clock on: the series is cleared once, not raised and cleared every sweep."""
+    engine = DetectionEngine()
+    events: list[Event] = []
+    for step in range(4000):
+        t = float(step)
+        last_t = min(t, 100.0)  # the simulated GPU's trace ends at 100 s
+        events += engine.observe_step(last_t, [(0, TOTAL - 100 * MIB, TOTAL)], None)
+        events += engine.observe_step(t, None, None)  # the host source, on the same clock
+    near = [(e.state, e.message) for e in events if e.kind == "near_oom"]
+    assert [state for state, _ in near] == ["raised", "cleared"]
+    assert "no samples" in near[-1][1]
+
+
 def test_same_samples_give_the_same_events() -> None:
     """Decisions depend only on the samples: two runs are identical."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from watchdog.errors import UsageError
 from watchdog.samples import SIMULATED
@@ -59,8 +60,11 @@ def test_stays_on_the_last_step_when_not_looping(tmp_path: Path) -> None:
     clock = FakeClock()
     source = SimulatedSource(load_steps(str(_trace(tmp_path))), clock=clock)
     clock.now += 1000
-    assert source.poll().t == 90.0
+    with capture_logs() as logs:
+        assert source.poll().t == 90.0
+        assert source.poll().t == 90.0
     assert source.finished
+    assert [entry["event"] for entry in logs] == ["simulation_finished"]
 
 
 def test_looping_keeps_time_increasing(tmp_path: Path) -> None:

@@ -83,6 +83,7 @@ class DetectionEngine:
         self._outgrown: dict[int, int | None] = {}
         """pid -> the size of a plan it went past: that plan, sent again, holds nothing."""
         self._next_sweep = 0.0
+        self._newest_t = -math.inf
 
     # -- input
 
@@ -122,7 +123,15 @@ class DetectionEngine:
 
         ``processes`` None means "not polled this time"; a list (even empty) is a
         full report, and a process missing from it has exited.
+
+        Samples older than ``forget_after_s`` before the newest time seen are stale
+        (a trace played to its end keeps giving its last step, a poll that hung for
+        that long returns): the series they belong to may have been forgotten for
+        want of samples, and must not come back with old figures.
         """
+        self._newest_t = max(self._newest_t, t)
+        if t < self._newest_t - self.settings.forget_after_s:
+            devices = processes = None
         out = self._out
         gpus = self._gpus
         if devices:

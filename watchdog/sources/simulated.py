@@ -11,12 +11,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import structlog
+
 from watchdog.errors import UsageError
 from watchdog.samples import SIMULATED, DeviceSample, GpuProcessSample, Reading
 from watchdog.sources.scenarios import SCENARIOS, scenario_names, scenario_rows
 from watchdog.trace import TraceStep, group_steps, read_trace
 
 SIMULATED_GPU_NAME = "Simulated GPU"
+
+log = structlog.get_logger("watchdog.sources.simulated")
 
 
 def load_steps(trace_or_scenario: str) -> list[TraceStep]:
@@ -68,6 +72,7 @@ class SimulatedSource:
         gap = steps[-1].t - steps[-2].t if len(steps) > 1 else 1.0
         self._period = steps[-1].t - steps[0].t + gap
         self._times = [step.t - steps[0].t for step in steps]
+        self._told_finished = False
 
     @property
     def finished(self) -> bool:
@@ -82,6 +87,10 @@ class SimulatedSource:
             cycle, elapsed = divmod(elapsed, self._period)
         index = _last_at_or_before(self._times, elapsed)
         step = self._steps[index]
+        if not self._told_finished and self.finished:
+            self._told_finished = True
+            # Its figures hold the last step; its findings clear once, after forget_after_s.
+            log.info("simulation_finished", trace_end_s=self._times[-1], step_t=step.t)
         return _to_reading(step, t=self._times[index] + cycle * self._period)
 
     def close(self) -> None:
