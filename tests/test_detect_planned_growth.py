@@ -11,7 +11,13 @@ from collections.abc import Callable
 
 from watchdog.detectors import DetectionEngine, Event
 from watchdog.detectors.engine import MAX_PLANNED_GROWTH_S
-from watchdog.samples import DeviceSample, GpuProcessSample, Reading
+from watchdog.samples import (
+    DeviceSample,
+    GpuProcessSample,
+    HostMemory,
+    HostProcessSample,
+    Reading,
+)
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -221,3 +227,40 @@ def test_a_hidden_process_that_exits_takes_its_plan_with_it() -> None:
     assert raised is not None
     assert raised < 4500  # 4160 s; with the old plan left, 6560
     assert (engine._plans, engine._outgrown) == ({}, {})
+
+
+def _host_job(plan: Plan | None, duration: float = 3600.0) -> list[Event]:
+    """A process on no GPU whose host RSS loads 30 GiB at 3 GiB/min from 20 min in."""
+    engine = DetectionEngine()
+    host_total = 64 * GIB
+    events: list[Event] = []
+    for step in range(int(duration / 5)):
+        t = step * 5.0
+        rss = 4 * GIB + min(max(t - 1200.0, 0.0) / 600.0, 1.0) * 30 * GIB
+        if plan is not None:
+            events += plan(engine, t)
+        events += engine.observe(
+            Reading(
+                t=t,
+                host_processes=[HostProcessSample(pid=PID, rss_bytes=int(rss))],
+                host_memory=HostMemory(
+                    total_bytes=host_total, available_bytes=int(host_total - rss - 8 * GIB)
+                ),
+            )
+        )
+    return [e for e in events if e.kind == "leak" and e.state == "raised"]
+
+
+def test_a_process_on_no_gpu_plans_growth_of_its_host_memory() -> None:
+    """A CPU process's plan (GPU -1) holds its host series, and its size is host memory."""
+
+    def on_no_gpu(up_to: int | None) -> Plan:
+        def plan(engine: DetectionEngine, t: float) -> list[Event]:
+            return engine.plan_growth(t, -1, PID, 3600.0, up_to) if t % 5.0 == 0 else []
+
+        return plan
+
+    assert [e.series for e in _host_job(None)] == ["host_rss"]  # unplanned: a leak
+    assert _host_job(on_no_gpu(None)) == []
+    assert _host_job(on_no_gpu(40 * GIB)) == []
+    assert [e.series for e in _host_job(on_no_gpu(8 * GIB))] == ["host_rss"]  # past its size

@@ -254,7 +254,8 @@ def test_a_planned_growth_reaches_the_engine_and_its_absence_ends_it(tmp_path: P
     )
     sup.on_report(_client(), AllocatorReport(step=4))
     sup.on_report(_client("cpu"), AllocatorReport(step=5, growth_planned_s=90.0))
-    assert engine.plans == [(12.5, 0, 42, 90.0, 1 << 30), (12.5, 42), (12.5, 42)]
+    # A process on no GPU plans growth of its host memory: GPU -1.
+    assert engine.plans == [(12.5, 0, 42, 90.0, 1 << 30), (12.5, 42), (12.5, -1, 42, 90.0, None)]
 
 
 def test_a_plan_is_logged_when_it_starts_and_when_it_ends(tmp_path: Path) -> None:

@@ -142,7 +142,8 @@ class Supervisor:
                     self._last_t, gpu, client.pid, report.allocated_bytes, report.reserved_bytes
                 )
                 self._take_events(events)
-            if gpu is not None and report.growth_planned_s is not None:
+            if report.growth_planned_s is not None:
+                # A process on no GPU (yet) plans growth of its host memory: gpu -1.
                 if client.pid not in self._planning:
                     self._planning.add(client.pid)
                     log.info(
@@ -156,7 +157,7 @@ class Supervisor:
                 self._take_events(
                     self._engine.plan_growth(
                         self._last_t,
-                        gpu,
+                        -1 if gpu is None else gpu,
                         client.pid,
                         report.growth_planned_s,
                         report.growth_up_to_bytes,

@@ -176,6 +176,7 @@ class DetectionEngine:
         Until then, and while its memory stays at or under ``up_to_bytes`` (when
         given), no new leak is raised on its series or on its GPU's; near_oom is
         raised as ever. A plan is renewed by calling again (every heartbeat).
+        ``gpu`` -1: a process on no GPU, whose plan sizes its host memory.
         """
         until = t + min(max(for_s, 0.0), MAX_PLANNED_GROWTH_S)
         if until <= t:
@@ -331,6 +332,10 @@ class DetectionEngine:
             available = float(memory.available_bytes)
             series.headroom_of = lambda available=available: available
             series.add(reading.t, rss, memory.total_bytes)
+            plan = self._plans.get(sample.pid)
+            if plan is not None and plan.gpu == -1:
+                # A plan of a process on no GPU sizes its host memory.
+                self._check_plan(reading.t, sample.pid, rss)
         for gone in [k for k in self._others if k[0] == HOST_RSS and k[2] not in present]:
             self._pop_other(gone).forget(reading.t, "process exited")
             self._release(gone[2])
