@@ -103,8 +103,11 @@ def test_unknown_scenario_or_missing_file_is_a_usage_error() -> None:
 
 
 def test_trace_without_device_rows_is_rejected(tmp_path: Path) -> None:
-    """A trace with only process rows cannot drive a simulated GPU."""
+    """A trace with only process rows, or none, cannot drive a simulated GPU."""
     path = tmp_path / "procs.csv"
     path.write_text("t,gpu,pid,used_bytes,total_bytes\n0,0,5,10,\n")
-    with pytest.raises(UsageError, match="no device rows"):
+    with pytest.raises(UsageError, match=r"procs\.csv:2: process rows on gpu 0, but no device"):
+        load_steps(str(path))
+    path.write_text("t,gpu,pid,used_bytes,total_bytes\n")
+    with pytest.raises(UsageError, match="has no device rows"):
         load_steps(str(path))

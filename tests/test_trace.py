@@ -81,6 +81,10 @@ def test_columns_may_come_in_any_order(tmp_path: Path) -> None:
             "trace.csv:2: total_bytes must be at most 18446744073709551615",
         ),
         ("t,gpu,pid,used_bytes,total_bytes\n1e16,0,,1,9\n", "trace.csv:2: t must be under"),
+        (
+            "t,gpu,pid,used_bytes,total_bytes\n0,0,,1,9\n0,1,7,1,\n1,0,,1,9\n1,1,7,2,\n",
+            "trace.csv:3: process rows on gpu 1, but no device row for gpu 1",
+        ),
     ],
 )
 def test_malformed_trace_names_file_and_line(tmp_path: Path, text: str, message: str) -> None:
@@ -94,6 +98,12 @@ def test_malformed_trace_names_file_and_line(tmp_path: Path, text: str, message:
 def test_the_same_gpu_and_pid_at_another_time_are_fine(tmp_path: Path) -> None:
     """Only a repeat within one sample is refused; and a spreadsheet's BOM is no problem."""
     text = "\ufefft,gpu,pid,used_bytes,total_bytes\n0,0,,1,9\n0,0,7,1,\n1,0,,1,9\n1,0,7,1,\n"
+    assert len(list(read_trace(_trace(tmp_path, text)))) == 4
+
+
+def test_a_gpu_s_device_rows_may_start_after_its_first_process_row(tmp_path: Path) -> None:
+    """Within one sample, or a GPU whose device rows begin later: the trace is whole."""
+    text = "t,gpu,pid,used_bytes,total_bytes\n0,1,7,1,\n0,0,,1,9\n1,1,7,2,\n1,1,,3,9\n"
     assert len(list(read_trace(_trace(tmp_path, text)))) == 4
 
 

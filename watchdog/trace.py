@@ -13,7 +13,7 @@ import csv
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from watchdog.errors import UsageError
 
@@ -85,9 +85,8 @@ def _parse_row(fields: list[str], index: tuple[int, ...]) -> TraceRow:
     return TraceRow(t, gpu, None, used, _parse_int(total_text, "total_bytes", 1))
 
 
-def read_rows(stream: IO[str], name: str) -> Iterator[TraceRow]:
-    """Yield validated rows from an open trace; raise TraceError naming ``name`` and the line."""
-    reader = csv.reader(stream)
+def _header_index(reader: Any, name: str) -> tuple[int, ...]:
+    """Where each of ``COLUMNS`` is in the header, read from ``reader``."""
     try:
         header = next(reader)
     except StopIteration:
@@ -107,10 +106,20 @@ def read_rows(stream: IO[str], name: str) -> Iterator[TraceRow]:
     if twice:
         # Which of two `t` columns is the time? Guessing could replay another trace.
         raise TraceError(f"{name}:1: column {', '.join(twice)} given more than once")
-    index = tuple(columns.index(column) for column in COLUMNS)
+    return tuple(columns.index(column) for column in COLUMNS)
+
+
+def read_rows(stream: IO[str], name: str) -> Iterator[TraceRow]:
+    """Yield validated rows from an open trace; raise TraceError naming ``name`` and the line."""
+    reader = csv.reader(stream)
+    index = _header_index(reader, name)
     previous_t = 0.0
     line = 1
     seen: set[tuple[int, int | None]] = set()  # (gpu, pid) of the rows at ``previous_t``
+    with_devices: set[int] = set()
+    without_devices: dict[
+        int, int
+    ] = {}  # gpu -> line of its first process row, while no device row
     try:
         for fields in reader:
             line = reader.line_num
@@ -127,10 +136,23 @@ def read_rows(stream: IO[str], name: str) -> Iterator[TraceRow]:
                 what = f"gpu {row.gpu}" if row.pid is None else f"pid {row.pid} on gpu {row.gpu}"
                 raise ValueError(f"a second row for {what} at t={fields[index[0]].strip()}")
             seen.add((row.gpu, row.pid))
+            if row.pid is None:
+                with_devices.add(row.gpu)
+                without_devices.pop(row.gpu, None)
+            elif row.gpu not in with_devices:
+                without_devices.setdefault(row.gpu, line)
             previous_t = row.t
             yield row
     except (ValueError, csv.Error) as exc:
         raise TraceError(f"{name}:{line}: {exc}") from None
+    if without_devices:
+        # A process's memory is judged against its GPU's: without one, a leak on it
+        # would be replayed as no finding at all.
+        gpu, first = min(without_devices.items(), key=lambda item: item[1])
+        raise TraceError(
+            f"{name}:{first}: process rows on gpu {gpu}, but no device row for gpu {gpu} "
+            "anywhere in the trace"
+        )
 
 
 def read_trace(path: str | Path) -> Iterator[TraceRow]:

@@ -138,10 +138,20 @@ def _feed(
             recording.add(t, (gpu, pid), used)
 
 
-def _check_distinct(processes: list[tuple[int, int, int]]) -> None:
-    """A second row for one pid at one instant: the reference parser names its line."""
+def _check_processes(
+    processes: list[tuple[int, int, int]],
+    devices: list[tuple[int, int, int]],
+    with_devices: set[int],
+) -> None:
+    """A second row for one pid at one instant, or a process on a GPU with no device row
+    so far (``with_devices``, updated): the reference parser names the line or decides."""
     if len(processes) > 1 and len({p[:2] for p in processes}) != len(processes):
         raise _NotFast
+    for gpu, _, _ in processes:
+        if gpu not in with_devices:
+            with_devices.update(device[0] for device in devices)
+            if gpu not in with_devices:
+                raise _NotFast
 
 
 def _header(line: str, name: str) -> tuple[int, ...]:
@@ -172,6 +182,7 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
     processes: list[tuple[int, int, int]] = []
     steps = device_count = process_count = 0
     last_gpu = -1
+    with_devices: set[int] = set()
     try:
         for line in lines[1:] if isinstance(lines, list) else list(lines)[1:]:
             if not line:
@@ -197,7 +208,7 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
                     raise _NotFast
                 if devices or processes:
                     if processes:
-                        _check_distinct(processes)
+                        _check_processes(processes, devices, with_devices)
                     if record:
                         _feed(engine, result, current, devices, processes or None)
                     else:
@@ -229,7 +240,7 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
     except (ValueError, TypeError):
         raise _NotFast from None
     if devices or processes:
-        _check_distinct(processes)
+        _check_processes(processes, devices, with_devices)
         if record:
             _feed(engine, result, current, devices, processes or None)
         else:
