@@ -142,6 +142,15 @@ def test_generated_docs_are_current() -> None:
     assert docs == splice_reference(docs), f"docs/configuration.md {hint}"
 
 
+def test_the_reference_gives_bounds_as_enforced() -> None:
+    """A limit reads as the number the check compares with, not a rounded exponent."""
+    from watchdog.config_docs import render_reference
+
+    reference = render_reference()
+    assert "`control.max_message_bytes` | `1048576` | >= 4096; <= 16777216 |" in reference
+    assert "e+" not in reference
+
+
 def test_example_config_is_valid() -> None:
     """The shipped example loads without error and equals the defaults."""
     assert load_config(REPO / "deploy" / "config.example.toml", env={}) == Config()

@@ -25,12 +25,17 @@ def toml_value(value: Any) -> str:
     return repr(value)
 
 
+def _bound(value: float) -> str:
+    """A bound as the check enforces it: 16777216, not 1.67772e+07."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _constraint(meta: Any) -> str:
     parts = []
     if meta.get("minimum") is not None:
-        parts.append(f">= {meta['minimum']:g}")
+        parts.append(f">= {_bound(meta['minimum'])}")
     if meta.get("maximum") is not None:
-        parts.append(f"<= {meta['maximum']:g}")
+        parts.append(f"<= {_bound(meta['maximum'])}")
     if meta.get("choices"):
         parts.append("one of " + ", ".join(f"`{c}`" for c in meta["choices"]))
     return "; ".join(parts)
