@@ -230,6 +230,24 @@ def test_a_recording_that_outlives_its_simulated_trace_replays(
     assert replayed.returncode == 0, replayed.stderr
 
 
+def test_record_keeps_an_existing_trace_unless_forced(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A recording is not replaced unasked: one line, exit 2, the file as it was."""
+    out = tmp_path / "run.csv"
+    out.write_text("keep me\n")
+    args = ("record", "--out", str(out), "--duration", "0.3", "--simulate", "leak")
+    refused = _cli(*args, env=cli_env)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith(
+        f"--out {out}: file exists; remove it or pass --force to overwrite"
+    )
+    assert out.read_text() == "keep me\n"
+    forced = _cli(*args, "--force", env=cli_env)
+    assert forced.returncode == 0, forced.stderr
+    assert out.read_text().startswith("t,gpu,pid,used_bytes,total_bytes")
+
+
 def test_daemon_modules_never_import_torch(cli_env: dict[str, str]) -> None:
     """Importing every daemon-side module leaves torch unimported."""
     code = (

@@ -40,6 +40,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--duration", type=float, metavar="S", help="seconds to record (default: until Ctrl-C)"
     )
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite --out if it already holds a trace"
+    )
     add_config_option(parser)
     add_simulate_option(parser)
     parser.set_defaults(func=run)
@@ -49,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     """Record until ``--duration`` has passed or SIGINT/SIGTERM."""
     if args.duration is not None and not args.duration > 0:
         raise UsageError(f"--duration must be > 0, got {args.duration:g}")
+    if not args.force and args.out.is_file() and args.out.stat().st_size > 0:
+        # A recording is often the only copy of what a job did: never replace one unasked.
+        raise UsageError(f"--out {args.out}: file exists; remove it or pass --force to overwrite")
     config = load(args)
     # A hung driver call must not hang `record` too: three times what makes a poll stalled.
     deadline_s = 3 * config.sources.stall_after_s
