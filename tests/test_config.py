@@ -104,6 +104,18 @@ def test_the_client_library_s_variables_are_no_settings() -> None:
     assert load_config(None, env=dict.fromkeys(variables, "x")) == load_config(None, env={})
 
 
+def test_an_alias_and_its_long_name_must_agree() -> None:
+    """GPU_WATCHDOG_SOCKET and GPU_WATCHDOG_CONTROL_SOCKET_PATH: the same value, or an error."""
+    same = {"GPU_WATCHDOG_SOCKET": "/tmp/a.sock", "GPU_WATCHDOG_CONTROL_SOCKET_PATH": "/tmp/a.sock"}
+    assert load_config(None, env=same).control.socket_path == "/tmp/a.sock"
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, env={**same, "GPU_WATCHDOG_SOCKET": "/tmp/b.sock"})
+    assert str(caught.value) == (
+        "environment: GPU_WATCHDOG_CONTROL_SOCKET_PATH and GPU_WATCHDOG_SOCKET both set "
+        "control.socket_path, to different values; set one"
+    )
+
+
 def test_boolean_environment_values() -> None:
     """Booleans from the environment accept true/false, yes/no, 1/0, on/off."""
     assert load_config(None, env={"GPU_WATCHDOG_SIMULATION_LOOP": "yes"}).simulation.loop is True

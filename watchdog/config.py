@@ -653,15 +653,22 @@ def _env_settings(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, st
         if not variable.startswith(ENV_PREFIX) or variable in ENV_NOT_SETTINGS:
             continue
         if variable in ALIASES:
-            found[ALIASES[variable]] = (variable, text)
-            continue
-        rest = variable[len(ENV_PREFIX) :].lower()
-        section, _, key = rest.partition("_")
-        cls = known.get(section)
-        if cls is None or key not in {f.name for f in dataclasses.fields(cls)}:
+            section, key = ALIASES[variable]
+        else:
+            rest = variable[len(ENV_PREFIX) :].lower()
+            section, _, key = rest.partition("_")
+            cls = known.get(section)
+            if cls is None or key not in {f.name for f in dataclasses.fields(cls)}:
+                raise ConfigError(
+                    f"environment: unknown setting variable {variable} "
+                    f"(expected {ENV_PREFIX}<SECTION>_<KEY>, see docs/configuration.md)"
+                )
+        other = found.get((section, key))
+        if other is not None and other[1] != text:
+            # An alias and the long name disagree: whichever won, one would be ignored.
             raise ConfigError(
-                f"environment: unknown setting variable {variable} "
-                f"(expected {ENV_PREFIX}<SECTION>_<KEY>, see docs/configuration.md)"
+                f"environment: {other[0]} and {variable} both set {section}.{key}, "
+                "to different values; set one"
             )
         found[(section, key)] = (variable, text)
     return found
