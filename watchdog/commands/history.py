@@ -25,14 +25,16 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "history",
         help="print the audit journal",
-        description="Print findings, decisions and command results from the audit journal.",
+        description="Print findings, decisions and command results from the audit journal "
+        "(times in UTC).",
     )
     add_config_option(parser)
     parser.add_argument("--job", help="only entries about this job")
     parser.add_argument(
         "--since",
         metavar="WHEN",
-        help="only entries newer than this: a duration (30m, 12h, 7d) or an ISO date/time",
+        help="only entries newer than this: a duration (30m, 12h, 7d) or an ISO date/time "
+        "(UTC unless it gives an offset, like the times printed)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--state-dir", type=Path, metavar="DIR", help="override daemon.state_dir")
