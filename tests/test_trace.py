@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from watchdog.detectors.replay import replay_file
 from watchdog.trace import TraceError, TraceRow, TraceWriter, group_steps, read_trace
 
 GOOD = """t,gpu,pid,used_bytes,total_bytes,comment
@@ -115,6 +116,16 @@ def test_missing_and_binary_files_are_clear_errors(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00\x01" * 100)
     with pytest.raises(TraceError, match=r"binary\.csv"):
         list(read_trace(binary))
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path: Path) -> None:
+    """A Latin-1 note in an extra column: the error says which line, as for any bad row."""
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"t,gpu,pid,used_bytes,total_bytes,note\n0,0,,1,9,ok\n1,0,,1,9,caf\xe9\n")
+    for read in (lambda: list(read_trace(path)), lambda: replay_file(path)):
+        with pytest.raises(TraceError) as caught:
+            read()
+        assert str(caught.value).startswith(f"{path}:3: not a text file (not UTF-8")
 
 
 def test_group_steps_splits_devices_and_processes(tmp_path: Path) -> None:

@@ -165,7 +165,26 @@ def read_trace(path: str | Path) -> Iterator[TraceRow]:
         try:
             yield from read_rows(stream, str(path))
         except UnicodeDecodeError as exc:
-            raise TraceError(f"{path}: not a text file ({exc.reason})") from None
+            raise not_text(path, exc) from None
+
+
+def not_text(path: str | Path, exc: UnicodeDecodeError) -> TraceError:
+    """The error for a trace that is not UTF-8, naming the first line that is not."""
+    try:
+        with open(path, "rb") as stream:
+            line = next((n for n, raw in enumerate(stream, 1) if not _is_utf8(raw)), None)
+    except OSError:
+        line = None
+    where = f"{path}:{line}" if line is not None else str(path)
+    return TraceError(f"{where}: not a text file (not UTF-8: {exc.reason})")
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def group_steps(rows: Iterable[TraceRow]) -> Iterator[TraceStep]:

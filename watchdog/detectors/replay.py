@@ -28,6 +28,7 @@ from watchdog.trace import (
     MAX_T,
     TraceError,
     group_steps,
+    not_text,
     read_rows,
     read_trace,
 )
@@ -81,7 +82,7 @@ def replay_file(
     except OSError as exc:
         raise TraceError(f"{path}: cannot open trace: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise TraceError(f"{path}: not a text file ({exc.reason})") from None
+        raise not_text(path, exc) from None
     try:
         return _replay_fast(text.split("\n"), str(path), settings, record)
     except _NotFast:
