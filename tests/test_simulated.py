@@ -86,6 +86,10 @@ def test_builtin_scenarios_are_valid_and_deterministic(name: str) -> None:
     steps = list(group_steps(rows))
     assert all(step.devices for step in steps)
     assert all(0 <= row.used_bytes <= (row.total_bytes or 0) for s in steps for row in s.devices)
+    for step in steps:  # no process holds more than its card, even at the OOM
+        totals = {row.gpu: row.total_bytes or 0 for row in step.devices}
+        for gpu, total in totals.items():
+            assert sum(row.used_bytes for row in step.processes if row.gpu == gpu) <= total
 
 
 def test_leak_scenario_runs_out_of_memory_and_healthy_does_not() -> None:

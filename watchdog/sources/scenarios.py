@@ -43,7 +43,12 @@ def _build(
             _quantised(_training_memory(t, rng, working_set) + leak(t))
             for working_set, leak in zip(working_sets, leaks, strict=True)
         ]
-        used = min(CARD_BYTES, sum(per_process))
+        excess = sum(per_process) - CARD_BYTES
+        for index in reversed(range(len(per_process))):  # the allocation that fails: the last
+            taken = min(max(excess, 0), per_process[index])
+            per_process[index] -= taken
+            excess -= taken
+        used = sum(per_process)
         rows.append(TraceRow(t, 0, None, used, CARD_BYTES))
         rows.extend(
             TraceRow(t, 0, pid, memory, None)
