@@ -166,6 +166,21 @@ def test_a_simulated_gpus_process_is_no_registered_job_with_the_same_pid(tmp_pat
     assert server.sent[0] == ("train", "dump_snapshot")
 
 
+def test_a_simulated_gpus_leak_singled_out_on_a_trace_pid_spares_a_job_with_that_pid(
+    tmp_path: Path,
+) -> None:
+    """The GPU's leak concerns the trace process singled out on it, not a registered job on
+    that GPU that happens to share its pid; a job's own (allocator) finding still counts."""
+    server = FakeServer([_client()])
+    sup, engine, _ = _supervisor(tmp_path, server, origin=SIMULATED)
+    engine.queued = [finding(0, tto=600.0), finding(0, tto=600.0, pid=None)]
+    sup.on_reading(Reading(t=0))
+    assert server.sent == []
+    engine.queued = [dataclasses.replace(finding(1, tto=600.0), series="allocated")]
+    sup.on_reading(Reading(t=1))
+    assert server.sent[0] == ("train", "dump_snapshot")
+
+
 def test_a_simulated_daemon_reads_host_memory_of_registered_clients_only(
     tmp_path: Path,
 ) -> None:

@@ -346,7 +346,8 @@ class Supervisor:
         """The registered jobs a finding on (gpu, pid) of a ``series`` kind concerns."""
         if self._server is None:
             return []
-        if series == PROCESS and self._state.snapshot().origin == SIMULATED:
+        simulated = self._state.snapshot().origin == SIMULATED
+        if series == PROCESS and simulated:
             # A process of the simulated GPU's trace: a registered job with its pid is
             # another process that happens to have the same number.
             return []
@@ -363,6 +364,11 @@ class Supervisor:
             # The GPU's finding is the processes' singled out on it, where any are (an
             # unregistered one included: then no job here is to blame); else every job's.
             culprits = self._policy.culprits(gpu)
+            if culprits and simulated:
+                # Only a registered process's own finding names it, not a trace pid alike.
+                culprits = self._policy.culprits(gpu, excluding=PROCESS)
+                if not culprits:
+                    return []  # the trace's processes are to blame: no job here
             chosen = [
                 c for c in clients if self._gpu_of(c) == gpu and (not culprits or c.pid in culprits)
             ]

@@ -267,16 +267,20 @@ class Policy:
         due += self.ledger.expiries(self._cooldown_s, self._restart_window_s)
         return min((when for when in due if when >= t), default=math.inf)
 
-    def culprits(self, gpu: int) -> set[int]:
+    def culprits(self, gpu: int, excluding: str = "") -> set[int]:
         """Pids with a memory finding of their own raised on ``gpu``.
 
         A GPU-level finding concerns them, not every job on the GPU: the GPU's
         memory climbs because theirs does. Empty when no process is singled out.
+        ``excluding``: a series kind whose findings do not count.
         """
         return {
             f.pid
             for f in self._active.values()
-            if f.gpu == gpu and f.pid is not None and f.kind in (LEAK, NEAR_OOM)
+            if f.gpu == gpu
+            and f.pid is not None
+            and f.kind in (LEAK, NEAR_OOM)
+            and f.series != excluding
         }
 
     def observe(self, event: Any) -> None:
