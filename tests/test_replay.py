@@ -97,6 +97,7 @@ def test_healthy_trace_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str
         ("0,0,," + "9" * 400 + ",200\n", 2),
         ("0,0,,100,200\n1e16,0,,100,200\n", 3),
         ("0,0,7,100,\n5,0,7,200,\n", 2),  # processes, and no GPU to judge them against
+        ('0,0,,1,9\n1,0,,2,9,"oops\n2,0,,3,9\n3,0,,4,9,"\n', 3),  # an unclosed quote
         ("0,0,,100,200\n0,1,7,100,\n5,0,,100,200\n5,1,7,150,\n", 3),
     ],
 )

@@ -86,6 +86,10 @@ def test_columns_may_come_in_any_order(tmp_path: Path) -> None:
             "t,gpu,pid,used_bytes,total_bytes\n0,0,,1,9\n0,1,7,1,\n1,0,,1,9\n1,1,7,2,\n",
             "trace.csv:3: process rows on gpu 1, but no device row for gpu 1",
         ),
+        (  # an unclosed quote would take the rows after it into one field
+            't,gpu,pid,used_bytes,total_bytes,note\n0,0,,1,9,a\n1,0,,2,9,"oops\n2,0,,3,9,b\n',
+            "trace.csv:3: a quoted field runs on over the next lines",
+        ),
     ],
 )
 def test_malformed_trace_names_file_and_line(tmp_path: Path, text: str, message: str) -> None:

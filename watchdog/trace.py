@@ -117,12 +117,19 @@ def read_rows(stream: IO[str], name: str) -> Iterator[TraceRow]:
     line = 1
     seen: set[tuple[int, int | None]] = set()  # (gpu, pid) of the rows at ``previous_t``
     with_devices: set[int] = set()
-    without_devices: dict[
-        int, int
-    ] = {}  # gpu -> line of its first process row, while no device row
+    # gpu -> the line of its first process row, while it has no device row
+    without_devices: dict[int, int] = {}
     try:
         for fields in reader:
-            line = reader.line_num
+            first_line, line = line + 1, reader.line_num
+            if line != first_line:
+                # An unclosed quote takes every line after it into one field: those rows
+                # would be lost without a word.
+                line = first_line
+                raise ValueError(
+                    "a quoted field runs on over the next lines (an unclosed quote?); "
+                    "each row of a trace is one line"
+                )
             if not fields or (len(fields) == 1 and not fields[0].strip()):
                 continue
             row = _parse_row(fields, index)
