@@ -127,6 +127,11 @@ class DaemonState:
         """Source name -> what its last successful reading reported."""
         self._stale: frozenset[str] = frozenset()
 
+    @property
+    def origin(self) -> str:
+        """Where the GPU figures come from (``nvml`` or ``simulated``); fixed at start."""
+        return self._origin
+
     def set_nvml_info(
         self,
         errors: Callable[[], dict[tuple[str, str], int]],

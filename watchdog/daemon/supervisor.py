@@ -312,7 +312,7 @@ class Supervisor:
         A simulated GPU's pids come from its trace and name no process here: reading
         ``/proc`` for them would watch whatever unrelated process has that pid now.
         """
-        simulated = self._state.snapshot().origin == SIMULATED
+        simulated = self._state.origin == SIMULATED
         pids = set() if simulated else set(self._state.gpu_pids())
         if self._server is not None:
             pids.update(client.pid for client in self._server.clients())
@@ -346,7 +346,7 @@ class Supervisor:
         """The registered jobs a finding on (gpu, pid) of a ``series`` kind concerns."""
         if self._server is None:
             return []
-        simulated = self._state.snapshot().origin == SIMULATED
+        simulated = self._state.origin == SIMULATED
         if series == PROCESS and simulated:
             # A process of the simulated GPU's trace: a registered job with its pid is
             # another process that happens to have the same number.
@@ -546,7 +546,7 @@ class Supervisor:
         with self._lock:
             findings, actions = dict(self._findings), dict(self._actions)
             suppressed, results = dict(self._suppressed), dict(self._results)
-        origin = self._state.snapshot().origin
+        origin = self._state.origin
         yield _counter(
             "findings",
             "Detector events, by finding and state.",
