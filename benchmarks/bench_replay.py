@@ -1,6 +1,7 @@
 """How fast ``gpu-watchdog replay`` is: device samples per second, CSV parsing included.
 
     python benchmarks/bench_replay.py [--hours 24] [--gpus 8] [--process-every 5] [--repeat 5]
+                                      [--decimals]
 
 Writes a trace of ``--gpus`` GPUs sampled every second for ``--hours`` (each
 GPU with one or two training processes, sampled every ``--process-every``
@@ -45,8 +46,15 @@ def _with_leak(
     return lambda t: memory(t) + leak(t)
 
 
-def write_trace(path: Path, hours: float, gpus: int, process_every: int, seed: int) -> int:
-    """Write the benchmark trace; return the number of device rows."""
+def write_trace(
+    path: Path, hours: float, gpus: int, process_every: int, seed: int, decimals: bool = False
+) -> int:
+    """Write the benchmark trace; return the number of device rows.
+
+    ``decimals``: ``pid`` and ``total_bytes`` as pandas writes columns with empty
+    cells (``10000.0``), which the replay reads on its second, lenient pass.
+    """
+    point = ".0" if decimals else ""
     rng = random.Random(seed)
     total = 80 * GIB
     jobs = []
@@ -69,9 +77,9 @@ def write_trace(path: Path, hours: float, gpus: int, process_every: int, seed: i
                 value = int(memory(t) + rng.gauss(0, 16 << 20)) >> 21 << 21
                 per_gpu[gpu] += value
                 if second % process_every == 0:
-                    lines.append(f"{second},{gpu},{pid},{value},\n")
+                    lines.append(f"{second},{gpu},{pid}{point},{value},\n")
             for gpu in range(gpus):
-                out.write(f"{second},{gpu},,{per_gpu[gpu] + (300 << 20)},{int(total)}\n")
+                out.write(f"{second},{gpu},,{per_gpu[gpu] + (300 << 20)},{int(total)}{point}\n")
                 rows += 1
             out.writelines(lines)
     return rows
@@ -95,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--trace", type=Path, help="benchmark this trace instead of writing one")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each; the best counts")
+    parser.add_argument(
+        "--decimals", action="store_true", help="write pid and total_bytes as pandas does (1.0)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         path = args.trace or Path(folder) / "bench.csv"
         if args.trace is None:
             started = time.perf_counter()
-            write_trace(path, args.hours, args.gpus, args.process_every, args.seed)
+            write_trace(path, args.hours, args.gpus, args.process_every, args.seed, args.decimals)
             print(
                 f"wrote {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - started:.0f} s"
             )

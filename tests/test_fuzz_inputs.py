@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from watchdog.config import ConfigError, load_config
+from watchdog.detectors.replay import _NotFast, _replay_either, _replay_rows
 from watchdog.trace import TraceError, TraceRow, read_rows
 
 HEADER = "t,gpu,pid,used_bytes,total_bytes\n"
@@ -44,6 +45,55 @@ def test_trace_parser_yields_valid_rows_or_one_trace_error(rows: list[str], head
         previous = row.t
         assert row.used_bytes >= 0
         assert (row.pid is None) == (row.total_bytes is not None)
+
+
+FORMATS = (
+    str,  # as recordings write it
+    lambda v: repr(float(v)),  # as pandas writes a column with empty cells
+    lambda v: f"{v}.5",  # a script's float
+    lambda v: f"{v:.3e}",
+)
+JUNK = st.one_of(st.sampled_from(["", "nan", "-1", "1e400", "0x1", "1_0"]), st.text(max_size=4))
+
+
+@st.composite
+def decimal_traces(draw: st.DrawFn) -> list[str]:
+    """A trace whose figures are written each in any of ``FORMATS``, a few cells junk."""
+
+    # Rare choices come last in sampled_from: hypothesis favours (and shrinks to) the first.
+    def cell(value: int, whole: bool = False) -> str:
+        if draw(st.sampled_from([False] * 30 + [True])):
+            return draw(JUNK)
+        return draw(st.sampled_from(FORMATS[:2] if whole else FORMATS))(value)
+
+    def empty() -> str:
+        return draw(st.sampled_from([""] * 9 + ["nan"]))
+
+    def size() -> int:  # now and then past 2^53, where a float is no longer exact
+        return draw(st.integers(0, 1 << draw(st.sampled_from([40] * 9 + [64]))))
+
+    lines = [HEADER.strip()]
+    gpus = draw(st.integers(1, 2))
+    for t in range(draw(st.integers(1, 5))):
+        for gpu in range(gpus):
+            lines.append(f"{t},{cell(gpu, True)},{empty()},{cell(size())},{cell(size() or 1)}")
+        for pid in draw(st.sets(st.integers(1, 4), max_size=3)):
+            lines.append(f"{t},{cell(0, True)},{cell(pid, True)},{cell(size())},{empty()}")
+    return lines
+
+
+@settings(max_examples=400, deadline=None)
+@given(decimal_traces())
+def test_fast_replay_reads_what_the_reference_parser_reads(lines: list[str]) -> None:
+    """Whatever the fast path reads, integers or decimals, the reference parser reads to the
+    same samples; whatever it is unsure of is left to the reference parser."""
+    try:
+        fast = _replay_either(lines, "fuzz.csv", None, record=True)
+    except _NotFast:
+        return
+    reference = _replay_rows(read_rows(io.StringIO("\n".join(lines)), "fuzz.csv"), None, True)
+    assert fast.recording == reference.recording
+    assert fast.events == reference.events
 
 
 @settings(

@@ -142,6 +142,33 @@ def test_fast_parser_agrees_with_the_reference_parser(tmp_path: Path) -> None:
     assert replay_file(odd).events == expected
 
 
+def test_a_trace_written_by_pandas_replays_fast_and_like_a_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pandas writes its index as a first column, and ``pid`` and ``total_bytes`` (columns
+    with empty cells) as floats: the same events, without falling back to the slow
+    reference parser."""
+    plain = tmp_path / "plain.csv"
+    write_leak_trace(plain)
+    rows = plain.read_text().splitlines()
+    written = tmp_path / "pandas.csv"
+    body = [",t,gpu,pid,used_bytes,total_bytes"]
+    for i, row in enumerate(rows[1:]):
+        t, gpu, pid, used, total = row.split(",")
+        body.append(f"{i},{float(t)},{gpu},{pid and pid + '.0'},{used},{total and total + '.0'}")
+    written.write_text("\n".join(body) + "\n")
+    expected = replay_file(plain)
+    assert expected.events
+
+    def slow(path: object) -> None:
+        raise AssertionError("the fast path gave up on a trace written by pandas")
+
+    monkeypatch.setattr("watchdog.detectors.replay.read_trace", slow)
+    replayed = replay_file(written)
+    assert replayed.events == expected.events
+    assert replayed.device_samples == expected.device_samples
+
+
 def test_gpus_in_any_order_and_a_bom_replay_like_a_recording(tmp_path: Path) -> None:
     """GPU rows in falling order (left to the reference parser) and a BOM change nothing."""
     plain = tmp_path / "plain.csv"

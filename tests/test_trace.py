@@ -52,8 +52,19 @@ def test_columns_may_come_in_any_order(tmp_path: Path) -> None:
         ),
         (
             "t,gpu,pid,used_bytes,total_bytes\n0,0,,x,2\n",
-            "trace.csv:2: used_bytes is not an integer",
+            "trace.csv:2: used_bytes is not a number: 'x'",
         ),
+        ("t,gpu,pid,used_bytes,total_bytes\n0,0,,inf,9\n", "trace.csv:2: used_bytes is not a"),
+        ("t,gpu,pid,used_bytes,total_bytes\n0,0,,nan,9\n", "trace.csv:2: used_bytes is not a"),
+        (
+            "t,gpu,pid,used_bytes,total_bytes\n0,0.5,,1,9\n",
+            "trace.csv:2: gpu is not a whole number: '0.5'",
+        ),
+        (
+            "t,gpu,pid,used_bytes,total_bytes\n0,0,,1,9\n0,0,7.5,1,\n",
+            "trace.csv:3: pid is not a whole number: '7.5'",
+        ),
+        ("t,gpu,pid,used_bytes,total_bytes\n0,0,nan,1,nan\n", "trace.csv:2: a device row"),
         ("t,gpu,pid,used_bytes,total_bytes\nnan,0,,1,2\n", "trace.csv:2: t must be a finite"),
         (
             "t,gpu,pid,used_bytes,total_bytes\n0,0,,1,2\n5,0,,1,2\n4,0,,1,2\n",
@@ -98,6 +109,24 @@ def test_malformed_trace_names_file_and_line(tmp_path: Path, text: str, message:
         list(read_trace(_trace(tmp_path, text)))
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_whole_numbers_written_as_decimals_are_read(tmp_path: Path) -> None:
+    """pandas writes a column with empty cells as floats, numpy an empty cell as nan, and a
+    script may compute memory as floats: a byte figure is rounded to the nearest byte."""
+    text = (
+        "t,gpu,pid,used_bytes,total_bytes\n"
+        "0.0,0.0,,41943040000.0,85899345920.0\n"
+        "0.0,0.0,31337.0,4.2e10,\n"
+        "1.5,1,nan,100.5,2.0E3\n"
+        "1.5,1,42,99.7,NaN\n"
+    )
+    assert list(read_trace(_trace(tmp_path, text))) == [
+        TraceRow(0.0, 0, None, 41943040000, 85899345920),
+        TraceRow(0.0, 0, 31337, 42000000000, None),
+        TraceRow(1.5, 1, None, 100, 2000),  # to the nearest byte, half to even
+        TraceRow(1.5, 1, 42, 100, None),
+    ]
 
 
 def test_the_same_gpu_and_pid_at_another_time_are_fine(tmp_path: Path) -> None:

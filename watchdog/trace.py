@@ -49,16 +49,54 @@ class TraceStep(NamedTuple):
     processes: list[TraceRow]
 
 
-def _parse_int(text: str, column: str, minimum: int, maximum: int = MAX_BYTES) -> int:
+def whole_number(text: str) -> int:
+    """``text`` as an integer, written as one ("3") or as a decimal ("3.0", "3e0").
+
+    pandas writes an integer column that has empty cells (``pid`` on device rows,
+    ``total_bytes`` on process rows) as floats. Raise ValueError for anything else.
+    """
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise ValueError(f"{column} is not an integer: {text[:40]!r}") from None
+        value = float(text)
+        if not value.is_integer():  # also NaN and infinities
+            raise ValueError(text) from None
+        return int(value)
+
+
+def nearest_byte(text: str) -> int:
+    """``text`` as a byte count, a decimal rounded to the nearest byte.
+
+    A synthetic trace may compute memory as floats ("41943040000.7"). Raise
+    ValueError for anything that is not a finite number.
+    """
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(text) from None
+        return round(value)
+
+
+def _parse_int(
+    text: str, column: str, minimum: int, maximum: int = MAX_BYTES, *, whole: bool = False
+) -> int:
+    try:
+        value = whole_number(text) if whole else nearest_byte(text)
+    except ValueError:
+        what = "a whole number" if whole else "a number"
+        raise ValueError(f"{column} is not {what}: {text[:40]!r}") from None
     if value < minimum:
         raise ValueError(f"{column} must be >= {minimum}, got {value}")
     if value > maximum:
         raise ValueError(f"{column} must be at most {maximum}, got {text[:40]}")
     return value
+
+
+def _blank_if_nan(text: str) -> str:
+    # numpy writes an empty cell of a float column as "nan".
+    return "" if text.lower() == "nan" else text
 
 
 def _parse_row(fields: list[str], index: tuple[int, ...]) -> TraceRow:
@@ -74,12 +112,13 @@ def _parse_row(fields: list[str], index: tuple[int, ...]) -> TraceRow:
         raise ValueError(f"t must be a finite number >= 0, got {t_text!r}")
     if t >= MAX_T:
         raise ValueError(f"t must be under {MAX_T:g} seconds, got {t_text!r}")
-    gpu = _parse_int(gpu_text, "gpu", 0)
+    pid_text, total_text = _blank_if_nan(pid_text), _blank_if_nan(total_text)
+    gpu = _parse_int(gpu_text, "gpu", 0, whole=True)
     used = _parse_int(used_text, "used_bytes", 0)
     if pid_text:
         if total_text:
             raise ValueError("a process row (pid set) must leave total_bytes empty")
-        return TraceRow(t, gpu, _parse_int(pid_text, "pid", 1), used, None)
+        return TraceRow(t, gpu, _parse_int(pid_text, "pid", 1, whole=True), used, None)
     if not total_text:
         raise ValueError("a device row (pid empty) needs total_bytes")
     return TraceRow(t, gpu, None, used, _parse_int(total_text, "total_bytes", 1))

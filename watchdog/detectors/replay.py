@@ -14,7 +14,7 @@ any is "processes not polled at this instant".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +72,30 @@ class _NotFast(Exception):
     """The fast parser is unsure of this line; the reference parser decides."""
 
 
+class _NotIntegers(_NotFast):
+    """A value that is not an integer: perhaps a decimal, which the lenient pass reads."""
+
+
+_EXACT = float(1 << 53)
+"""Integers up to here are exact as floats; the reference parser reads larger ones."""
+
+
+def _whole(text: str) -> int:
+    """``watchdog.trace.whole_number`` for the fast path (integers under 2^53)."""
+    value = float(text)
+    if value.is_integer() and -_EXACT < value < _EXACT:
+        return int(value)
+    raise ValueError(text)
+
+
+def _byte(text: str) -> int:
+    """``watchdog.trace.nearest_byte`` for the fast path (figures under 2^53)."""
+    value = float(text)
+    if 0.0 <= value < _EXACT:  # NaN fails both
+        return round(value)
+    raise ValueError(text)
+
+
 def replay_file(
     path: str | Path, settings: DetectionSettings | None = None, record: bool = False
 ) -> ReplayResult:
@@ -84,7 +108,7 @@ def replay_file(
     except UnicodeDecodeError as exc:
         raise not_text(path, exc) from None
     try:
-        return _replay_fast(text.split("\n"), str(path), settings, record)
+        return _replay_either(text.split("\n"), str(path), settings, record)
     except _NotFast:
         return _replay_rows(read_trace(path), settings, record)
 
@@ -97,12 +121,23 @@ def replay_lines(
 ) -> ReplayResult:
     """Replay a trace given as lines of text (the header first)."""
     try:
-        return _replay_fast(lines, name, settings, record)
+        return _replay_either(lines, name, settings, record)
     except _NotFast:
         import io
 
         stream = io.StringIO("\n".join(lines) + "\n", newline="")
         return _replay_rows(read_rows(stream, name), settings, record)
+
+
+def _replay_either(
+    lines: Sequence[str], name: str, settings: DetectionSettings | None, record: bool
+) -> ReplayResult:
+    """The fast path for integers, then for decimals (a trace written by pandas or a
+    script computing floats); raise ``_NotFast`` if neither is sure."""
+    try:
+        return _replay_fast(lines, name, settings, record)
+    except _NotIntegers:
+        return _replay_fast(lines, name, settings, record, lenient=True)
 
 
 def _replay_rows(
@@ -165,11 +200,18 @@ def _header(line: str, name: str) -> tuple[int, ...]:
 
 
 def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off costs throughput
-    lines: Sequence[str], name: str, settings: DetectionSettings | None, record: bool
+    lines: Sequence[str],
+    name: str,
+    settings: DetectionSettings | None,
+    record: bool,
+    lenient: bool = False,
 ) -> ReplayResult:
     if not lines or not lines[0].strip():
         raise _NotFast
     index = _header(lines[0], name)
+    # The builtin int when every figure is an integer, as recordings write them.
+    as_whole: Callable[[str], int] = _whole if lenient else int
+    as_bytes: Callable[[str], int] = _byte if lenient else int
     engine = DetectionEngine(settings)
     observe = engine.observe_step
     result = ReplayResult(events=[], engine=engine, recording=Recording() if record else None)
@@ -221,17 +263,17 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
                     processes = []
                     last_gpu = -1
                 current = t
-            gpu = int(gpu_text)
-            used = int(used_text)
+            gpu = as_whole(gpu_text)
+            used = as_bytes(used_text)
             if gpu < 0 or not 0 <= used <= MAX_BYTES:
                 raise _NotFast
             if pid_text:
-                pid = int(pid_text)
+                pid = as_whole(pid_text)
                 if pid < 1 or total_text:
                     raise _NotFast
                 processes.append((gpu, pid, used))
             else:
-                total = int(total_text)
+                total = as_bytes(total_text)
                 # GPUs in rising order, as recordings write them: none twice. Any other
                 # order goes to the reference parser, which checks them one by one.
                 if not 1 <= total <= MAX_BYTES or gpu <= last_gpu:
@@ -239,7 +281,7 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
                 last_gpu = gpu
                 devices.append((gpu, used, total))
     except (ValueError, TypeError):
-        raise _NotFast from None
+        raise (_NotFast if lenient else _NotIntegers) from None
     if devices or processes:
         _check_processes(processes, devices, with_devices)
         if record:
