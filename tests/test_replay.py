@@ -83,6 +83,15 @@ def test_healthy_trace_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "no findings" in capsys.readouterr().out
 
 
+def test_summary_counts_one_sample_in_the_singular(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "one.csv"
+    path.write_text(f"t,gpu,pid,used_bytes,total_bytes\n0,0,,{8 * GIB},{TOTAL}\n")
+    assert main(["replay", str(path)]) == 0
+    assert f"{path}: 1 sample over 0:00:00 (h:mm:ss)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("body", "line"),
     [

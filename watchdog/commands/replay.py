@@ -96,10 +96,14 @@ def _clock(t: float) -> str:
     return f"{seconds // 3600:3d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def write_summary(path: Path, result: ReplayResult, out: TextIO) -> None:
     """A readable account: the trace, each event, and what is still active at the end."""
     out.write(
-        f"{path}: {result.steps:,} samples over {_clock(result.duration_s).strip()} "
+        f"{path}: {_count(result.steps, 'sample')} over {_clock(result.duration_s).strip()} "
         f"(h:mm:ss), {result.device_samples:,} GPU and {result.process_samples:,} "
         f"process readings\n"
     )
@@ -107,7 +111,7 @@ def write_summary(path: Path, result: ReplayResult, out: TextIO) -> None:
     if not result.events:
         out.write("no findings: no leak, never near OOM\n")
         return
-    out.write(f"{len(result.events)} events ({len(leaks)} leak raised/updated):\n")
+    out.write(f"{_count(len(result.events), 'event')} ({len(leaks)} leak raised/updated):\n")
     for event in result.events:
         out.write(f"  {_clock(event.t)}  {event.kind:8s} {event.state:8s} {event.message}\n")
     active = [s for s in (result.engine.status() if result.engine else []) if s.state != "ok"]
