@@ -180,13 +180,16 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
     *,
     with_leak: bool = True,
     until: float | None = None,
+    leak_timing: tuple[float, float] | None = None,
 ) -> tuple[list[str], Label]:
     """Build one trace: CSV lines (header first) and its label.
 
     ``with_leak=False`` builds a leak trace's twin: the same jobs, noise and
     sample times, with the leak left out (every random draw is made all the
     same, so the two traces are equal until the leak begins). ``until`` stops
-    the trace after that time.
+    the trace after that time. ``leak_timing`` (start, seconds to OOM) replaces
+    a leak scenario's own (drawn all the same: the rest of the trace is as it
+    would be) and is kept in the label's params for its twin.
     """
     rng = random.Random(f"{scenario}:{seed}")
     card_gib = rng.choice(CARDS_GIB)
@@ -241,6 +244,9 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
     elif scenario == "fast_leak":
         leak_kind, leak_start = "steady", rng.uniform(0.25, 3) * 3600
         oom_after = rng.uniform(120, 900)
+    if leak_timing is not None and leak_kind:
+        leak_start, oom_after = leak_timing
+        label.params["leak_start_s"], label.params["oom_after_s"] = leak_timing
     label.params["frac"] = round(frac, 3)
 
     if scenario in ("multi_job", "one_of_many"):
@@ -291,7 +297,14 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
         peak, trough = max(around), min(around)
         if total - peak < 0.03 * total:
             # The healthy job alone would run out before the leak begins: draw another.
-            return build(scenario, seed + 1_000_000, name, with_leak=with_leak, until=until)
+            return build(
+                scenario,
+                seed + 1_000_000,
+                name,
+                with_leak=with_leak,
+                until=until,
+                leak_timing=leak_timing,
+            )
         rate = (total - peak) / oom_after
         drawn = leak_fn(leak_kind, leak_start, rate, rng)  # drawn for the twin too: same noise
         leak = drawn if with_leak else no_leak
@@ -333,7 +346,15 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
 
 def twin(label: Label) -> list[str]:
     """The leak-free twin of a leak trace, up to the leak trace's OOM (see ``build``)."""
-    lines, _ = build(label.scenario, label.seed, label.name, with_leak=False, until=label.oom_t)
+    timing = label.params.get("leak_start_s"), label.params.get("oom_after_s")
+    lines, _ = build(
+        label.scenario,
+        label.seed,
+        label.name,
+        with_leak=False,
+        until=label.oom_t,
+        leak_timing=(float(timing[0]), float(timing[1])) if None not in timing else None,
+    )
     return lines
 
 

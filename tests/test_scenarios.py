@@ -165,6 +165,36 @@ def test_a_leak_traces_twin_is_the_same_trace_until_the_leak_begins() -> None:
     assert peak < label.card_gib * 2**30  # without the leak the card never fills
 
 
+def test_a_leak_timing_replaces_the_scenarios_own_and_its_twin_keeps_it() -> None:
+    """``leak_timing`` moves the leak (grace_leaks.py); the twin is the trace without it."""
+    drawn, _ = scenarios.build("fast_leak", 5)
+    lines, label = scenarios.build("fast_leak", 5, leak_timing=(300.0, 400.0))
+    assert label.leak_start_t == 300.0
+    assert label.oom_t is not None
+    assert 300.0 + 400.0 * 0.5 <= label.oom_t <= 300.0 + 400.0 * 1.1
+    before = [line for line in lines[1:] if float(line.split(",")[0]) < 300.0]
+    assert lines[: len(before) + 1] == drawn[: len(before) + 1]  # the same job until then
+    twin = scenarios.twin(label)
+    assert twin[: len(before) + 1] == lines[: len(before) + 1]
+    assert float(twin[-1].split(",")[0]) <= label.oom_t  # the twin of this timing's trace
+    peak = max(int(line.split(",")[3]) for line in twin[1:] if not line.split(",")[2])
+    assert peak < label.card_gib * 2**30
+
+
+def test_grace_leaks_scores_leaks_that_run_out_inside_the_warm_up(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every method is scored on both cases, each leak running out within the grace + 15 min."""
+    import grace_leaks
+
+    assert grace_leaks.main(["--count", "3", "--seed", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.count("|") == 5]
+    assert len(rows) == 2 + len(grace_leaks.CASES) * len(score.METHODS)
+    assert all("/3 |" in row for row in rows[2:])
+    outcomes = grace_leaks.run_case("early", 3, [1], DetectionSettings())
+    assert {len(results) for results in outcomes.values()} == {3}
+
+
 def test_an_alarm_counts_only_from_when_the_healthy_twin_would_not_have_raised_it() -> None:
     """A warm-up alarm that stands on into a leak from the start counts from the twin's clear."""
     label = scenarios.Label("x", "steady_from_start", 1, leak=True, leak_start_t=0.0, oom_t=5000.0)
