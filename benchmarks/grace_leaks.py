@@ -5,7 +5,8 @@
 No window of the leak test starts inside `warmup_s` (10 minutes): a job's
 context, model load and caching allocator climb there, and a leak that runs
 out of memory that early looks like them. Only step 10 (a climb that speeds
-up, as `retain_graph=True` does) and near_oom see into the grace. This
+up, as `retain_graph=True` does, or sets off evenly from a floor the job had
+settled at) and near_oom see into the grace. This
 script measures what that costs, on the development generator's jobs with
 the leak's timing replaced, and scores the project and both baselines the
 way `score.py` does:

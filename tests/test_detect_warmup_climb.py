@@ -54,11 +54,59 @@ def test_without_the_grace_the_same_leak_is_raised_by_windows() -> None:
     assert leaks(events)
 
 
+def settled_then_leaking(oom_after: float, start: float = LEAK_START) -> Callable[[float], float]:
+    """A job settled at 14 GiB by two minutes in, leaking evenly from ``start`` until it
+    runs out ``oom_after`` seconds later: a cache keyed by step, a list of losses."""
+    left = TOTAL - 14.6 * GIB
+
+    def memory(t: float) -> float:
+        settled = 500 * MIB + 14 * GIB * min(1.0, t / 90.0)
+        return settled + left * max(0.0, t - start) / oom_after
+
+    return memory
+
+
+@pytest.mark.parametrize(
+    ("oom_after", "interval", "noise"),
+    [
+        (300.0, 1.0, 16 * MIB),
+        (420.0, 2.0, 16 * MIB),
+        (330.0, 5.0, 16 * MIB),
+        (360.0, 1.0, 64 * MIB),
+    ],
+)
+def test_an_even_leak_from_a_settled_floor_is_raised_before_the_deadline(
+    oom_after: float, interval: float, noise: float
+) -> None:
+    """It does not speed up, but it sets off from a floor the job had held for two minutes:
+    no warm-up ramp runs on from a pause to the top of the card. The floor's noise (its
+    buckets a little lower, then higher) does not unsettle it."""
+    events, oom, _ = run(settled_then_leaking(oom_after), 3600, interval=interval, noise=noise)
+    assert oom is not None
+    assert oom < DetectionSettings().warmup_s + 120
+    raised = leaks(events)
+    assert raised
+    assert LEAK_START < min(e.t for e in raised) <= deadline(LEAK_START, oom)
+
+
+def test_an_even_leak_straight_on_from_the_ramp_is_left_to_near_oom() -> None:
+    """The same leak with no pause before it is one climb with the warm-up: not raised as a
+    leak inside the grace (near_oom warns once the card is nearly full)."""
+    events, oom, _ = run(settled_then_leaking(360.0, start=90.0), 3600)
+    assert oom is not None
+    assert leaks(events) == []
+    assert any(e.kind == "near_oom" and e.t < oom for e in events)
+
+
 def test_an_even_ramp_to_the_top_of_the_card_is_not_a_leak() -> None:
-    """A job at 24 GiB whose allocator then grows evenly to 37 of 40 GiB over two minutes.
+    """A job warming up to 24 GiB whose allocator then grows evenly to 37 of 40 GiB over
+    two minutes.
 
     At its pace the card would be full half a minute after it stops; only its
-    even pace (not speeding up) tells it from a fast leak.
+    even pace (not speeding up) straight on from the warm-up's tail, which has
+    not settled (it still rises a bucket in two), tells it from a fast leak. Had
+    the job held its floor for a minute first, it would be raised as one (as
+    ``test_an_even_leak_from_a_settled_floor_is_raised_before_the_deadline``).
     """
 
     def memory(t: float) -> float:

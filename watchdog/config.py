@@ -371,7 +371,8 @@ class DetectionSettings:
         600.0,
         "History this young after a series starts (or restarts) is not used to judge a leak: "
         "the CUDA context, model load and caching allocator grow there (a fast climb that "
-        "speeds up and would fill the card before the grace ends is still raised).",
+        "would fill the card before the grace ends is still raised if it speeds up, or if "
+        "it sets off evenly from a floor the job had settled at).",
         minimum=0,
     )
     leak_min_rise_bytes: int = setting(

@@ -79,6 +79,12 @@ WARMUP_CLIMB_LEAST = 0.25
 """... each by at least this share of the smallest material rise (``min_rise``), ..."""
 WARMUP_CLIMB_ACCEL = 1.15
 """... its last third at least this many times as fast as its first (median steps), ..."""
+WARMUP_CLIMB_PLATEAU = 6
+"""... unless it set off from a floor held this many finest buckets (a working set the
+job had settled at: a warm-up's phases run on into each other), ..."""
+WARMUP_CLIMB_STEADY = 0.85
+"""... when its thirds need only keep this share of its first third's pace (not slow
+down, give or take the noise), ..."""
 WARMUP_CLIMB_JUMP = 3.0
 """... and no step after its first more than this many times its median step: a jump
 (a KV cache, Adam's state, a segment reserved) is a warm-up step, not a climb."""
@@ -221,6 +227,8 @@ class Series:
         "drops",
         "falls",
         "falls_keep_ground",
+        "flat_before_climb",
+        "flat_run",
         "gap_s",
         "gpu",
         "headroom_of",
@@ -310,6 +318,7 @@ class Series:
         self.cycling_t = -math.inf
         self.confirm_t = -math.inf
         self.start_floor = self.climb_floor = self.peak = self.peak_before_climb = 0.0
+        self.flat_run = self.flat_before_climb = 0
         self.planned_until = math.inf
         """While a growth the job planned lasts: until when (``math.inf``: none)."""
         self.falls_keep_ground = kind != GPU
@@ -502,8 +511,12 @@ class Series:
         first = self.levels[0]
         if first.count:
             step = lo - first.mins[first.count - 1]
-            if step < WARMUP_CLIMB_LEAST * self.min_rise:
-                # A climb may start here: what the series held before it, and where from.
+            least = WARMUP_CLIMB_LEAST * self.min_rise
+            if step < least:
+                # A climb may start here: what the series held before it, where from,
+                # and for how long the floor had held there.
+                self.flat_run = self.flat_run + 1 if step > -self.min_rise else 0
+                self.flat_before_climb = self.flat_run
                 self.peak_before_climb = max(self.peak, hi)
                 self.climb_floor = lo
             self.peak = max(self.peak, hi)
@@ -527,6 +540,7 @@ class Series:
         else:
             floor = self.start_floor = self.climb_floor = lo
             self.peak = self.peak_before_climb = hi
+            self.flat_run = self.flat_before_climb = 0
         self.reset_below = floor - max(float(s.reset_drop_min_bytes), s.reset_drop_ratio * floor)
 
     def _noise(self) -> float:
@@ -696,10 +710,14 @@ class Series:
             for part in (steps[:third], steps[third:-third], steps[-third:])
         )
         duration = climbed * width
+        # From a floor the job had settled at, a climb that does not slow down is no
+        # warm-up ramp (those set off from the last phase, or slow down); otherwise it
+        # must speed up, as a kept graph does.
+        settled = self.flat_before_climb >= WARMUP_CLIMB_PLATEAU
         if (
             late <= 0.0  # flat buckets count as rises when no rise is material
-            or middle < early
-            or late < WARMUP_CLIMB_ACCEL * early
+            or middle < (WARMUP_CLIMB_STEADY if settled else 1.0) * early
+            or late < (WARMUP_CLIMB_STEADY if settled else WARMUP_CLIMB_ACCEL) * early
             or max(0.0, self.headroom()) > late * duration
         ):
             return None
