@@ -248,6 +248,21 @@ def test_record_keeps_an_existing_trace_unless_forced(
     assert out.read_text().startswith("t,gpu,pid,used_bytes,total_bytes")
 
 
+def test_record_refuses_a_gzip_name_rather_than_write_plain_text_under_it(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Readers take gzip by its first bytes; a .gz of plain text would mislead everyone else."""
+    out = tmp_path / "run.csv.gz"
+    refused = _cli(
+        "record", "--out", str(out), "--duration", "0.3", "--simulate", "leak", env=cli_env
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith(
+        f"--out {out}: record writes plain CSV; name it .csv and gzip it afterwards"
+    )
+    assert not out.exists()
+
+
 def test_daemon_modules_never_import_torch(cli_env: dict[str, str]) -> None:
     """Importing every daemon-side module leaves torch unimported."""
     code = (

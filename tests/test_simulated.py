@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,14 @@ def test_unknown_scenario_or_missing_file_is_a_usage_error() -> None:
     """--simulate with nothing playable says what is accepted."""
     with pytest.raises(UsageError, match="neither a trace file nor a scenario"):
         load_steps("no-such-thing")
+
+
+def test_a_gzip_trace_plays_like_the_plain_one(tmp_path: Path) -> None:
+    """``--simulate run.csv.gz`` plays what ``--simulate run.csv`` does."""
+    plain = _trace(tmp_path)
+    packed = tmp_path / "trace.csv.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert load_steps(str(packed)) == load_steps(str(plain))
 
 
 def test_trace_without_device_rows_is_rejected(tmp_path: Path) -> None:

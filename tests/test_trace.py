@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 from pathlib import Path
 
@@ -159,6 +160,33 @@ def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path: Path) -> None:
         with pytest.raises(TraceError) as caught:
             read()
         assert str(caught.value).startswith(f"{path}:3: not a text file (not UTF-8")
+
+
+def test_a_gzip_trace_reads_like_the_plain_one_whatever_its_name(tmp_path: Path) -> None:
+    """Compressed by its first bytes, not its name: a .csv.gz, or a .csv that is gzip."""
+    plain = _trace(tmp_path, GOOD)
+    for name in ("trace.csv.gz", "gzipped.csv"):
+        packed = tmp_path / name
+        packed.write_bytes(gzip.compress(GOOD.encode()))
+        assert list(read_trace(packed)) == list(read_trace(plain))
+        assert replay_file(packed).recording == replay_file(plain).recording
+
+
+def test_a_gzip_trace_cut_short_or_not_text_is_a_clear_error(tmp_path: Path) -> None:
+    """A download cut short: its rows up to the cut are not replayed as the whole trace."""
+    rows = "".join(f"{t},0,,{100 + t % 7},1000\n" for t in range(5000))
+    whole = gzip.compress(("t,gpu,pid,used_bytes,total_bytes\n" + rows).encode())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    latin = tmp_path / "latin.csv.gz"
+    latin.write_bytes(
+        gzip.compress(b"t,gpu,pid,used_bytes,total_bytes\n0,0,,1,9\n1,0,,caf\xe9,9\n")
+    )
+    for read in (lambda path: list(read_trace(path)), replay_file):
+        with pytest.raises(TraceError, match=r"cut\.csv\.gz: cannot read trace: Compressed file"):
+            read(cut)
+        with pytest.raises(TraceError, match=r"latin\.csv\.gz:3: not a text file"):
+            read(latin)
 
 
 def test_group_steps_splits_devices_and_processes(tmp_path: Path) -> None:

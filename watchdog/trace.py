@@ -10,7 +10,10 @@ goes backwards. docs/traces.md is the user-facing description.
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import math
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -201,25 +204,57 @@ def read_rows(stream: IO[str], name: str) -> Iterator[TraceRow]:
         )
 
 
-def read_trace(path: str | Path) -> Iterator[TraceRow]:
-    """Yield the rows of the trace file at ``path``; errors name the file and line."""
+GZIP_MAGIC = b"\x1f\x8b"
+READ_ERRORS = (OSError, EOFError, zlib.error)
+"""What reading a trace may raise besides its text: a disk error, or a gzip file cut short
+or corrupt (``unreadable`` turns them into a TraceError)."""
+
+
+def _is_gzip(path: str | Path) -> bool:
+    with open(path, "rb") as probe:
+        return probe.read(2) == GZIP_MAGIC
+
+
+def _open_binary(path: str | Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+
+
+def open_trace(path: str | Path, newline: str | None = "") -> IO[str]:
+    """Open the trace at ``path`` as text, gunzipping it if it is gzip (its first bytes say
+    so, whatever its name). Raise TraceError if it cannot be opened."""
     try:
-        stream = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed below
+        if _is_gzip(path):
+            return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)
+        return open(path, encoding="utf-8-sig", newline=newline)
     except OSError as exc:
         raise TraceError(f"{path}: cannot open trace: {exc.strerror or exc}") from None
-    with stream:
+
+
+def read_trace(path: str | Path) -> Iterator[TraceRow]:
+    """Yield the rows of the trace file at ``path`` (plain or gzip); errors name the file and
+    line."""
+    with open_trace(path) as stream:
         try:
             yield from read_rows(stream, str(path))
         except UnicodeDecodeError as exc:
             raise not_text(path, exc) from None
+        except READ_ERRORS as exc:
+            raise unreadable(path, exc) from None
+
+
+def unreadable(path: str | Path, exc: BaseException) -> TraceError:
+    """The error for a trace that failed while being read (a disk error, a gzip file cut
+    short or corrupt)."""
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return TraceError(f"{path}: cannot read trace: {reason}")
 
 
 def not_text(path: str | Path, exc: UnicodeDecodeError) -> TraceError:
     """The error for a trace that is not UTF-8, naming the first line that is not."""
     try:
-        with open(path, "rb") as stream:
+        with _open_binary(path) as stream:
             line = next((n for n, raw in enumerate(stream, 1) if not _is_utf8(raw)), None)
-    except OSError:
+    except READ_ERRORS:
         line = None
     where = f"{path}:{line}" if line is not None else str(path)
     return TraceError(f"{where}: not a text file (not UTF-8: {exc.reason})")

@@ -52,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
     """Record until ``--duration`` has passed or SIGINT/SIGTERM."""
     if args.duration is not None and not args.duration > 0:
         raise UsageError(f"--duration must be > 0, got {args.duration:g}")
+    if args.out.suffix == ".gz":
+        # A gzip stream cut short (a crash, a full disk) loses its readable rows too.
+        raise UsageError(
+            f"--out {args.out}: record writes plain CSV; name it .csv and gzip it afterwards"
+        )
     if not args.force and args.out.is_file() and args.out.stat().st_size > 0:
         # A recording is often the only copy of what a job did: never replace one unasked.
         raise UsageError(f"--out {args.out}: file exists; remove it or pass --force to overwrite")

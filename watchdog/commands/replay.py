@@ -25,7 +25,9 @@ def register(subparsers: Any) -> None:
             "print what they find (docs/detection.md)."
         ),
     )
-    parser.add_argument("trace", type=Path, metavar="TRACE.csv", help="trace file to replay")
+    parser.add_argument(
+        "trace", type=Path, metavar="TRACE.csv", help="trace file to replay (CSV, or gzip of it)"
+    )
     add_config_option(parser)
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per event and nothing else"

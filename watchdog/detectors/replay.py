@@ -26,11 +26,13 @@ from watchdog.trace import (
     COLUMNS,
     MAX_BYTES,
     MAX_T,
-    TraceError,
+    READ_ERRORS,
     group_steps,
     not_text,
+    open_trace,
     read_rows,
     read_trace,
+    unreadable,
 )
 
 SeriesKey = tuple[int, int | None]
@@ -101,12 +103,12 @@ def replay_file(
 ) -> ReplayResult:
     """Replay the trace file at ``path``; raise ``TraceError`` if it is malformed."""
     try:
-        with open(path, encoding="utf-8-sig") as stream:
+        with open_trace(path, newline=None) as stream:  # \r\n read as \n, for str.split
             text = stream.read()
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot open trace: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise not_text(path, exc) from None
+    except READ_ERRORS as exc:
+        raise unreadable(path, exc) from None
     try:
         return _replay_either(text.split("\n"), str(path), settings, record)
     except _NotFast:
