@@ -4,7 +4,8 @@ A trace is CSV with the header ``t,gpu,pid,used_bytes,total_bytes`` (more
 columns are allowed and ignored, in any order). A device row has an empty
 ``pid`` and ``total_bytes`` set; a process row has ``pid`` set and
 ``total_bytes`` empty. ``t`` is seconds from the start of the trace and never
-goes backwards. docs/traces.md is the user-facing description.
+goes backwards. Figures may be written as decimals (pandas, numpy), and a
+file may be gzip-compressed. docs/traces.md is the user-facing description.
 """
 
 from __future__ import annotations
