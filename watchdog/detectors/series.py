@@ -227,8 +227,7 @@ class Series:
         "drops",
         "falls",
         "falls_keep_ground",
-        "flat_before_climb",
-        "flat_run",
+        "flat_buckets",
         "gap_s",
         "gpu",
         "headroom_of",
@@ -318,7 +317,9 @@ class Series:
         self.cycling_t = -math.inf
         self.confirm_t = -math.inf
         self.start_floor = self.climb_floor = self.peak = self.peak_before_climb = 0.0
-        self.flat_run = self.flat_before_climb = 0
+        self.flat_buckets = 0
+        """Finest buckets the floor held before the newest climb (a climb's rising buckets
+        leave it as it was: only a flat or falling one changes it)."""
         self.planned_until = math.inf
         """While a growth the job planned lasts: until when (``math.inf``: none)."""
         self.falls_keep_ground = kind != GPU
@@ -515,8 +516,7 @@ class Series:
             if step < least:
                 # A climb may start here: what the series held before it, where from,
                 # and for how long the floor had held there.
-                self.flat_run = self.flat_run + 1 if step > -self.min_rise else 0
-                self.flat_before_climb = self.flat_run
+                self.flat_buckets = self.flat_buckets + 1 if step > -self.min_rise else 0
                 self.peak_before_climb = max(self.peak, hi)
                 self.climb_floor = lo
             self.peak = max(self.peak, hi)
@@ -540,7 +540,7 @@ class Series:
         else:
             floor = self.start_floor = self.climb_floor = lo
             self.peak = self.peak_before_climb = hi
-            self.flat_run = self.flat_before_climb = 0
+            self.flat_buckets = 0
         self.reset_below = floor - max(float(s.reset_drop_min_bytes), s.reset_drop_ratio * floor)
 
     def _noise(self) -> float:
@@ -713,7 +713,7 @@ class Series:
         # From a floor the job had settled at, a climb that does not slow down is no
         # warm-up ramp (those set off from the last phase, or slow down); otherwise it
         # must speed up, as a kept graph does.
-        settled = self.flat_before_climb >= WARMUP_CLIMB_PLATEAU
+        settled = self.flat_buckets >= WARMUP_CLIMB_PLATEAU
         if (
             late <= 0.0  # flat buckets count as rises when no rise is material
             or middle < (WARMUP_CLIMB_STEADY if settled else 1.0) * early
