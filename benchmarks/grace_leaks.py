@@ -23,7 +23,6 @@ figures; they are a known limit, not a target met.
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scenarios
 import score
 
-from watchdog.config import ConfigError, DetectionSettings, load_config
+from watchdog.config import DetectionSettings
 
 CASES = {
     "from_start": lambda rng: (0.0, rng.uniform(240, 900)),
@@ -64,19 +63,9 @@ def run_case(
 
 def main(argv: list[str] | None = None) -> int:
     """Print, per case and method, the leaks raised in time and the median lead."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=40, help="traces per case and seed")
-    parser.add_argument(
-        "--seed", type=score._seeds, default="1-3", help="a seed, or a range such as 1-3 (pooled)"
-    )
-    parser.add_argument("--config", type=Path, help="score the [detection] settings of this file")
+    parser = score.study_parser(__doc__.split("\n\n")[0], 40, "traces per case and seed")
     args = parser.parse_args(argv)
-    try:
-        settings = (
-            load_config(args.config, env={}).detection if args.config else DetectionSettings()
-        )
-    except ConfigError as exc:
-        parser.error(str(exc))
+    settings = score.study_settings(parser, args.config)
     print("| case | method | raised in time | median lead |")
     print("|---|---|---|---|")
     for case in CASES:

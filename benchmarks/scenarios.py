@@ -26,6 +26,8 @@ from pathlib import Path
 GIB = float(1 << 30)
 MIB = float(1 << 20)
 CARDS_GIB = (16, 24, 32, 40, 48, 80, 94, 141)
+WARMUP_TAU_S = (15.0, 150.0)
+"""Range of the warm-up's time constant, for jobs whose warm-up settles exponentially."""
 
 HEALTHY = (
     "warmup_flat",
@@ -101,14 +103,19 @@ def healthy_job(
     sawtooth: bool | None = None,
     evals: bool | None = None,
     saturating: bool = False,
+    warmup_tau: tuple[float, float] = WARMUP_TAU_S,
 ) -> Memory:
-    """Memory of a healthy job started at ``start`` whose steady working set is ``working_set``."""
+    """Memory of a healthy job started at ``start`` whose steady working set is ``working_set``.
+
+    ``warmup_tau``: the range the allocator's warm-up time constant is drawn
+    from, for the jobs whose warm-up settles exponentially.
+    """
     context = rng.uniform(300, 900) * MIB
     load_at = rng.uniform(5, 60)
     model = working_set * rng.uniform(0.2, 0.5)
     rest = working_set - model - context
     shape = rng.choice(("exp", "exp", "steps", "linear"))
-    tau = rng.uniform(15, 150)
+    tau = rng.uniform(*warmup_tau)
     ramp = rng.uniform(30, 240)
     step_times = sorted(rng.uniform(0, 300) for _ in range(rng.randint(2, 6)))
     if sawtooth is None:
@@ -181,6 +188,7 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
     with_leak: bool = True,
     until: float | None = None,
     leak_timing: tuple[float, float] | None = None,
+    warmup_tau: tuple[float, float] = WARMUP_TAU_S,
 ) -> tuple[list[str], Label]:
     """Build one trace: CSV lines (header first) and its label.
 
@@ -189,7 +197,8 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
     same, so the two traces are equal until the leak begins). ``until`` stops
     the trace after that time. ``leak_timing`` (start, seconds to OOM) replaces
     a leak scenario's own (drawn all the same: the rest of the trace is as it
-    would be) and is kept in the label's params for its twin.
+    would be) and is kept in the label's params for its twin; so is a
+    ``warmup_tau`` other than the default (drawn with as many draws).
     """
     rng = random.Random(f"{scenario}:{seed}")
     card_gib = rng.choice(CARDS_GIB)
@@ -248,6 +257,8 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
         leak_start, oom_after = leak_timing
         label.params["leak_start_s"], label.params["oom_after_s"] = leak_timing
     label.params["frac"] = round(frac, 3)
+    if warmup_tau != WARMUP_TAU_S:
+        label.params["warmup_tau_s"] = f"{warmup_tau[0]:g}-{warmup_tau[1]:g}"
 
     if scenario in ("multi_job", "one_of_many"):
         count = rng.randint(2, 4)
@@ -257,7 +268,7 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
             end = (
                 duration if scenario == "one_of_many" else rng.uniform(start + 1800, duration * 1.3)
             )
-            memory = healthy_job(rng, start, share * total)
+            memory = healthy_job(rng, start, share * total, warmup_tau=warmup_tau)
             jobs.append(Job(base_pid + 7 * i, start, end, memory))
         if scenario == "one_of_many":
             index = rng.randrange(count)
@@ -270,17 +281,22 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
             label.pid = leak_pid
     elif scenario == "restart":
         start, pid = 0.0, base_pid
-        memory = healthy_job(rng, 0.0, frac * total)
+        memory = healthy_job(rng, 0.0, frac * total, warmup_tau=warmup_tau)
         restarts = sorted(rng.uniform(0.5, 0.9) * duration * k / 3 for k in range(1, 4))
         for when in restarts:
             jobs.append(Job(pid, start, when, memory))
             start = when + rng.uniform(20, 300)
             pid = pid if rng.random() < 0.3 else pid + 13
-            memory = healthy_job(rng, start, frac * total)
+            memory = healthy_job(rng, start, frac * total, warmup_tau=warmup_tau)
         jobs.append(Job(pid, start, duration, memory))
     else:
         jobs.append(
-            Job(base_pid, 0.0, duration, healthy_job(rng, 0.0, frac * total, **healthy_kwargs))
+            Job(
+                base_pid,
+                0.0,
+                duration,
+                healthy_job(rng, 0.0, frac * total, warmup_tau=warmup_tau, **healthy_kwargs),
+            )
         )
 
     baseline = rng.uniform(0, 500) * MIB
@@ -304,6 +320,7 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
                 with_leak=with_leak,
                 until=until,
                 leak_timing=leak_timing,
+                warmup_tau=warmup_tau,
             )
         rate = (total - peak) / oom_after
         drawn = leak_fn(leak_kind, leak_start, rate, rng)  # drawn for the twin too: same noise
@@ -347,6 +364,7 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
 def twin(label: Label) -> list[str]:
     """The leak-free twin of a leak trace, up to the leak trace's OOM (see ``build``)."""
     timing = label.params.get("leak_start_s"), label.params.get("oom_after_s")
+    tau = str(label.params.get("warmup_tau_s", "")).split("-")
     lines, _ = build(
         label.scenario,
         label.seed,
@@ -354,6 +372,7 @@ def twin(label: Label) -> list[str]:
         with_leak=False,
         until=label.oom_t,
         leak_timing=(float(timing[0]), float(timing[1])) if None not in timing else None,
+        warmup_tau=(float(tau[0]), float(tau[1])) if len(tau) == 2 else WARMUP_TAU_S,
     )
     return lines
 

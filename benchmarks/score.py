@@ -492,6 +492,27 @@ def _seeds(text: str) -> list[int]:
     return list(range(low, high + 1))
 
 
+def study_parser(description: str, count: int, count_help: str) -> argparse.ArgumentParser:
+    """The options of a study beside the scorer (``grace_leaks``, ``slow_warmups``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--count", type=int, default=count, help=count_help)
+    parser.add_argument(
+        "--seed", type=_seeds, default="1-3", help="a seed, or a range such as 1-3 (pooled)"
+    )
+    parser.add_argument("--config", type=Path, help="score the [detection] settings of this file")
+    return parser
+
+
+def study_settings(parser: argparse.ArgumentParser, config: Path | None) -> DetectionSettings:
+    """The detection settings of ``config`` (defaults without one); a bad file ends the run."""
+    if config is None:
+        return DetectionSettings()
+    try:
+        return load_config(config, env={}).detection
+    except ConfigError as exc:
+        parser.error(str(exc))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -519,12 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     generator = importlib.import_module(args.generator)
-    settings = DetectionSettings()
-    if args.config is not None:
-        try:
-            settings = load_config(args.config, env={}).detection
-        except ConfigError as exc:
-            parser.error(str(exc))
+    settings = study_settings(parser, args.config)
     started = time.perf_counter()
     work = [(args.count, seed, settings, args.generator, args.verbose) for seed in args.seed]
     if args.jobs > 1:

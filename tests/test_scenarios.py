@@ -195,6 +195,39 @@ def test_grace_leaks_scores_leaks_that_run_out_inside_the_warm_up(
     assert {len(results) for results in outcomes.values()} == {3}
 
 
+def test_a_slower_warm_up_changes_only_the_warm_up_and_its_twin_keeps_it() -> None:
+    """``warmup_tau`` (slow_warmups.py) draws the time constant from its own range with
+    as many draws: the same job, leak and samples, settling later; the twin too."""
+    drawn, drawn_label = scenarios.build("steady_late", 8)
+    lines, label = scenarios.build("steady_late", 8, warmup_tau=(590.0, 600.0))
+    assert label.leak_start_t == drawn_label.leak_start_t
+    assert label.params["warmup_tau_s"] == "590-600"
+    assert "warmup_tau_s" not in drawn_label.params
+    assert len(lines) == len(drawn)
+    times = [line.split(",")[0] for line in lines[:50]]
+    assert times == [line.split(",")[0] for line in drawn[:50]]
+    assert lines[1:200] != drawn[1:200]  # still climbing where the default had settled
+    twin = scenarios.twin(label)
+    assert label.leak_start_t is not None
+    before = [line for line in lines[1:] if float(line.split(",")[0]) < label.leak_start_t]
+    assert twin[: len(before) + 1] == lines[: len(before) + 1]
+
+
+def test_slow_warmups_scores_every_scenario_with_slower_warm_ups(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One row per scenario and method, then the totals; a bad range is refused."""
+    import slow_warmups
+
+    assert slow_warmups.main(["--count", "1", "--seed", "1", "--tau", "300-600"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.count("|") == 5]
+    assert len(rows) == 2 + (len(scenarios.SCENARIOS) + 1) * len(score.METHODS)
+    assert rows[-len(score.METHODS)].startswith("| all | project | ")
+    with pytest.raises(SystemExit):
+        slow_warmups.main(["--tau", "600-300"])
+    assert "not a range of positive seconds" in capsys.readouterr().err
+
+
 def test_an_alarm_counts_only_from_when_the_healthy_twin_would_not_have_raised_it() -> None:
     """A warm-up alarm that stands on into a leak from the start counts from the twin's clear."""
     label = scenarios.Label("x", "steady_from_start", 1, leak=True, leak_start_t=0.0, oom_t=5000.0)

@@ -1,0 +1,92 @@
+"""Warm-ups that settle over minutes: false alarms and catches with slower allocators.
+
+    python benchmarks/slow_warmups.py [--count 10] [--seed 1-3] [--tau 15-600] [--config FILE]
+
+The development generator draws a job's warm-up time constant from 15 to 150
+seconds: settled well inside the 10-minute grace. An allocator that grows to
+its working set "over minutes" (issue 3) may take longer, and a job sized
+near its card is then still climbing, a few hundred MiB a minute, when the
+first windows judge it. This script builds the development generator's
+scenarios with the time constant drawn from ``--tau`` instead (every other
+draw as it was: the same jobs, leaks, noise and sampling) and scores them
+exactly as ``score.py`` does, per scenario: false alarms on the healthy ones,
+leaks caught in time on the others. docs/detection.md (step 14) quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import scenarios
+import score
+
+from watchdog.config import DetectionSettings
+
+
+def _span(text: str) -> tuple[float, float]:
+    low, _, high = text.partition("-")
+    try:
+        span = float(low), float(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a range such as 15-600: {text!r}") from None
+    if not 0 < span[0] <= span[1]:
+        raise argparse.ArgumentTypeError(f"not a range of positive seconds, low to high: {text!r}")
+    return span
+
+
+def run_scenario(
+    scenario: str,
+    count: int,
+    seeds: list[int],
+    tau: tuple[float, float],
+    settings: DetectionSettings,
+) -> list[score.Record]:
+    """``count`` traces of ``scenario`` per seed, each built with ``tau`` and evaluated."""
+    records = []
+    for seed in seeds:
+        for i in range(count):
+            lines, label = scenarios.build(
+                scenario, seed * 100_000 + i, f"{i:04d}-{scenario}", warmup_tau=tau
+            )
+            record = score.evaluate(lines, label, settings, scenarios)
+            record.seed = seed
+            records.append(record)
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print, per scenario and method, the false alarms or the leaks caught in time."""
+    parser = score.study_parser(__doc__.split("\n\n")[0], 10, "traces per scenario and seed")
+    parser.add_argument(
+        "--tau", type=_span, default="15-600", help="warm-up time constants, seconds (15-600)"
+    )
+    args = parser.parse_args(argv)
+    settings = score.study_settings(parser, args.config)
+    print(f"warm-up time constants {args.tau[0]:g}-{args.tau[1]:g} s")
+    print("| scenario | method | leaks caught in time | false alarms |")
+    print("|---|---|---|---|")
+    every: list[score.Record] = []
+    for scenario in scenarios.SCENARIOS:
+        records = run_scenario(scenario, args.count, args.seed, args.tau, settings)
+        every += records
+        for method in score.METHODS:
+            tally = score.tally(records, method)
+            caught = f"{tally.caught}/{tally.leaks}" if tally.leaks else "-"
+            false = f"{tally.false_alarms}/{tally.healthy}" if tally.healthy else "-"
+            print(f"| {scenario} | {method} | {caught} | {false} |")
+    for method in score.METHODS:
+        tally = score.tally(every, method)
+        print(
+            f"| all | {method} | {tally.caught}/{tally.leaks} | "
+            f"{tally.false_alarms}/{tally.healthy} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
