@@ -88,6 +88,8 @@ down, give or take the noise), ..."""
 WARMUP_CLIMB_JUMP = 3.0
 """... and no step after its first more than this many times its median step: a jump
 (a KV cache, Adam's state, a segment reserved) is a warm-up step, not a climb."""
+SETTLE_AFTER_WARMUP_SHARE = 0.5
+"""``Series._settling`` reads no floor from this first share of the warm-up."""
 MIB = float(1 << 20)
 
 
@@ -660,11 +662,53 @@ class Series:
             if trend is None or not trend.rising:
                 continue
             verdict = self._verdict(trend)
+            if verdict.leak and trend.pattern == STEADY and self._settling(trend, verdict):
+                verdict.leak = False
             if best is None or verdict.confidence > best.confidence:
                 best = verdict
             if verdict.leak:
                 break  # the longer window is the stronger evidence; the shorter adds nothing
         return best
+
+    def _settling(self, trend: Trend, verdict: _Verdict) -> bool:
+        """Whether the floor has been slowing down so that it settles before the limit.
+
+        A window sees the pace of its own stretch. Growth that settles (an
+        allocator approaching its working set over minutes, ``C - A exp(-t / tau)``)
+        rises by ``q = exp(-D / tau)`` times as much over each stretch of ``D``
+        as over the one before, and has ``q / (1 - q)`` times its last rise left
+        to grow. The floor is read at four points a window apart (each the
+        lowest of a sixth of a window, as the windows read it), on one level so
+        that each reading falls as late in its bucket. Where each stretch rose
+        less than the one before (once is chance: a leak in bursts) and the
+        slower of the two slowings says the floor settles short of the limit,
+        the window is no leak yet.
+        """
+        window = trend.window_s
+        # None from the first half of the warm-up: the load and the first steps are
+        # bursts, no curve that settles.
+        settled_from = self.start_t + SETTLE_AFTER_WARMUP_SHARE * self.settings.warmup_s
+        reach_back = max(settled_from, trend.end_t - window / SEGMENTS - 3 * window)
+        level = next((lv for lv in self.levels if lv.count and lv.starts[0] <= reach_back), None)
+        if level is None:
+            return False
+        width, starts = level.width, level.starts
+        span = max(1, round(window / SEGMENTS / width))
+        newest = level.count - span
+        oldest = next((i for i in range(level.count) if starts[i] >= reach_back), level.count)
+        # A window too young to have three windows of history behind it is read at
+        # points closer together.
+        gap = min(round(window / width), (newest - oldest) // 3)
+        if gap < 2 or gap * width < window / 3:
+            return False
+        mins = level.mins
+        floors = [min(mins[i : i + span]) for i in range(newest - 3 * gap, newest + 1, gap)]
+        rises = [b - a for a, b in itertools.pairwise(floors)]
+        if not rises[0] > rises[1] > rises[2] > 0.0:
+            return False
+        q = max(rises[1] / rises[0], rises[2] / rises[1])
+        left = verdict.time_to_oom * trend.rate + trend.floor - floors[-1]
+        return rises[2] * q / (1.0 - q) < left
 
     def _warmup_climb(self, level: _Level, end_t: float) -> _Verdict | None:
         """A fast leak begun inside the warm-up that would run out before windows may judge it.
