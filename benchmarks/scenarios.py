@@ -104,11 +104,14 @@ def healthy_job(
     evals: bool | None = None,
     saturating: bool = False,
     warmup_tau: tuple[float, float] = WARMUP_TAU_S,
+    warmup_pause: Callable[[], float] | None = None,
 ) -> Memory:
     """Memory of a healthy job started at ``start`` whose steady working set is ``working_set``.
 
     ``warmup_tau``: the range the allocator's warm-up time constant is drawn
-    from, for the jobs whose warm-up settles exponentially.
+    from, for the jobs whose warm-up settles exponentially. ``warmup_pause``:
+    draws a pause between the model load and the allocator's growth (a
+    compile, a data load); without it the growth starts with the job.
     """
     context = rng.uniform(300, 900) * MIB
     load_at = rng.uniform(5, 60)
@@ -130,18 +133,23 @@ def healthy_job(
     growth = working_set * rng.uniform(0.05, 0.2) if saturating else 0.0
     first_step = rng.uniform(30, 300)
     ratio = rng.uniform(1.4, 2.2)
+    # Drawn from its own generator: every draw above and after is as without it.
+    grow_from = load_at + warmup_pause() if warmup_pause is not None else 0.0
 
     def memory(t: float) -> float:
         age = t - start
         value = context
         if age >= load_at:
             value += model
-        if shape == "exp":
-            warm = 1.0 - math.exp(-age / tau)
+        grown = age - grow_from
+        if grown < 0.0:
+            warm = 0.0
+        elif shape == "exp":
+            warm = 1.0 - math.exp(-grown / tau)
         elif shape == "linear":
-            warm = min(1.0, age / ramp)
+            warm = min(1.0, grown / ramp)
         else:
-            warm = sum(1 for s in step_times if age >= s) / len(step_times)
+            warm = sum(1 for s in step_times if grown >= s) / len(step_times)
         value += rest * warm
         if amplitude:
             value += amplitude * ((age % period) / period) * warm
@@ -189,6 +197,7 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
     until: float | None = None,
     leak_timing: tuple[float, float] | None = None,
     warmup_tau: tuple[float, float] = WARMUP_TAU_S,
+    warmup_pause: tuple[float, float] | None = None,
 ) -> tuple[list[str], Label]:
     """Build one trace: CSV lines (header first) and its label.
 
@@ -198,9 +207,12 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
     the trace after that time. ``leak_timing`` (start, seconds to OOM) replaces
     a leak scenario's own (drawn all the same: the rest of the trace is as it
     would be) and is kept in the label's params for its twin; so is a
-    ``warmup_tau`` other than the default (drawn with as many draws).
+    ``warmup_tau`` other than the default (drawn with as many draws), and a
+    ``warmup_pause`` range (each job's pause drawn from a generator of its own).
     """
     rng = random.Random(f"{scenario}:{seed}")
+    pauses = random.Random(f"pause:{scenario}:{seed}")
+    pause = (lambda: pauses.uniform(*warmup_pause)) if warmup_pause is not None else None
     card_gib = rng.choice(CARDS_GIB)
     total = card_gib * GIB
     interval = rng.choice((1.0, 1.0, 2.0, 5.0, 10.0))
@@ -259,6 +271,8 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
     label.params["frac"] = round(frac, 3)
     if warmup_tau != WARMUP_TAU_S:
         label.params["warmup_tau_s"] = f"{warmup_tau[0]:g}-{warmup_tau[1]:g}"
+    if warmup_pause is not None:
+        label.params["warmup_pause_s"] = f"{warmup_pause[0]:g}-{warmup_pause[1]:g}"
 
     if scenario in ("multi_job", "one_of_many"):
         count = rng.randint(2, 4)
@@ -268,7 +282,9 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
             end = (
                 duration if scenario == "one_of_many" else rng.uniform(start + 1800, duration * 1.3)
             )
-            memory = healthy_job(rng, start, share * total, warmup_tau=warmup_tau)
+            memory = healthy_job(
+                rng, start, share * total, warmup_tau=warmup_tau, warmup_pause=pause
+            )
             jobs.append(Job(base_pid + 7 * i, start, end, memory))
         if scenario == "one_of_many":
             index = rng.randrange(count)
@@ -281,13 +297,15 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
             label.pid = leak_pid
     elif scenario == "restart":
         start, pid = 0.0, base_pid
-        memory = healthy_job(rng, 0.0, frac * total, warmup_tau=warmup_tau)
+        memory = healthy_job(rng, 0.0, frac * total, warmup_tau=warmup_tau, warmup_pause=pause)
         restarts = sorted(rng.uniform(0.5, 0.9) * duration * k / 3 for k in range(1, 4))
         for when in restarts:
             jobs.append(Job(pid, start, when, memory))
             start = when + rng.uniform(20, 300)
             pid = pid if rng.random() < 0.3 else pid + 13
-            memory = healthy_job(rng, start, frac * total, warmup_tau=warmup_tau)
+            memory = healthy_job(
+                rng, start, frac * total, warmup_tau=warmup_tau, warmup_pause=pause
+            )
         jobs.append(Job(pid, start, duration, memory))
     else:
         jobs.append(
@@ -295,7 +313,14 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
                 base_pid,
                 0.0,
                 duration,
-                healthy_job(rng, 0.0, frac * total, warmup_tau=warmup_tau, **healthy_kwargs),
+                healthy_job(
+                    rng,
+                    0.0,
+                    frac * total,
+                    warmup_tau=warmup_tau,
+                    warmup_pause=pause,
+                    **healthy_kwargs,
+                ),
             )
         )
 
@@ -321,6 +346,7 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
                 until=until,
                 leak_timing=leak_timing,
                 warmup_tau=warmup_tau,
+                warmup_pause=warmup_pause,
             )
         rate = (total - peak) / oom_after
         drawn = leak_fn(leak_kind, leak_start, rate, rng)  # drawn for the twin too: same noise
@@ -365,6 +391,7 @@ def twin(label: Label) -> list[str]:
     """The leak-free twin of a leak trace, up to the leak trace's OOM (see ``build``)."""
     timing = label.params.get("leak_start_s"), label.params.get("oom_after_s")
     tau = str(label.params.get("warmup_tau_s", "")).split("-")
+    pause = str(label.params.get("warmup_pause_s", "")).split("-")
     lines, _ = build(
         label.scenario,
         label.seed,
@@ -373,6 +400,7 @@ def twin(label: Label) -> list[str]:
         until=label.oom_t,
         leak_timing=(float(timing[0]), float(timing[1])) if None not in timing else None,
         warmup_tau=(float(tau[0]), float(tau[1])) if len(tau) == 2 else WARMUP_TAU_S,
+        warmup_pause=(float(pause[0]), float(pause[1])) if len(pause) == 2 else None,
     )
     return lines
 

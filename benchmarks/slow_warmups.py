@@ -1,6 +1,7 @@
 """Warm-ups that settle over minutes: false alarms and catches with slower allocators.
 
-    python benchmarks/slow_warmups.py [--count 10] [--seed 1-3] [--tau 15-600] [--config FILE]
+    python benchmarks/slow_warmups.py [--count 10] [--seed 1-3] [--tau 15-600]
+                                      [--pause 60-180] [--config FILE]
 
 The development generator draws a job's warm-up time constant from 15 to 150
 seconds: settled well inside the 10-minute grace. An allocator that grows to
@@ -11,6 +12,12 @@ scenarios with the time constant drawn from ``--tau`` instead (every other
 draw as it was: the same jobs, leaks, noise and sampling) and scores them
 exactly as ``score.py`` does, per scenario: false alarms on the healthy ones,
 leaks caught in time on the others. docs/detection.md (step 14) quotes it.
+
+``--pause`` puts a pause drawn from that range (seconds) between each job's
+model load and its allocator's growth, as a compile or a data load does: the
+growth then sets off from a floor the job has held, as a leak begun after the
+warm-up does (step 10). ``--tau 15-150 --pause 60-180`` is the development
+generator with only the pause added.
 """
 
 from __future__ import annotations
@@ -45,13 +52,18 @@ def run_scenario(
     seeds: list[int],
     tau: tuple[float, float],
     settings: DetectionSettings,
+    pause: tuple[float, float] | None = None,
 ) -> list[score.Record]:
-    """``count`` traces of ``scenario`` per seed, each built with ``tau`` and evaluated."""
+    """``count`` traces of ``scenario`` per seed, each built with ``tau`` and ``pause``."""
     records = []
     for seed in seeds:
         for i in range(count):
             lines, label = scenarios.build(
-                scenario, seed * 100_000 + i, f"{i:04d}-{scenario}", warmup_tau=tau
+                scenario,
+                seed * 100_000 + i,
+                f"{i:04d}-{scenario}",
+                warmup_tau=tau,
+                warmup_pause=pause,
             )
             record = score.evaluate(lines, label, settings, scenarios)
             record.seed = seed
@@ -65,14 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tau", type=_span, default="15-600", help="warm-up time constants, seconds (15-600)"
     )
+    parser.add_argument(
+        "--pause",
+        type=_span,
+        default=None,
+        help="a pause between model load and allocator growth, seconds (none)",
+    )
     args = parser.parse_args(argv)
     settings = score.study_settings(parser, args.config)
-    print(f"warm-up time constants {args.tau[0]:g}-{args.tau[1]:g} s")
+    pause = f", pauses {args.pause[0]:g}-{args.pause[1]:g} s" if args.pause else ""
+    print(f"warm-up time constants {args.tau[0]:g}-{args.tau[1]:g} s{pause}")
     print("| scenario | method | leaks caught in time | false alarms |")
     print("|---|---|---|---|")
     every: list[score.Record] = []
     for scenario in scenarios.SCENARIOS:
-        records = run_scenario(scenario, args.count, args.seed, args.tau, settings)
+        records = run_scenario(scenario, args.count, args.seed, args.tau, settings, args.pause)
         every += records
         for method in score.METHODS:
             tally = score.tally(records, method)

@@ -195,22 +195,52 @@ def test_grace_leaks_scores_leaks_that_run_out_inside_the_warm_up(
     assert {len(results) for results in outcomes.values()} == {3}
 
 
-def test_a_slower_warm_up_changes_only_the_warm_up_and_its_twin_keeps_it() -> None:
-    """``warmup_tau`` (slow_warmups.py) draws the time constant from its own range with
-    as many draws: the same job, leak and samples, settling later; the twin too."""
+def built_beside_the_default(
+    param: str, **changed: tuple[float, float]
+) -> tuple[list[str], list[str]]:
+    """``steady_late`` seed 8 built with ``changed`` and without: the same leak and sample
+    times, the change named in the label (``param``), and a twin equal to the trace until
+    the leak; returns (changed trace, default trace)."""
     drawn, drawn_label = scenarios.build("steady_late", 8)
-    lines, label = scenarios.build("steady_late", 8, warmup_tau=(590.0, 600.0))
+    lines, label = scenarios.build("steady_late", 8, **changed)
     assert label.leak_start_t == drawn_label.leak_start_t
-    assert label.params["warmup_tau_s"] == "590-600"
-    assert "warmup_tau_s" not in drawn_label.params
+    assert param in label.params
+    assert param not in drawn_label.params
     assert len(lines) == len(drawn)
     times = [line.split(",")[0] for line in lines[:50]]
     assert times == [line.split(",")[0] for line in drawn[:50]]
-    assert lines[1:200] != drawn[1:200]  # still climbing where the default had settled
     twin = scenarios.twin(label)
     assert label.leak_start_t is not None
     before = [line for line in lines[1:] if float(line.split(",")[0]) < label.leak_start_t]
     assert twin[: len(before) + 1] == lines[: len(before) + 1]
+    return lines, drawn
+
+
+def test_a_slower_warm_up_changes_only_the_warm_up_and_its_twin_keeps_it() -> None:
+    """``warmup_tau`` (slow_warmups.py) draws the time constant from its own range with
+    as many draws: the same job, leak and samples, settling later; the twin too."""
+    lines, drawn = built_beside_the_default("warmup_tau_s", warmup_tau=(590.0, 600.0))
+    assert lines[1:200] != drawn[1:200]  # still climbing where the default had settled
+
+
+def test_a_pause_before_the_warm_up_holds_the_load_and_changes_nothing_else() -> None:
+    """``warmup_pause`` (slow_warmups.py --pause) draws each job's pause from a generator of
+    its own: the job holds its load for the pause, every other draw is as without it,
+    and the twin has the same pause."""
+    lines, drawn = built_beside_the_default("warmup_pause_s", warmup_pause=(170.0, 180.0))
+    late = [line for line in lines[1:] if float(line.split(",")[0]) >= 3600]
+    assert late == [line for line in drawn[1:] if float(line.split(",")[0]) >= 3600]
+
+    def device(trace: list[str], since: float, until: float) -> list[int]:
+        return [
+            int(row[3])
+            for row in (line.split(",") for line in trace[1:])
+            if row[2] == "" and since <= float(row[0]) < until
+        ]
+
+    held = device(lines, 70.0, 170.0)  # the load is done by 60 s; the growth waits
+    grown = device(drawn, 70.0, 170.0)
+    assert max(held) - min(held) < max(grown) - min(grown)
 
 
 def test_slow_warmups_scores_every_scenario_with_slower_warm_ups(
@@ -226,6 +256,8 @@ def test_slow_warmups_scores_every_scenario_with_slower_warm_ups(
     with pytest.raises(SystemExit):
         slow_warmups.main(["--tau", "600-300"])
     assert "not a range of positive seconds" in capsys.readouterr().err
+    assert slow_warmups.main(["--count", "1", "--seed", "1", "--pause", "60-180"]) == 0
+    assert "pauses 60-180 s" in capsys.readouterr().out
 
 
 def test_an_alarm_counts_only_from_when_the_healthy_twin_would_not_have_raised_it() -> None:
