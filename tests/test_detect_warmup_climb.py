@@ -106,7 +106,8 @@ def test_an_even_ramp_to_the_top_of_the_card_is_not_a_leak() -> None:
     even pace (not speeding up) straight on from the warm-up's tail, which has
     not settled (it still rises a bucket in two), tells it from a fast leak. Had
     the job held its floor for a minute first, it would be raised as one (as
-    ``test_an_even_leak_from_a_settled_floor_is_raised_before_the_deadline``).
+    ``test_an_even_leak_from_a_settled_floor_is_raised_before_the_deadline``):
+    only a ramp after a pause that stops well under the card is not.
     """
 
     def memory(t: float) -> float:
@@ -115,6 +116,54 @@ def test_an_even_ramp_to_the_top_of_the_card_is_not_a_leak() -> None:
     events, oom, _ = run(memory, 3600)
     assert oom is None
     assert leaks(events) == []
+
+
+def paused_ramp(pause: float, ramp: float, top: float) -> Callable[[float], float]:
+    """The model loads to 30% of the card at 20 s; after ``pause`` the allocator grows
+    evenly over ``ramp`` seconds to ``top`` of the card."""
+
+    def memory(t: float) -> float:
+        load = 500 * MIB + (0.3 * TOTAL if t >= 20.0 else 0.0)
+        return load + (top * TOTAL - load) * min(1.0, max(0.0, t - 20.0 - pause) / ramp)
+
+    return memory
+
+
+@pytest.mark.parametrize(
+    ("pause", "ramp", "top"),
+    [(60.0, 120.0, 0.7), (90.0, 240.0, 0.7), (150.0, 120.0, 0.75), (60.0, 240.0, 0.75)],
+)
+def test_a_ramp_after_a_pause_to_a_working_set_well_under_the_card_is_not_a_leak(
+    pause: float, ramp: float, top: float
+) -> None:
+    """A job pauses after its model load (a compile, a data load), then its allocator grows
+    evenly over minutes to ``top`` of the card.
+
+    The ramp sets off from a settled floor and does not slow down, as a leak
+    after a settled floor does; it is raised only once it would fill the card
+    within half the time it has climbed, which a leak still meets with time to
+    checkpoint and a ramp to 70-75% of the card never does.
+    """
+    events, oom, _ = run(paused_ramp(pause, ramp, top), 3600)
+    assert oom is None
+    assert leaks(events) == []
+
+
+def test_the_reach_of_a_settled_climb_is_a_setting() -> None:
+    """``warmup_settled_climb_reach``: at 1 a paused ramp to 75% of the card is raised as
+    soon as it would fill the card within as long again as it has climbed; at 0 an even
+    leak from a settled floor is left to near_oom, while one that speeds up is raised."""
+    eager = DetectionSettings(warmup_settled_climb_reach=1.0)
+    events, _, _ = run(paused_ramp(150.0, 120.0, 0.75), 3600, settings=eager)
+    assert leaks(events)
+    never = DetectionSettings(warmup_settled_climb_reach=0.0)
+    events, oom, _ = run(settled_then_leaking(300.0), 3600, settings=never)
+    assert oom is not None
+    assert leaks(events) == []
+    assert any(e.kind == "near_oom" and e.t < oom for e in events)
+    events, oom, _ = run(retained_graph(1.0, 360.0), 3600, interval=2.0, settings=never)
+    assert oom is not None
+    assert LEAK_START < min(e.t for e in leaks(events)) <= deadline(LEAK_START, oom)
 
 
 def test_a_load_that_speeds_up_from_the_processs_start_is_not_a_leak() -> None:

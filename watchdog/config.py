@@ -404,6 +404,14 @@ class DetectionSettings:
         minimum=0,
         maximum=3600,
     )
+    warmup_settled_climb_reach: float = setting(
+        0.5,
+        "Inside the warm-up grace, an even climb that sets off from a floor the job had "
+        "settled at is raised as a leak once it would fill the card within this share of the "
+        "time it has climbed (0: never, left to near_oom; 1: as soon as one that speeds up).",
+        minimum=0,
+        maximum=1,
+    )
     leak_max_time_to_oom_s: float = setting(
         12 * 3600.0,
         "Growth is reported as a leak only once it would run out of memory within this long.",

@@ -723,7 +723,8 @@ class Series:
         jump (a warm-up grows in allocations of its own size); it speeds up
         (each step keeps a little more), where a warm-up ramp is steady or
         slows down; and it climbs into memory the series never held, on pace to
-        run out within as long again as it has climbed.
+        run out within as long again as it has climbed. A climb from a floor the
+        job had settled at need not speed up, but is raised nearer its end.
         """
         width = level.width
         if end_t > self.start_t + self.settings.warmup_s + KEEP * width:
@@ -754,15 +755,27 @@ class Series:
             for part in (steps[:third], steps[third:-third], steps[-third:])
         )
         duration = climbed * width
-        # From a floor the job had settled at, a climb that does not slow down is no
-        # warm-up ramp (those set off from the last phase, or slow down); otherwise it
-        # must speed up, as a kept graph does.
-        settled = self.flat_buckets >= WARMUP_CLIMB_PLATEAU
+        # It must speed up, as a kept graph does; or set off from a floor the job had
+        # settled at and not slow down (a warm-up's phases run on into each other, and
+        # its ramps slow down). A ramp started after a pause (a compile, a data load)
+        # does that too, until it reaches its working set: such a climb is raised
+        # nearer its end (``warmup_settled_climb_reach``, 0.5 by default). A leak is
+        # then still raised with half as much time again as its checkpoint needs (a
+        # quarter of its whole climb left is a third of what it has climbed).
+        speeding = middle >= early and late >= WARMUP_CLIMB_ACCEL * early
+        reach = self.settings.warmup_settled_climb_reach
+        even = (
+            reach > 0.0
+            and self.flat_buckets >= WARMUP_CLIMB_PLATEAU
+            and middle >= WARMUP_CLIMB_STEADY * early
+            and late >= WARMUP_CLIMB_STEADY * early
+        )
+        if speeding:
+            reach = 1.0
         if (
             late <= 0.0  # flat buckets count as rises when no rise is material
-            or middle < (WARMUP_CLIMB_STEADY if settled else 1.0) * early
-            or late < (WARMUP_CLIMB_STEADY if settled else WARMUP_CLIMB_ACCEL) * early
-            or max(0.0, self.headroom()) > late * duration
+            or not (speeding or even)
+            or max(0.0, self.headroom()) > reach * late * duration
         ):
             return None
         trend = Trend(
