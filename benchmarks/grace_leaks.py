@@ -46,19 +46,17 @@ def run_case(
     case: str, count: int, seeds: list[int], settings: DetectionSettings
 ) -> dict[str, list[score.Outcome]]:
     """Each method's outcome on ``count`` traces of ``case`` per seed."""
-    outcomes: dict[str, list[score.Outcome]] = {method: [] for method in score.METHODS}
-    for seed in seeds:
-        rng = random.Random(f"{case}:{seed}")
-        for i in range(count):
-            timing = CASES[case](rng)
-            scenario = "steady_from_start" if case == "from_start" else "fast_leak"
-            lines, label = scenarios.build(
-                scenario, seed * 100_000 + i, f"{i:04d}-{case}", leak_timing=timing
-            )
-            record = score.evaluate(lines, label, settings, scenarios)
-            for method in score.METHODS:
-                outcomes[method].append(record.outcomes[method])
-    return outcomes
+    draws: dict[int, random.Random] = {}
+    scenario = "steady_from_start" if case == "from_start" else "fast_leak"
+
+    def build(seed: int, i: int) -> tuple[list[str], scenarios.Label]:
+        rng = draws.setdefault(seed, random.Random(f"{case}:{seed}"))
+        return scenarios.build(
+            scenario, seed * 100_000 + i, f"{i:04d}-{case}", leak_timing=CASES[case](rng)
+        )
+
+    records = score.study_records(build, count, seeds, settings, scenarios)
+    return {method: [r.outcomes[method] for r in records] for method in score.METHODS}
 
 
 def main(argv: list[str] | None = None) -> int:

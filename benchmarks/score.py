@@ -52,7 +52,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -511,6 +511,43 @@ def study_settings(parser: argparse.ArgumentParser, config: Path | None) -> Dete
         return load_config(config, env={}).detection
     except ConfigError as exc:
         parser.error(str(exc))
+
+
+def study_records(
+    build: Callable[[int, int], tuple[list[str], Label]],
+    count: int,
+    seeds: list[int],
+    settings: DetectionSettings,
+    generator: ModuleType,
+) -> list[Record]:
+    """Evaluate ``build(seed, i)`` for ``count`` traces per seed; ``generator`` makes twins."""
+    records = []
+    for seed in seeds:
+        for i in range(count):
+            lines, label = build(seed, i)
+            record = evaluate(lines, label, settings, generator)
+            record.seed = seed
+            records.append(record)
+    return records
+
+
+def print_study(heading: str, groups: Iterable[tuple[str, list[Record]]]) -> None:
+    """Per group and method, the leaks caught in time and the false alarms; then in all."""
+
+    def rows(name: str, records: list[Record]) -> None:
+        for method in METHODS:
+            tally_ = tally(records, method)
+            caught = f"{tally_.caught}/{tally_.leaks}" if tally_.leaks else "-"
+            false = f"{tally_.false_alarms}/{tally_.healthy}" if tally_.healthy else "-"
+            print(f"| {name} | {method} | {caught} | {false} |")
+
+    print(f"| {heading} | method | leaks caught in time | false alarms |")
+    print("|---|---|---|---|")
+    every: list[Record] = []
+    for name, records in groups:
+        every += records
+        rows(name, records)
+    rows("all", every)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,20 +55,15 @@ def run_scenario(
     pause: tuple[float, float] | None = None,
 ) -> list[score.Record]:
     """``count`` traces of ``scenario`` per seed, each built with ``tau`` and ``pause``."""
-    records = []
-    for seed in seeds:
-        for i in range(count):
-            lines, label = scenarios.build(
-                scenario,
-                seed * 100_000 + i,
-                f"{i:04d}-{scenario}",
-                warmup_tau=tau,
-                warmup_pause=pause,
-            )
-            record = score.evaluate(lines, label, settings, scenarios)
-            record.seed = seed
-            records.append(record)
-    return records
+    return score.study_records(
+        lambda seed, i: scenarios.build(
+            scenario, seed * 100_000 + i, f"{i:04d}-{scenario}", warmup_tau=tau, warmup_pause=pause
+        ),
+        count,
+        seeds,
+        settings,
+        scenarios,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,23 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = score.study_settings(parser, args.config)
     pause = f", pauses {args.pause[0]:g}-{args.pause[1]:g} s" if args.pause else ""
     print(f"warm-up time constants {args.tau[0]:g}-{args.tau[1]:g} s{pause}")
-    print("| scenario | method | leaks caught in time | false alarms |")
-    print("|---|---|---|---|")
-    every: list[score.Record] = []
-    for scenario in scenarios.SCENARIOS:
-        records = run_scenario(scenario, args.count, args.seed, args.tau, settings, args.pause)
-        every += records
-        for method in score.METHODS:
-            tally = score.tally(records, method)
-            caught = f"{tally.caught}/{tally.leaks}" if tally.leaks else "-"
-            false = f"{tally.false_alarms}/{tally.healthy}" if tally.healthy else "-"
-            print(f"| {scenario} | {method} | {caught} | {false} |")
-    for method in score.METHODS:
-        tally = score.tally(every, method)
-        print(
-            f"| all | {method} | {tally.caught}/{tally.leaks} | "
-            f"{tally.false_alarms}/{tally.healthy} |"
-        )
+    records = (
+        run_scenario(scenario, args.count, args.seed, args.tau, settings, args.pause)
+        for scenario in scenarios.SCENARIOS
+    )
+    score.print_study("scenario", zip(scenarios.SCENARIOS, records, strict=True))
     return 0
 
 
