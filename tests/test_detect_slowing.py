@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.test_detect_engine import MIB, TOTAL, deadline, leaks, run
+from tests.test_detect_engine import GIB, MIB, TOTAL, deadline, leaks, run, warm
 
 CONTEXT = 500 * MIB
 
@@ -60,6 +60,33 @@ def test_a_leak_after_a_slow_warm_up_is_raised_before_the_deadline(
     raised = leaks(events)
     assert raised
     assert start < min(e.t for e in raised) <= deadline(start, oom)
+
+
+SLOW_CURVES: dict[str, Callable[[float, float], float]] = {
+    "exp": lambda t, s: 1 - math.exp(-t / s),
+    "log": lambda t, s: math.log1p(t / s),
+}
+
+
+@pytest.mark.parametrize(
+    ("curve", "working_set", "scale"),
+    [("log", 20, 1800.0), ("log", 20, 3600.0), ("exp", 16, 7200.0), ("exp", 20, 3600.0)],
+)
+def test_growth_that_bends_over_hours_is_not_a_leak_a_few_hours_in(
+    curve: str, working_set: int, scale: float
+) -> None:
+    """A job settled at 16-20 GiB whose memory then grows by 8 GiB over ten hours, slowing
+    all along (a cache whose hit rate climbs): a few hours in, the windows hold about all
+    of its history, and its slowing is read inside them, a quarter of a window apart."""
+    shape = SLOW_CURVES[curve]
+    full = shape(10 * 3600, scale)
+
+    def memory(t: float) -> float:
+        return warm(t, working_set * GIB) + 8 * GIB * shape(t, scale) / full
+
+    events, oom, _ = run(memory, 10 * 3600, interval=5.0)
+    assert oom is None
+    assert leaks(events) == []
 
 
 def test_growth_that_settles_above_the_card_is_still_raised() -> None:

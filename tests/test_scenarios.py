@@ -243,6 +243,35 @@ def test_a_pause_before_the_warm_up_holds_the_load_and_changes_nothing_else() ->
     assert max(held) - min(held) < max(grown) - min(grown)
 
 
+def test_smooth_growth_traces_are_healthy_jobs_that_slow_down_under_the_card() -> None:
+    """Each curve's trace is a valid healthy trace: memory that ends higher than it was
+    after the warm-up, at most 90% of the card; the same seed builds the same trace."""
+    import smooth_growth
+
+    for curve in smooth_growth.CURVES:
+        lines, label = smooth_growth.build(curve, 3, "t")
+        assert not label.leak
+        assert lines == smooth_growth.build(curve, 3, "t")[0]
+        rows = [row.split(",") for row in lines[1:] if row.split(",")[2] == ""]
+        total = int(rows[0][4])
+        used = [int(row[3]) for row in rows]
+        assert max(used) <= 0.9 * total + 256 * scenarios.MIB  # the noise may poke above
+        tenth = len(used) // 10
+        first, last = sorted(used[tenth : 2 * tenth]), sorted(used[-tenth:])
+        assert last[len(last) // 2] > first[len(first) // 2]
+        assert replay_lines(lines, "t").device_samples == len(rows)
+
+
+def test_smooth_growth_scores_every_curve(capsys: pytest.CaptureFixture[str]) -> None:
+    """One row per curve and method, then the totals."""
+    import smooth_growth
+
+    assert smooth_growth.main(["--count", "1", "--seed", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.count("|") == 5]
+    assert len(rows) == 2 + (len(smooth_growth.CURVES) + 1) * len(score.METHODS)
+    assert rows[-len(score.METHODS)].startswith("| all | project | ")
+
+
 def test_slow_warmups_scores_every_scenario_with_slower_warm_ups(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -89,7 +89,9 @@ WARMUP_CLIMB_JUMP = 3.0
 """... and no step after its first more than this many times its median step: a jump
 (a KV cache, Adam's state, a segment reserved) is a warm-up step, not a climb."""
 SETTLE_AFTER_WARMUP_SHARE = 0.5
-"""``Series._settling`` reads no floor from this first share of the warm-up."""
+"""``Series._settling`` reads no floor from this first share of the warm-up, ..."""
+SETTLE_CLOSEST = 4
+"""... and its readings a window apart no closer than this fraction of a window."""
 MIB = float(1 << 20)
 
 
@@ -677,9 +679,10 @@ class Series:
         allocator approaching its working set over minutes, ``C - A exp(-t / tau)``)
         rises by ``q = exp(-D / tau)`` times as much over each stretch of ``D``
         as over the one before, and has ``q / (1 - q)`` times its last rise left
-        to grow. The floor is read at four points a window apart (each the
-        lowest of a sixth of a window, as the windows read it), on one level so
-        that each reading falls as late in its bucket. Where each stretch rose
+        to grow. The floor is read at four points a window apart (closer, down
+        to a quarter of a window, where the history is shorter; each the lowest
+        of a sixth of a window, as the windows read it), on one level so that
+        each reading falls as late in its bucket. Where each stretch rose
         less than the one before (once is chance: a leak in bursts) and the
         slower of the two slowings says the floor settles short of the limit,
         the window is no leak yet.
@@ -697,9 +700,11 @@ class Series:
         newest = level.count - span
         oldest = next((i for i in range(level.count) if starts[i] >= reach_back), level.count)
         # A window too young to have three windows of history behind it is read at
-        # points closer together.
+        # points closer together, down to a quarter of a window: one that holds about
+        # all the history past the warm-up (growth bending over hours, a few hours in)
+        # is read inside itself.
         gap = min(round(window / width), (newest - oldest) // 3)
-        if gap < 2 or gap * width < window / 3:
+        if gap < 2 or gap * width < window / SETTLE_CLOSEST:
             return False
         mins = level.mins
         floors = [min(mins[i : i + span]) for i in range(newest - 3 * gap, newest + 1, gap)]
