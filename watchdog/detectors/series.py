@@ -91,7 +91,8 @@ WARMUP_CLIMB_JUMP = 3.0
 SETTLE_AFTER_WARMUP_SHARE = 0.5
 """``Series._settling`` reads no floor from this first share of the warm-up, ..."""
 SETTLE_CLOSEST = 4
-"""... and its readings a window apart no closer than this fraction of a window."""
+"""... and, in a young series, reads its floor at points no closer together than a
+window divided by this."""
 MIB = float(1 << 20)
 
 
