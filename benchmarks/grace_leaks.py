@@ -50,7 +50,9 @@ def run_case(
     scenario = "steady_from_start" if case == "from_start" else "fast_leak"
 
     def build(seed: int, i: int) -> tuple[list[str], scenarios.Label]:
-        rng = draws.setdefault(seed, random.Random(f"{case}:{seed}"))
+        if seed not in draws:
+            draws[seed] = random.Random(f"{case}:{seed}")
+        rng = draws[seed]
         return scenarios.build(
             scenario, seed * 100_000 + i, f"{i:04d}-{case}", leak_timing=CASES[case](rng)
         )

@@ -768,16 +768,15 @@ class Series:
         # nearer its end (``warmup_settled_climb_reach``, 0.5 by default). A leak is
         # then still raised with half as much time again as its checkpoint needs (a
         # quarter of its whole climb left is a third of what it has climbed).
+        settled_reach = self.settings.warmup_settled_climb_reach
         speeding = middle >= early and late >= WARMUP_CLIMB_ACCEL * early
-        reach = self.settings.warmup_settled_climb_reach
         even = (
-            reach > 0.0
+            settled_reach > 0.0
             and self.flat_buckets >= WARMUP_CLIMB_PLATEAU
             and middle >= WARMUP_CLIMB_STEADY * early
             and late >= WARMUP_CLIMB_STEADY * early
         )
-        if speeding:
-            reach = 1.0
+        reach = 1.0 if speeding else settled_reach
         if (
             late <= 0.0  # flat buckets count as rises when no rise is material
             or not (speeding or even)
