@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,6 +105,8 @@ def test_summary_counts_one_sample_in_the_singular(
         (",0,,100,200\n", 2),  # an empty t, which the fast parser once read as 0
         ("0,0,,100,200\n0,0,,100,200\n", 3),
         ("0,0,,100,200\n0,0,5,100,\n0,0,5,50,\n", 4),
+        # one pid on two GPUs is two rows; on one of them twice, three
+        ("0,0,,1,9\n0,1,,1,9\n0,0,5,1,\n0,1,5,1,\n0,0,5,2,\n", 6),
         ("0,0,," + "9" * 400 + ",200\n", 2),
         ("0,0,,100,200\n1e16,0,,100,200\n", 3),
         ("0,0,7,100,\n5,0,7,200,\n", 2),  # processes, and no GPU to judge them against
@@ -242,3 +246,57 @@ def test_config_file_tunes_detection(leak_trace: Path, tmp_path: Path) -> None:
         [sys.executable, "-m", "watchdog", *args], capture_output=True, text=True, check=True
     ).stdout
     assert not [line for line in out.splitlines() if '"kind":"leak"' in line]
+
+
+def test_one_pid_on_two_gpus_replays_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process with memory on two GPUs (one pid, two rows an instant) is a valid trace: the
+    fast path reads it as the reference parser does, without giving up on it."""
+    rows = ["t,gpu,pid,used_bytes,total_bytes"]
+    for t in range(0, 600, 5):
+        rows += [f"{t},0,,{2 << 30},{16 << 30}", f"{t},1,,{3 << 30},{16 << 30}"]
+        rows += [f"{t},0,7,{1 << 30},", f"{t},1,7,{2 << 30},"]
+    trace = tmp_path / "two.csv"
+    trace.write_text("\n".join(rows) + "\n")
+
+    def slow(path: object) -> None:
+        raise AssertionError("the fast path gave up on one pid on two GPUs")
+
+    monkeypatch.setattr("watchdog.detectors.replay.read_trace", slow)
+    replayed = replay_file(trace)
+    assert replayed.process_samples == 240
+    assert replayed.engine is not None
+    assert [(s.gpu, s.pid) for s in replayed.engine.status()] == [
+        (0, None),
+        (1, None),
+        (0, 7),
+        (1, 7),
+    ]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_replay_pauses_the_garbage_collector_and_sets_it_back(
+    tmp_path: Path, leak_trace: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """The collector is paused while a replay runs and set back after it, also when the
+    trace is malformed; one disabled by the caller stays disabled."""
+    collecting: set[bool] = set()
+
+    class Watched(DetectionEngine):
+        def observe_step(self, *args: Any, **kwargs: Any) -> list[Event]:
+            collecting.add(gc.isenabled())
+            return super().observe_step(*args, **kwargs)
+
+    monkeypatch.setattr("watchdog.detectors.replay.DetectionEngine", Watched)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t,gpu,pid,used_bytes,total_bytes\n0,0,,1,9\n1,0,,x,9\n")
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        replay_file(leak_trace)
+        assert collecting == {False}
+        assert gc.isenabled() is enabled
+        with pytest.raises(TraceError):
+            replay_file(bad)
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()

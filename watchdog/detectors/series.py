@@ -114,6 +114,8 @@ class _Level:
         "hi",
         "idx",
         "lo",
+        "low",
+        "low_at",
         "maxs",
         "mins",
         "result",
@@ -134,6 +136,10 @@ class _Level:
         self.result: _Verdict | None = None
         self.dropped_top = -math.inf
         """The highest minimum of the buckets dropped to make room (all older than those kept)."""
+        self.low = math.inf
+        """The lowest minimum of the newest ``KEEP`` closed buckets (``math.inf``: none)."""
+        self.low_at = 0
+        """Where ``low`` is stored (an index into ``mins``)."""
         self.carried = -math.inf
         """The highest minimum of a bucket before the series restarted on its processes' fall."""
 
@@ -148,10 +154,19 @@ class _Level:
             for values in (self.starts, self.mins, self.maxs):
                 values[:KEEP] = values[CAPACITY - KEEP :]
             n = KEEP
+            self.low_at -= CAPACITY - KEEP
         self.starts[n] = start
         self.mins[n] = lo
         self.maxs[n] = hi
         self.count = n + 1
+        # The newest KEEP buckets' lowest, which every close asks for, kept as buckets
+        # come: searched for again only once it is older than they are.
+        if lo <= self.low:
+            self.low, self.low_at = lo, n
+        elif self.low_at <= n - KEEP:
+            newest = self.mins[n + 1 - KEEP : n + 1]
+            self.low = min(newest)
+            self.low_at = n + 1 - KEEP + newest.index(self.low)
 
     def held_before(self, t: float) -> float:
         """The highest floor this level held for a whole bucket ending by ``t``."""
@@ -382,6 +397,7 @@ class Series:
             level.idx = -1
             level.has = False
             level.count = 0
+            level.low = math.inf
             level.result = None
             level.dropped_top = -math.inf
         self.start_t = t
@@ -541,7 +557,7 @@ class Series:
                 self.tooth_climb = 0.0
             elif start - self.start_t >= s.warmup_s:
                 self.tooth_jumps += step  # the model load and warm-up steps are no spikes
-            floor = min(*first.recent_mins(KEEP), lo)
+            floor = min(first.low, lo)
         else:
             floor = self.start_floor = self.climb_floor = lo
             self.peak = self.peak_before_climb = hi
@@ -587,10 +603,9 @@ class Series:
     # -- judging
 
     def _judge(self, level: _Level, end_t: float) -> None:
-        n, mins = level.count, level.mins
+        n = level.count
         best: _Verdict | None = None
-        # Slices inline, not through recent_mins: this runs at every bucket close.
-        if n >= SEGMENTS and mins[n - 1] - min(mins[max(0, n - KEEP) : n]) >= self.min_rise:
+        if n >= SEGMENTS and level.mins[n - 1] - level.low >= self.min_rise:
             best = self._best_window(level, end_t)
             if best is None and level is self.levels[0]:
                 best = self._warmup_climb(level, end_t)
@@ -603,7 +618,15 @@ class Series:
     def _best_window(self, level: _Level, end_t: float) -> _Verdict | None:
         """The most confident rising window of ``level`` ending at ``end_t``, if any."""
         s = self.settings
-        cycle = tooth = -1.0
+        cycle, tooth = self._sawtooth(end_t)
+        if (
+            cycle
+            and KEEP * level.width < SAWTOOTH_CYCLES * cycle
+            and level.mins[level.count - 1] - level.low < SAWTOOTH_MARGIN * tooth
+        ):
+            # Every window lies inside the teeth, and no floor rose by a tooth: none
+            # passes the check on its newest sixth below (most closes of a sawtooth).
+            return None
         best: _Verdict | None = None
         # Buckets of this level that lie wholly after the warm-up. While the series is
         # too young for the longest window, that window is all of them instead: as
@@ -627,15 +650,14 @@ class Series:
                 or end_t - window_s < self.start_t + s.warmup_s
             ):
                 continue
-            if cycle < 0:
-                cycle, tooth = self._sawtooth(end_t)
             min_rise = self.min_rise
             short_of_cycles = cycle and window_s < SAWTOOTH_CYCLES * cycle
             if short_of_cycles:
                 min_rise = max(min_rise, SAWTOOTH_MARGIN * tooth)
             # Cheap necessary condition: the newest sixth sits materially above the lowest point.
             n, mins = level.count, level.mins
-            if min(mins[max(0, n - count // 6) : n]) - min(mins[max(0, n - count) : n]) < min_rise:
+            lowest = level.low if count == KEEP else min(mins[max(0, n - count) : n])
+            if min(mins[max(0, n - count // 6) : n]) - lowest < min_rise:
                 continue
             if short_of_cycles:
                 # Inside one tooth (or across drops the troughs did not climb) only a
