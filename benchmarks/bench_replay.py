@@ -1,11 +1,13 @@
 """How fast ``gpu-watchdog replay`` is: device samples per second, CSV parsing included.
 
     python benchmarks/bench_replay.py [--hours 24] [--gpus 8] [--process-every 5] [--repeat 5]
-                                      [--decimals]
+                                      [--leak-every 3] [--decimals]
 
 Writes a trace of ``--gpus`` GPUs sampled every second for ``--hours`` (each
 GPU with one or two training processes, sampled every ``--process-every``
-seconds; some healthy, some leaking, with sawtooth, eval spikes and noise),
+seconds; all with sawtooth, eval spikes and noise, and the first job on every
+``--leak-every``-th GPU leaking slowly: a rising series is judged at
+every close of its time scales, so the more leak, the slower),
 then times, in the same run:
 
 - the baseline: reading the file with ``csv.reader`` and doing nothing else;
@@ -47,7 +49,13 @@ def _with_leak(
 
 
 def write_trace(
-    path: Path, hours: float, gpus: int, process_every: int, seed: int, decimals: bool = False
+    path: Path,
+    hours: float,
+    gpus: int,
+    process_every: int,
+    seed: int,
+    decimals: bool = False,
+    leak_every: int = 3,
 ) -> int:
     """Write the benchmark trace; return the number of device rows.
 
@@ -62,7 +70,7 @@ def write_trace(
         count = 1 + gpu % 2
         for k in range(count):
             memory = healthy_job(rng, 0.0, total * rng.uniform(0.2, 0.35))
-            if gpu % 3 == 0 and k == 0:
+            if gpu % leak_every == 0 and k == 0:
                 leak = leak_fn("steady", 3600.0, total * 0.2 / (hours * 3600), rng)
                 memory = _with_leak(memory, leak)
             jobs.append((gpu, 10_000 + 100 * gpu + k, memory))
@@ -94,15 +102,39 @@ def bare_parse(path: Path) -> int:
     return count
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above zero, or a one-line usage error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the trace, time both, print the numbers; exit 1 below the target."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hours", type=float, default=24.0)
-    parser.add_argument("--gpus", type=int, default=8)
-    parser.add_argument("--process-every", type=int, default=5)
+    parser.add_argument("--hours", type=_positive(float), default=24.0)
+    parser.add_argument("--gpus", type=_positive(int), default=8)
+    parser.add_argument("--process-every", type=_positive(int), default=5)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--leak-every",
+        type=_positive(int),
+        default=3,
+        help="the first job on every Nth GPU leaks (1: all)",
+    )
     parser.add_argument("--trace", type=Path, help="benchmark this trace instead of writing one")
-    parser.add_argument("--repeat", type=int, default=5, help="runs of each; the best counts")
+    parser.add_argument(
+        "--repeat", type=_positive(int), default=5, help="runs of each; the best counts"
+    )
     parser.add_argument(
         "--decimals", action="store_true", help="write pid and total_bytes as pandas does (1.0)"
     )
@@ -111,7 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         path = args.trace or Path(folder) / "bench.csv"
         if args.trace is None:
             started = time.perf_counter()
-            write_trace(path, args.hours, args.gpus, args.process_every, args.seed, args.decimals)
+            write_trace(
+                path,
+                args.hours,
+                args.gpus,
+                args.process_every,
+                args.seed,
+                args.decimals,
+                args.leak_every,
+            )
             print(
                 f"wrote {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - started:.0f} s"
             )

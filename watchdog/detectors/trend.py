@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -256,9 +258,8 @@ def _floors_contiguous(
 
 def _lowest_from(mins: Sequence[float], first: int) -> list[float]:
     """The lowest the memory went from each bucket on (from ``first``): spikes never lift it."""
-    floor = list(mins[first:])
-    for i in range(len(floor) - 2, -1, -1):
-        floor[i] = min(floor[i], floor[i + 1])
+    floor = list(itertools.accumulate(reversed(mins[first:]), min))
+    floor.reverse()
     return floor
 
 
@@ -341,7 +342,7 @@ def _stopped(
             level = floor[j]
     if not rises:
         return True
-    longest = max((b - a for a, b in itertools.pairwise(rises)), default=0.0)
+    longest = max(map(operator.sub, rises[1:], rises), default=0.0)  # between two rises
     return end_t - rises[-1] > max(longest, window_s / SEGMENTS)
 
 
@@ -357,14 +358,14 @@ def _consistent(
     increments = [b - a for a, b in itertools.pairwise(floors)]
     rise = floors[-1] - floors[0]
     climb = max(tolerance, share * rise / len(increments))
-    rising = sum(1 for inc in increments if inc > climb)
+    rising = sum(inc > climb for inc in increments)
     third = max(1, len(floors) // 3)
     early = floors[third] - floors[0]
     late = floors[-1] - floors[-1 - third]
     saturating = early > 0 and late < saturation_ratio * early
     consistent = (
         rising >= len(increments) - (1 if len(floors) >= SEGMENTS else 0)
-        and all(inc >= -tolerance for inc in increments)
+        and min(increments) >= -tolerance
         and max(increments) <= LARGEST_STEP_SHARE * rise
     )
     return rising, consistent, saturating
@@ -399,11 +400,11 @@ def _rate(floors: Sequence[float], times: Sequence[float], bunched_steps: bool) 
     when the steps bunch (flat stretches, then two steps): a staircase's rate
     is what it rose over the time it took.
     """
+    points = zip(floors, times, strict=True)
     slopes = [
-        (floors[j] - floors[i]) / (times[j] - times[i])
-        for i in range(len(floors))
-        for j in range(i + 1, len(floors))
-        if times[j] > times[i]
+        (later - earlier) / (later_t - earlier_t)
+        for (earlier, earlier_t), (later, later_t) in itertools.combinations(points, 2)
+        if later_t > earlier_t
     ]
     rate = _median(slopes) if slopes else 0.0
     if bunched_steps and times[-1] > times[0]:
@@ -450,9 +451,7 @@ def analyze_window(
         or the floor plainly does not rise.
     """
     start_t = end_t - window_s
-    first = len(starts)
-    while first > 0 and starts[first - 1] >= start_t - 1e-9:
-        first -= 1
+    first = bisect_left(starts, start_t - 1e-9)  # starts rise: the first inside the window
     present = len(starts) - first
     if present < SEGMENTS:
         return None
@@ -506,7 +505,7 @@ def analyze_window(
             floors, times = stairs
             rising_segments = min(SEGMENTS - 1, len(floors) + 1)
     rise = floors[-1] - (min(window_mins) if stairs else floors[0])
-    peak = max(maxs[i] for i in range(first, len(starts)) if starts[i] >= end_t - window_s / 4)
+    peak = max(maxs[bisect_left(starts, end_t - window_s / 4, first) : len(starts)])
     pattern = _pattern(window_mins, sawtooth, stairs is not None)
     rate = _rate(floors, times, pattern == STAIRCASE and stairs is None)
     rising = consistent and rise >= min_rise and rise > tolerance and not saturating and rate > 0

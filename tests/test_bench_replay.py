@@ -1,0 +1,62 @@
+"""benchmarks/bench_replay.py keeps working, and its trace is what its options say."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYTHON, REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_replay import write_trace
+
+from watchdog.detectors.replay import replay_file
+
+BENCH = REPO / "benchmarks" / "bench_replay.py"
+
+
+def test_a_short_run_prints_its_figures() -> None:
+    """A few minutes of two GPUs, each run once: rows, both timings and the verdict line."""
+    done = subprocess.run(
+        [PYTHON, str(BENCH), "--hours", "0.05", "--gpus", "2", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode in (0, 1), done.stderr  # 1: under the target, on a busy machine
+    assert "rows: " in done.stdout
+    assert "device samples/s" in done.stdout
+    assert "target 250,000 device samples/s: " in done.stdout
+
+
+def test_leak_every_says_which_gpus_leak(tmp_path: Path) -> None:
+    """``--leak-every 1``: the first job on every GPU leaks; by default every third GPU's."""
+    for leak_every, leaking in ((1, {0, 1, 2}), (3, {0})):
+        path = tmp_path / f"every{leak_every}.csv"
+        write_trace(path, 3.0, 3, 5, 7, leak_every=leak_every)
+        rates = {
+            s.gpu: s.rate_bytes_per_s for s in replay_file(path).engine.status() if s.pid is None
+        }
+        assert {gpu for gpu, rate in rates.items() if rate > 0} == leaking
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        (["--leak-every", "0"], "argument --leak-every: must be above 0, got 0"),
+        (["--gpus", "x"], "argument --gpus: not a whole number: 'x'"),
+        (["--hours", "nan"], "argument --hours: must be above 0, got nan"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(argument: list[str], message: str) -> None:
+    """A bad option is a usage error naming it, not a traceback."""
+    done = subprocess.run(
+        [PYTHON, str(BENCH), *argument], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
