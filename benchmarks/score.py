@@ -492,6 +492,24 @@ def _seeds(text: str) -> list[int]:
     return list(range(low, high + 1))
 
 
+def span_type(
+    example: str, unit: str, below: float = float("inf")
+) -> Callable[[str], tuple[float, float]]:
+    """An argparse type for a study's ``LOW-HIGH`` option: above 0, low to high, under ``below``."""
+
+    def parse(text: str) -> tuple[float, float]:
+        low, _, high = text.partition("-")
+        try:
+            span = float(low), float(high)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a range such as {example}: {text!r}") from None
+        if not 0 < span[0] <= span[1] < below:
+            raise argparse.ArgumentTypeError(f"not a range of {unit}, low to high: {text!r}")
+        return span
+
+    return parse
+
+
 def study_parser(description: str, count: int, count_help: str) -> argparse.ArgumentParser:
     """The options of a study beside the scorer (``grace_leaks``, ``slow_warmups``)."""
     parser = argparse.ArgumentParser(description=description)

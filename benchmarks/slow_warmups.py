@@ -22,7 +22,6 @@ generator with only the pause added.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -34,16 +33,7 @@ import score
 
 from watchdog.config import DetectionSettings
 
-
-def _span(text: str) -> tuple[float, float]:
-    low, _, high = text.partition("-")
-    try:
-        span = float(low), float(high)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a range such as 15-600: {text!r}") from None
-    if not 0 < span[0] <= span[1]:
-        raise argparse.ArgumentTypeError(f"not a range of positive seconds, low to high: {text!r}")
-    return span
+SECONDS = score.span_type("15-600", "positive seconds")
 
 
 def run_scenario(
@@ -70,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     """Print, per scenario and method, the false alarms or the leaks caught in time."""
     parser = score.study_parser(__doc__.split("\n\n")[0], 10, "traces per scenario and seed")
     parser.add_argument(
-        "--tau", type=_span, default="15-600", help="warm-up time constants, seconds (15-600)"
+        "--tau", type=SECONDS, default="15-600", help="warm-up time constants, seconds (15-600)"
     )
     parser.add_argument(
         "--pause",
-        type=_span,
+        type=SECONDS,
         default=None,
         help="a pause between model load and allocator growth, seconds (none)",
     )

@@ -240,7 +240,7 @@ def test_replay_lines_matches_replay_file(leak_trace: Path) -> None:
 def test_config_file_tunes_detection(leak_trace: Path, tmp_path: Path) -> None:
     """--config reads [detection]: an impossible minimum rise silences the leak."""
     config = tmp_path / "wd.toml"
-    config.write_text("[detection]\nleak_min_rise_ratio = 1.0\n")
+    config.write_text("[detection]\nleak_min_rise_bytes = 1099511627776\n")
     args = ["replay", str(leak_trace), "--json", "--config", str(config)]
     out = subprocess.run(
         [sys.executable, "-m", "watchdog", *args], capture_output=True, text=True, check=True

@@ -334,3 +334,59 @@ def test_the_scorer_refuses_a_bad_config_file_in_one_line(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "leak_extrapolation_short" in error
     assert str(config) in error
+
+
+def test_near_full_creep_sizes_jobs_to_the_last_percent_and_runs_creeps_out_on_time(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """near_full_creep.py: each job's peaks sit its drawn headroom under the card; a creep
+    runs out 10-30 h after it starts, and its twin is the trace until then; every case
+    and method is scored."""
+    import near_full_creep
+
+    for case in near_full_creep.CASES:
+        lines, label = near_full_creep.build(case, 3, "x")
+        total = label.card_gib * 2**30
+        headroom = float(label.params["headroom_mib"]) * 2**20
+        device = [
+            (float(row[0]), int(row[3]))
+            for row in (line.split(",") for line in lines[1:])
+            if row[2] == ""
+        ]
+        if label.leak:
+            assert label.leak_start_t is not None
+            assert label.oom_t is not None
+            assert 9 * 3600 <= label.oom_t - label.leak_start_t <= 31 * 3600
+            twin = near_full_creep.twin(label)
+            before = [line for line in lines[1:] if float(line.split(",")[0]) < label.leak_start_t]
+            assert twin[: len(before) + 1] == lines[: len(before) + 1]
+            device = [(t, used) for t, used in device if t < label.leak_start_t]
+        else:
+            assert label.oom_t is None
+            assert label.near_oom_expected
+        settled = [used for t, used in device if t >= 1800]
+        assert total - 1.5 * headroom <= max(settled) < total
+    assert near_full_creep.main(["--count", "1", "--seed", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.count("|") == 5]
+    assert len(rows) == 2 + (len(near_full_creep.CASES) + 1) * len(score.METHODS)
+    for bad in ("3-x", "8-5", "0-2", "50-100"):
+        with pytest.raises(SystemExit):
+            near_full_creep.main(["--headroom", bad])
+        assert "argument --headroom: not a range" in capsys.readouterr().err
+
+
+def test_near_full_creep_headroom_is_drawn_from_its_range_and_the_twin_keeps_it() -> None:
+    """``--headroom 5-8``: peaks 5-8% of the card under its top, named in the label, the
+    twin built with the same range (the same job until the leak)."""
+    import near_full_creep
+
+    lines, label = near_full_creep.build("creep", 4, "x", headroom_pct=(5.0, 8.0))
+    assert label.params["headroom_pct"] == "5-8"
+    share = float(label.params["headroom_mib"]) / (label.card_gib * 1024)
+    assert 0.0499 <= share <= 0.0801
+    assert label.leak_start_t is not None
+    twin = near_full_creep.twin(label)
+    before = [line for line in lines[1:] if float(line.split(",")[0]) < label.leak_start_t]
+    assert twin[: len(before) + 1] == lines[: len(before) + 1]
+    default, _ = near_full_creep.build("creep", 4, "x")
+    assert default[1:100] != lines[1:100]

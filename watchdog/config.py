@@ -384,6 +384,14 @@ class DetectionSettings:
         minimum=0,
         maximum=1,
     )
+    leak_min_rise_headroom_share: float = setting(
+        0.25,
+        "... or, where that is less, this share of the headroom left (never under "
+        "leak_min_rise_bytes): a slow creep into the last percent of a large card. "
+        "0: the limit's fraction always.",
+        minimum=0,
+        maximum=1,
+    )
     leak_extrapolation: float = setting(
         3.0,
         "A leak is raised once its time to OOM is at most this many times the stretch "

@@ -262,6 +262,7 @@ class Series:
         "leak_rate",
         "leak_reported_rate",
         "leak_update_t",
+        "least_rise",
         "levels",
         "limit",
         "min_rise",
@@ -329,6 +330,9 @@ class Series:
         self.near_on = math.inf
         self.near_off = math.inf
         self.min_rise = 0.0
+        self.least_rise = 0.0
+        """The least rise a window may be judged on: ``min_rise``, or down to
+        ``leak_min_rise_bytes`` near the limit (``_judged_rise``)."""
         self.start_t = self.last_t = t
         self.b_end = self.b_lo = self.b_hi = self.reset_below = -math.inf
         self.tooth_climb = self.tooth_jumps = self.saw_cycle = self.saw_tooth = 0.0
@@ -388,6 +392,9 @@ class Series:
         self.limit = limit
         s = self.settings
         self.min_rise = max(float(s.leak_min_rise_bytes), s.leak_min_rise_ratio * limit)
+        self.least_rise = (
+            float(s.leak_min_rise_bytes) if s.leak_min_rise_headroom_share > 0 else self.min_rise
+        )
         if self.kind in (GPU, HOST_RSS):
             self.near_on = s.near_oom_used_ratio * limit
             self.near_off = min(s.near_oom_clear_ratio, s.near_oom_used_ratio) * limit
@@ -605,9 +612,9 @@ class Series:
     def _judge(self, level: _Level, end_t: float) -> None:
         n = level.count
         best: _Verdict | None = None
-        if n >= SEGMENTS and level.mins[n - 1] - level.low >= self.min_rise:
-            best = self._best_window(level, end_t)
-            if best is None and level is self.levels[0]:
+        if n >= SEGMENTS and (rise := level.mins[n - 1] - level.low) >= self.least_rise:
+            best = self._best_window(level, end_t, rise)
+            if best is None and level is self.levels[0] and rise >= self.min_rise:
                 best = self._warmup_climb(level, end_t)
         if best is not None or level.result is not None:
             level.result = best
@@ -615,8 +622,24 @@ class Series:
         elif self.leak_active or self.near_pred:
             self._decide(end_t)
 
-    def _best_window(self, level: _Level, end_t: float) -> _Verdict | None:
-        """The most confident rising window of ``level`` ending at ``end_t``, if any."""
+    def _judged_rise(self) -> float:
+        """The rise a window must show to be judged: ``min_rise``, or less near the limit.
+
+        Near the limit a rise short of ``min_rise`` can be most of what is
+        left: a creep of megabytes an hour into the last percent of a large
+        card runs out before it rises by 0.5% of the card. Such a rise counts
+        once it is ``leak_min_rise_headroom_share`` of the headroom (never
+        under ``leak_min_rise_bytes``).
+        """
+        share = self.settings.leak_min_rise_headroom_share
+        if share <= 0.0:
+            return self.min_rise
+        least = max(float(self.settings.leak_min_rise_bytes), share * max(0.0, self.headroom()))
+        return min(self.min_rise, least)
+
+    def _best_window(self, level: _Level, end_t: float, rise: float) -> _Verdict | None:
+        """The most confident rising window of ``level`` ending at ``end_t``, if any; ``rise``
+        is how far its newest bucket's floor sits above the lowest of the newest ``KEEP``."""
         s = self.settings
         cycle, tooth = self._sawtooth(end_t)
         if (
@@ -627,6 +650,9 @@ class Series:
             # Every window lies inside the teeth, and no floor rose by a tooth: none
             # passes the check on its newest sixth below (most closes of a sawtooth).
             return None
+        judged_rise = self._judged_rise()
+        if rise < judged_rise:
+            return None  # nor does any window: its floor rose less
         best: _Verdict | None = None
         # Buckets of this level that lie wholly after the warm-up. While the series is
         # too young for the longest window, that window is all of them instead: as
@@ -650,7 +676,7 @@ class Series:
                 or end_t - window_s < self.start_t + s.warmup_s
             ):
                 continue
-            min_rise = self.min_rise
+            min_rise = judged_rise
             short_of_cycles = cycle and window_s < SAWTOOTH_CYCLES * cycle
             if short_of_cycles:
                 min_rise = max(min_rise, SAWTOOTH_MARGIN * tooth)
