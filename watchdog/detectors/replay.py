@@ -107,7 +107,8 @@ def _collector_paused() -> Iterator[None]:
     A replay makes a tuple per row and a list per step, and reference counting
     frees every one of them; the collector's passes, which allocations that
     many set off, cost about a twentieth of the replay and find nothing. It
-    runs again afterwards, as it was.
+    runs again afterwards, as it was. The pause is process-wide: a replay is
+    a batch tool (the CLI, the scorer), never part of the daemon.
     """
     was_enabled = gc.isenabled()
     gc.disable()
