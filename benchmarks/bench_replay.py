@@ -111,8 +111,8 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
         except ValueError:
             what = "whole number" if kind is int else "number"
             raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
         return value
 
     return parse

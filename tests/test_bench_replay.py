@@ -47,9 +47,10 @@ def test_leak_every_says_which_gpus_leak(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argument", "message"),
     [
-        (["--leak-every", "0"], "argument --leak-every: must be above 0, got 0"),
+        (["--leak-every", "0"], "argument --leak-every: must be a finite number above 0, got 0"),
         (["--gpus", "x"], "argument --gpus: not a whole number: 'x'"),
-        (["--hours", "nan"], "argument --hours: must be above 0, got nan"),
+        (["--hours", "nan"], "argument --hours: must be a finite number above 0, got nan"),
+        (["--hours", "inf"], "argument --hours: must be a finite number above 0, got inf"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(argument: list[str], message: str) -> None:
