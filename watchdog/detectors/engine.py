@@ -270,6 +270,7 @@ class DetectionEngine:
     ) -> None:
         table = self._processes
         gpus = self._gpus
+        plans = self._plans
         started = False
         for gpu, pid, used in processes:
             series = table.get((gpu, pid))
@@ -282,7 +283,7 @@ class DetectionEngine:
                 if device is not None:
                     series.inherit_sawtooth(device)
             series.add(t, used, device.limit if device is not None else series.limit)
-            if self._plans:
+            if plans:
                 self._check_plan(t, pid, used)
         present = {(gpu, pid) for gpu, pid, _ in processes}
         present.update(still)

@@ -256,6 +256,9 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
     steps = device_count = process_count = 0
     last_gpu = -1
     with_devices: set[int] = set()
+    gpu_of: dict[str, int] = {}
+    pid_of: dict[str, int] = {}
+    total_of: dict[str, int] = {}
     try:
         for line in lines[1:] if isinstance(lines, list) else list(lines)[1:]:
             if not line:
@@ -276,37 +279,51 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
             if t_text != current_text:
                 t = float(t_text)
                 current_text = t_text
-            if t != current:
-                if not current <= t < MAX_T:
+                if t != current:  # not "1.0" after "1": the same instant
+                    if not current <= t < MAX_T:
+                        raise _NotFast
+                    if devices or processes:
+                        if processes:
+                            _check_processes(processes, devices, with_devices)
+                        if record:
+                            _feed(engine, result, current, devices, processes or None)
+                        else:
+                            events += observe(current, devices, processes or None)
+                            steps += 1
+                            device_count += len(devices)
+                            process_count += len(processes)
+                        devices = []
+                        processes = []
+                        last_gpu = -1
+                    current = t
+            # GPU numbers, pids and totals repeat row after row: each text is read and
+            # checked once (a bad one ends the fast path, so none is ever reused).
+            gpu = gpu_of.get(gpu_text)
+            if gpu is None:
+                gpu = gpu_of[gpu_text] = as_whole(gpu_text)
+                if gpu < 0:
                     raise _NotFast
-                if devices or processes:
-                    if processes:
-                        _check_processes(processes, devices, with_devices)
-                    if record:
-                        _feed(engine, result, current, devices, processes or None)
-                    else:
-                        events += observe(current, devices, processes or None)
-                        steps += 1
-                        device_count += len(devices)
-                        process_count += len(processes)
-                    devices = []
-                    processes = []
-                    last_gpu = -1
-                current = t
-            gpu = as_whole(gpu_text)
             used = as_bytes(used_text)
-            if gpu < 0 or not 0 <= used <= MAX_BYTES:
+            if not 0 <= used <= MAX_BYTES:
                 raise _NotFast
             if pid_text:
-                pid = as_whole(pid_text)
-                if pid < 1 or total_text:
+                pid = pid_of.get(pid_text)
+                if pid is None:
+                    pid = pid_of[pid_text] = as_whole(pid_text)
+                    if pid < 1:
+                        raise _NotFast
+                if total_text:
                     raise _NotFast
                 processes.append((gpu, pid, used))
             else:
-                total = as_bytes(total_text)
+                total = total_of.get(total_text)
+                if total is None:
+                    total = total_of[total_text] = as_bytes(total_text)
+                    if not 1 <= total <= MAX_BYTES:
+                        raise _NotFast
                 # GPUs in rising order, as recordings write them: none twice. Any other
                 # order goes to the reference parser, which checks them one by one.
-                if not 1 <= total <= MAX_BYTES or gpu <= last_gpu:
+                if gpu <= last_gpu:
                     raise _NotFast
                 last_gpu = gpu
                 devices.append((gpu, used, total))
