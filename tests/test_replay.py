@@ -112,6 +112,11 @@ def test_summary_counts_one_sample_in_the_singular(
         ("0,0,7,100,\n5,0,7,200,\n", 2),  # processes, and no GPU to judge them against
         ('0,0,,1,9\n1,0,,2,9,"oops\n2,0,,3,9\n3,0,,4,9,"\n', 3),  # an unclosed quote
         ("0,0,,100,200\n0,1,7,100,\n5,0,,100,200\n5,1,7,150,\n", 3),
+        # past the largest number the reference parser takes, which the fast one once took
+        ("0,0,,1,9\n0,18446744073709551616,,1,9\n", 3),
+        ("0,0,,1,9\n0,0,18446744073709551616,1,\n", 3),
+        ("0,0,,100,200\n5,0,,1_000,2000\n", 3),  # Python's int reads both of these
+        ("0,0,,100,200\n5,0,,\u0661\u0660,2000\n", 3),
     ],
 )
 def test_malformed_trace_names_file_and_line(
@@ -125,6 +130,20 @@ def test_malformed_trace_names_file_and_line(
     assert captured.out == ""
     assert f"{path}:{line}:" in captured.err
     assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_a_trace_with_no_rows_is_an_error_not_a_clean_bill(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A header and nothing else: exit 2, rather than "no findings" about nothing."""
+    path = tmp_path / "empty.csv"
+    path.write_text("t,gpu,pid,used_bytes,total_bytes\n\n")
+    assert main(["replay", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().endswith(
+        f"{path}: no device rows after the header: nothing to replay"
+    )
 
 
 def test_missing_and_headerless_files_are_usage_errors(tmp_path: Path) -> None:

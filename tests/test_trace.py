@@ -94,6 +94,10 @@ def test_columns_may_come_in_any_order(tmp_path: Path) -> None:
             "trace.csv:2: total_bytes must be at most 18446744073709551615",
         ),
         ("t,gpu,pid,used_bytes,total_bytes\n1e16,0,,1,9\n", "trace.csv:2: t must be under"),
+        # Python reads these as numbers; no CSV writer writes them
+        ("t,gpu,pid,used_bytes,total_bytes\n0,0,,1_0,99\n", "trace.csv:2: used_bytes is not"),
+        ("t,gpu,pid,used_bytes,total_bytes\n1_0,0,,1,99\n", "trace.csv:2: t is not a number"),
+        ("t,gpu,pid,used_bytes,total_bytes\n0,\u0661,,1,99\n", "trace.csv:2: gpu is not"),
         (
             "t,gpu,pid,used_bytes,total_bytes\n0,0,,1,9\n0,1,7,1,\n1,0,,1,9\n1,1,7,2,\n",
             "trace.csv:3: process rows on gpu 1, but no device row for gpu 1",

@@ -83,10 +83,22 @@ def nearest_byte(text: str) -> int:
         return round(value)
 
 
+def plain_number(text: str) -> bool:
+    """Whether ``text`` may be a number of a trace: ASCII, with no ``_``.
+
+    Python's ``int`` and ``float`` also read ``1_000`` and the digits of other
+    scripts (Arabic-Indic ones, say), which no CSV writer puts in a number and
+    no other reader of the file would take for one.
+    """
+    return text.isascii() and "_" not in text
+
+
 def _parse_int(
     text: str, column: str, minimum: int, maximum: int = MAX_BYTES, *, whole: bool = False
 ) -> int:
     try:
+        if not plain_number(text):
+            raise ValueError(text)
         value = whole_number(text) if whole else nearest_byte(text)
     except ValueError:
         what = "a whole number" if whole else "a number"
@@ -109,9 +121,11 @@ def _parse_row(fields: list[str], index: tuple[int, ...]) -> TraceRow:
     except IndexError:
         raise ValueError(f"expected at least {max(index) + 1} columns, got {len(fields)}") from None
     try:
+        if not plain_number(t_text):
+            raise ValueError(t_text)
         t = float(t_text)
     except ValueError:
-        raise ValueError(f"t is not a number: {t_text!r}") from None
+        raise ValueError(f"t is not a number: {t_text[:40]!r}") from None
     if not math.isfinite(t) or t < 0:
         raise ValueError(f"t must be a finite number >= 0, got {t_text!r}")
     if t >= MAX_T:

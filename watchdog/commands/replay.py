@@ -13,6 +13,7 @@ from watchdog.detectors.events import CLEARED, Event
 from watchdog.detectors.replay import ReplayResult, replay_file
 from watchdog.policy.engine import Decision
 from watchdog.policy.replay import decisions_over
+from watchdog.trace import TraceError
 
 
 def register(subparsers: Any) -> None:
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
         require_matplotlib(args.plot)
     result = replay_file(args.trace, config.detection, record=args.plot is not None)
+    if not result.device_samples:
+        # Nothing was judged: "no findings" would read as a clean bill of health.
+        raise TraceError(f"{args.trace}: no device rows after the header: nothing to replay")
     decisions = decisions_over(
         result.events, result.duration_s, config.sources.device_interval_s, config.policy
     )

@@ -132,7 +132,8 @@ def replay_file(
         raise unreadable(path, exc) from None
     with _collector_paused():
         try:
-            return _replay_either(text.split("\n"), str(path), settings, record)
+            _require_plain(text, text.find("\n") + 1)
+            return _replay_either(text.split("\n"), str(path), settings, record, plain=True)
         except _NotFast:
             return _replay_rows(read_trace(path), settings, record)
 
@@ -154,11 +155,27 @@ def replay_lines(
             return _replay_rows(read_rows(stream, name), settings, record)
 
 
+def _require_plain(text: str, body_at: int) -> None:
+    """Raise ``_NotFast`` unless every figure from ``body_at`` on may be a plain number
+    (``plain_number``): the fast path's ``int`` and ``float`` would read ``1_000`` and
+    other scripts' digits. Checked on the whole text at once, so an ``_`` in a column
+    the replay ignores sends the trace to the reference parser too (slower, as sure)."""
+    if not text.isascii() or text.find("_", body_at) >= 0:
+        raise _NotFast
+
+
 def _replay_either(
-    lines: Sequence[str], name: str, settings: DetectionSettings | None, record: bool
+    lines: Sequence[str],
+    name: str,
+    settings: DetectionSettings | None,
+    record: bool,
+    plain: bool = False,
 ) -> ReplayResult:
     """The fast path for integers, then for decimals (a trace written by pandas or a
-    script computing floats); raise ``_NotFast`` if neither is sure."""
+    script computing floats); raise ``_NotFast`` if neither is sure. ``plain``: the
+    caller checked the text with ``_require_plain``."""
+    if not plain:
+        _require_plain("\n".join(lines[1:]), 0)
     try:
         return _replay_fast(lines, name, settings, record)
     except _NotIntegers:
@@ -301,7 +318,7 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
             gpu = gpu_of.get(gpu_text)
             if gpu is None:
                 gpu = gpu_of[gpu_text] = as_whole(gpu_text)
-                if gpu < 0:
+                if not 0 <= gpu <= MAX_BYTES:
                     raise _NotFast
             used = as_bytes(used_text)
             if not 0 <= used <= MAX_BYTES:
@@ -310,7 +327,7 @@ def _replay_fast(  # noqa: PLR0912, PLR0915 - one hot loop: each call split off 
                 pid = pid_of.get(pid_text)
                 if pid is None:
                     pid = pid_of[pid_text] = as_whole(pid_text)
-                    if pid < 1:
+                    if not 1 <= pid <= MAX_BYTES:
                         raise _NotFast
                 if total_text:
                     raise _NotFast
