@@ -17,7 +17,7 @@ import math
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, Protocol
 
 from watchdog.errors import UsageError
 
@@ -296,10 +296,17 @@ def group_steps(rows: Iterable[TraceRow]) -> Iterator[TraceStep]:
         yield current
 
 
+class TextSink(Protocol):
+    """Where a ``TraceWriter`` writes: an open text file, or anything taking text."""
+
+    def write(self, text: str, /) -> object:
+        """Take one row of text."""
+
+
 class TraceWriter:
     """Writes rows in the trace format to an open text stream."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: TextSink) -> None:
         self._writer = csv.writer(stream, lineterminator="\n")
         self._writer.writerow(COLUMNS)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import threading
 import time
@@ -19,7 +21,7 @@ from watchdog.commands._common import (
     call_within,
     load,
 )
-from watchdog.errors import UsageError
+from watchdog.errors import UsageError, WatchdogError
 from watchdog.samples import Reading
 from watchdog.sources.base import Source
 from watchdog.trace import TraceWriter
@@ -70,25 +72,37 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        stream = args.out.open("w", encoding="utf-8", newline="")
-    except OSError as exc:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
         sources.close()
-        raise UsageError(f"--out {args.out}: cannot write: {exc.strerror or exc}") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise UsageError(f"--out {args.out}: cannot write: {reason}") from None
+    sink = WholeRows(fd)
     try:
-        with stream:
-            rows = record(
-                [s for s in sources.sources if s.name != "host"],
-                TraceWriter(stream),
-                stream.flush,
-                stop,
-                args.duration,
-                deadline_s=deadline_s,
-            )
+        rows = record(
+            [s for s in sources.sources if s.name != "host"],
+            TraceWriter(sink),
+            sink.flush,
+            stop,
+            args.duration,
+            deadline_s=deadline_s,
+        )
     except DriverHung as exc:  # not closed: NVML's shutdown would wait for the stuck call
         raise DriverHung(f"{exc}; the rows recorded before it are in {args.out}") from None
+    except OSError as exc:
+        sources.close()
+        kept = (
+            f"the {sink.rows} rows recorded before it (to t={sink.last_t}) are in {args.out}"
+            if sink.rows
+            else "no row was recorded"
+        )
+        reason = exc.strerror or exc
+        raise WatchdogError(f"--out {args.out}: cannot write: {reason}; {kept}") from None
     except BaseException:
         sources.close()
         raise
+    finally:
+        os.close(fd)
     sources.close()
     print(f"recorded {rows} rows to {args.out}")
     return 0
@@ -143,6 +157,55 @@ def record(
         flush()
         stop.wait(max(0.0, min(due.values()) - clock()))
     return rows
+
+
+class WholeRows:
+    """The text sink of a recording: it reaches the file a whole poll at a time.
+
+    A full disk or a file size limit fails a write part-way through a row,
+    and a file that ends in half a row is no trace. Rows wait here until
+    ``flush`` (once a poll), which writes them or, failing, cuts the file
+    back to the last poll written whole and raises the ``OSError``: a
+    recording cut short still reads up to its last row.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending: list[str] = []
+        self._size = 0
+        self._lines = 0
+        self.last_t = ""
+        """The ``t`` of the newest row in the file, as written."""
+
+    def write(self, text: str) -> int:
+        """Take a row (``csv.writer`` calls this once per row)."""
+        self._pending.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        """Write the rows taken since the last flush, all of them or none."""
+        if not self._pending:
+            return
+        data = "".join(self._pending).encode("utf-8")
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+        except OSError:
+            with contextlib.suppress(OSError):  # not a regular file (/dev/full): nothing to cut
+                os.ftruncate(self._fd, self._size)
+            raise
+        finally:
+            pending, self._pending = self._pending, []
+        self._size += len(data)
+        self._lines += len(pending)
+        if self._lines > 1:  # more than the header
+            self.last_t = pending[-1].split(",", 1)[0]
+
+    @property
+    def rows(self) -> int:
+        """Rows in the file, the header not counted."""
+        return max(0, self._lines - 1)
 
 
 def _write(writer: TraceWriter, reading: Reading, t: float) -> int:
