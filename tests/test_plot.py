@@ -169,3 +169,30 @@ def test_a_predicted_oom_past_the_trace_s_end_is_on_the_plot(tmp_path: Path) -> 
         assert axis.get_xlim()[1] >= min(max(ooms), 2 * result.duration_s) / 60.0
     finally:
         plt.close(figure)
+
+
+def test_a_plot_that_fails_part_way_leaves_the_old_image_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk part-way through the new image: one line, exit 2, the old file whole."""
+    matplotlib = pytest.importorskip("matplotlib")
+    trace, png = tmp_path / "t.csv", tmp_path / "out.png"
+    write_trace(trace)
+    png.write_bytes(b"the old image")
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def full_disk(self: Any, fname: Any, **kwargs: Any) -> None:
+        real_savefig(self, fname, **kwargs)
+        with open(fname, "r+b") as half:  # what a write cut short leaves
+            half.truncate(100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    assert main(["replay", str(trace), "--plot", str(png)]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"--plot {png}: cannot write: No space left on device")
+    )
+    assert png.read_bytes() == b"the old image"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "t.csv"]

@@ -6,6 +6,7 @@ it is imported only here and only when a plot is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,11 +123,28 @@ def plot_replay(
     figure.suptitle(title or "gpu-watchdog replay")
     figure.tight_layout()
     try:
-        figure.savefig(path, dpi=110)
+        _save_whole(figure, path)
     except OSError as exc:
         raise UsageError(f"--plot {path}: cannot write: {exc.strerror or exc}") from None
     finally:
         plt.close(figure)
+
+
+def _save_whole(figure: Any, path: Path) -> None:
+    """Save ``figure`` at ``path`` whole or not at all.
+
+    It is drawn into a new file beside ``path``, then renamed over it: a write
+    that fails part-way (a full disk, a file size limit) leaves the image that
+    was there as it was, not half of the new one.
+    """
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        figure.savefig(partial, dpi=110)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
 
 
 def _draw_gpu(axis: Any, result: ReplayResult, gpu: int, scale: float, duration: float) -> None:
