@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import REPO
 
+from watchdog.cli import build_parser
+from watchdog.commands.demo import options_from
 from watchdog.demo.display import Display, minutes, sparkline
 from watchdog.demo.runner import (
     MAX_LEAK_RATE,
@@ -19,6 +21,10 @@ from watchdog.demo.runner import (
 )
 
 GIB = 1 << 30
+
+
+def _demo_args(argv):
+    return build_parser().parse_args(["demo", *argv])
 
 
 def test_sparkline_scales_from_lowest_to_highest():
@@ -96,6 +102,34 @@ def test_bad_demo_arguments_exit_2_with_one_line(args, message):
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
+
+
+def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path):
+    """--dir naming a file, a folder under a file, or a full folder: exit 2, one line."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("")
+    cases = [
+        (afile, f"--dir: {afile} is not a directory"),
+        (afile / "sub", f"--dir: cannot create {afile / 'sub'}: a part of it is a file"),
+        (full, f"--dir: {full} is not empty"),
+    ]
+    for run_dir, message in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "watchdog", "demo", "--steps", "200", "--dir", str(run_dir)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert result.stderr.strip().endswith(message)
+        assert "Traceback" not in result.stderr
+    fresh = tmp_path / "a" / "b"
+    assert options_from(_demo_args(["--steps", "200", "--dir", str(fresh)])).run_dir == fresh
+    assert fresh.is_dir()
 
 
 @pytest.mark.parametrize(("loss", "said"), [(0.01234, "final loss 0.0123"), (None, "no step left")])

@@ -76,10 +76,10 @@ def options_from(args: argparse.Namespace) -> Any:
         parse_listen(args.listen)
     except ValueError as exc:
         raise UsageError(f"--listen: {exc}") from None
-    if args.dir is not None and args.dir.exists() and any(args.dir.iterdir()):
-        raise UsageError(f"--dir: {args.dir} is not empty")
     if importlib.util.find_spec("torch") is None:
         raise UsageError("the demo needs torch: pip install 'gpu-job-watchdog[torch]'")
+    if args.dir is not None:
+        _make_run_dir(args.dir)
     return DemoOptions(
         steps=args.steps,
         leak=not args.no_leak,
@@ -89,6 +89,22 @@ def options_from(args: argparse.Namespace) -> Any:
         leak_rate=None if args.leak_rate is None else args.leak_rate * MIB,
         gpu=args.gpu,
     )
+
+
+def _make_run_dir(path: Path) -> None:
+    """Create ``path`` for the demo's files, or say in one line why it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        empty = not any(path.iterdir())
+    except FileExistsError:
+        raise UsageError(f"--dir: {path} is not a directory") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        reason = getattr(exc, "strerror", None) or exc
+        if isinstance(exc, NotADirectoryError):
+            reason = "a part of it is a file"
+        raise UsageError(f"--dir: cannot create {path}: {reason}") from None
+    if not empty:
+        raise UsageError(f"--dir: {path} is not empty")
 
 
 def run(args: argparse.Namespace) -> int:
