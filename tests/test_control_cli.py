@@ -106,6 +106,94 @@ def test_send_refuses_a_timeout_that_is_no_positive_number(attached, timeout):
     assert attached.server.stats()[0] == {}  # no command counted: nothing was sent
 
 
+@pytest.mark.parametrize("timeout", ["1e10", "86401"])
+def test_send_refuses_a_timeout_past_a_day(attached, timeout):
+    """A --timeout longer than a day is one range error and exit 2, not an overflow traceback."""
+    result = run_cli(
+        "send", "cli-job", "checkpoint", "--timeout", timeout, "--socket", attached.socket_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "gpu-watchdog send: error: --timeout must be at most 86400 seconds (a day), "
+        f"got {float(timeout):g}"
+    ]
+    assert attached.server.stats()[0] == {}
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["clients", "--socket", ""], {}),
+        (["clients"], {"GPU_WATCHDOG_SOCKET": ""}),
+        (["send", "1", "empty_cache", "--socket", ""], {}),
+        (["send", "1", "empty_cache"], {"GPU_WATCHDOG_SOCKET": ""}),
+        (["check-config"], {"GPU_WATCHDOG_SOCKET": ""}),
+        (["run", "--simulate", "leak"], {"GPU_WATCHDOG_SOCKET": ""}),
+    ],
+)
+def test_an_empty_socket_path_is_a_usage_error(argv, env):
+    """An empty --socket or GPU_WATCHDOG_SOCKET is one usage line, exit 2: never the default."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GPU_WATCHDOG_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "watchdog", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**clean, **env},
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    # The configuration may refuse the empty value itself ("control.socket_path must not
+    # be empty"); either way it is one line about the empty socket path.
+    assert "socket" in line
+    assert "empty" in line
+
+
+def test_what_clients_sent_is_escaped_in_the_table():
+    """Control characters a client sent print escaped, so each client is one table row."""
+    table = clients_command.format_table(
+        [
+            {
+                "pid": 7,
+                "job": "evil\n\x1b[31mRED\x00",
+                "device": "cuda:0\r\nX\u202e",
+                "heartbeat_age_s": 0.0,
+                "growth_planned_s": 1e300,
+            }
+        ]
+    )
+    _header, row = table.splitlines()
+    for raw in ("\x1b", "\x00", "\r"):
+        assert raw not in table
+    assert "evil\\n\\x1b[31mRED\\x00" in row
+    assert "cuda:0\\r\\nX\\u202e" in row
+    assert row.endswith(">360m")
+
+
+def test_what_a_process_answered_is_escaped_by_send():
+    """Error text and details are one escaped line each; stacks keep their newlines only."""
+    text = send_command.describe(
+        {
+            "pid": 1,
+            "job": "j",
+            "rank": 0,
+            "command": "dump_stacks",
+            "ok": False,
+            "duration_s": 1e300,
+            "error": "boom\n\x1b]0;owned\x07",
+            "details": {"path\x1b": "/x\ny", "stacks": "Thread 1\n  \x1b[2Jframe"},
+        }
+    )
+    assert text.splitlines() == [
+        "pid 1 (job j, rank 0): dump_stacks FAILED in 1e+300 s",
+        "  error: boom\\n\\x1b]0;owned\\x07",
+        "  path\\x1b: /x\\ny",
+        "Thread 1",
+        "  \\x1b[2Jframe",
+    ]
+
+
 def test_send_to_a_target_of_other_digits_is_an_unknown_job(attached):
     """A target "²" (str.isdigit, yet no int) is a job name nobody has, not a traceback."""
     result = run_cli("send", "\u00b2", "checkpoint", "--socket", attached.socket_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import struct
 
 import pytest
@@ -10,13 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watchdog.control.protocol import (
+    MAX_GROWTH_PLANNED_S,
     VERSION,
     FrameDecoder,
     ProtocolError,
     decode_body,
     encode,
+    opt_float,
     opt_int,
+    opt_names,
+    opt_text,
+    recv_message,
 )
+from watchdog.detectors.engine import MAX_PLANNED_GROWTH_S
 
 
 def frame(body: bytes) -> bytes:
@@ -94,6 +101,55 @@ def test_opt_int_rejects_bools_and_negatives():
     for bad in (True, -1, 1.5, "3", 1 << 63):
         with pytest.raises(ProtocolError):
             opt_int({"n": bad}, "n")
+
+
+def test_opt_float_refuses_an_integer_no_double_holds():
+    """An integer of 400 digits is valid JSON but no double: a protocol error, not a crash."""
+    assert opt_float({"n": 7}, "n") == 7.0
+    with pytest.raises(ProtocolError, match="finite number"):
+        opt_float({"n": 10**400}, "n")
+
+
+@pytest.mark.parametrize("bad", ["a\nb", "\x1b[31mred", "nul\x00", "del\x7f", "csi\x9b2J", "\r"])
+def test_one_line_text_refuses_control_characters(bad):
+    """Names printed as they are hold no C0, DEL or C1 character; free text may."""
+    assert opt_text({"s": bad}, "s") == bad
+    with pytest.raises(ProtocolError, match="control characters"):
+        opt_text({"s": bad}, "s", one_line=True)
+    assert opt_text({"s": "cuda:0 é ✓"}, "s", one_line=True) == "cuda:0 é ✓"
+
+
+@pytest.mark.parametrize("bad", ["x", [1, 2], [""], ["a" * 65], ["ok\n"], ["n"] * 65, {"a": 1}])
+def test_names_must_be_a_short_list_of_strings(bad):
+    """A list of names is a list of 1..64-character strings, at most 64 of them."""
+    assert opt_names({}, "k") == []
+    assert opt_names({"k": ["empty_cache", "from_the_future"]}, "k") == [
+        "empty_cache",
+        "from_the_future",
+    ]
+    with pytest.raises(ProtocolError):
+        opt_names({"k": bad}, "k")
+
+
+def test_recv_message_takes_a_timeout_longer_than_a_socket_can():
+    """A wait of 1e10 s (settimeout overflows past about 9.2e9) waits; it does not raise."""
+    left, right = socket.socketpair()
+    with left, right:
+        right.sendall(encode({"type": "pong"}))
+        message = recv_message(left, FrameDecoder(), [], timeout_s=1e10)
+    assert message["type"] == "pong"
+
+
+def test_recv_message_times_out_on_its_deadline():
+    """A short timeout still ends the wait with TimeoutError when nothing arrives."""
+    left, right = socket.socketpair()
+    with left, right, pytest.raises(TimeoutError, match=r"0\.05 s"):
+        recv_message(left, FrameDecoder(), [], timeout_s=0.05)
+
+
+def test_growth_cap_is_the_engines():
+    """The protocol caps a plan at what the detection engine honours, no less and no more."""
+    assert MAX_GROWTH_PLANNED_S == MAX_PLANNED_GROWTH_S
 
 
 @settings(max_examples=300, deadline=None)

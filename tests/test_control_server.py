@@ -14,7 +14,7 @@ import pytest
 from control_helpers import RawPeer, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 
-from watchdog.config import ControlSettings
+from watchdog.config import ConfigError, ControlSettings
 from watchdog.control import (
     CommandPermissionError,
     ControlError,
@@ -22,8 +22,9 @@ from watchdog.control import (
     UnknownTargetError,
 )
 from watchdog.control import server as server_module
+from watchdog.control.protocol import COMMANDS, MAX_GROWTH_PLANNED_S
 from watchdog.control.registry import AllocatorReport, PeerCred, Registration
-from watchdog.control.server import _Client, sync_step
+from watchdog.control.server import _Client, check_settings, sync_step
 
 pytest_plugins = ["control_fixtures"]
 
@@ -581,3 +582,80 @@ def test_commands_requested_over_the_socket_are_told_apart_from_the_policys(serv
         ]
     finally:
         stop.set()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"commands": "x"},
+        {"commands": [1, 2]},
+        {"commands": {"empty_cache": True}},
+        {"commands": ["n"] * 65},
+        {"job": "evil\n\x1b[31mRED\x00"},
+        {"device": "cuda:0\r\nX"},
+        {"device_uuid": "GPU-\x1b]0;title\x07"},
+        {"hostname": "node\x00"},
+        {"client_version": "0.1\x9b2J"},
+        {"rank": "0"},
+        {"restart_count": 1.5},
+    ],
+)
+def test_register_with_a_bad_field_is_dropped(server_factory, fields):
+    """A wrongly typed field, or a control character in a printed name, is malformed."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.send({"type": "register", "job": "raw", **fields})
+    assert peer.closed_by_server()
+    assert server.clients() == []
+    assert server.stats()[1] == {"malformed": 1}
+
+
+def test_register_lists_commands_the_daemon_may_not_know(server_factory):
+    """``commands`` names this daemon does not know are a newer client's: accepted."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    assert peer.register(commands=[*COMMANDS, "from_the_future"])["type"] == "registered"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"device": "cuda:1\x1b[2J"},
+        {"device": "cuda:1", "device_uuid": "GPU-\n"},
+        {"growth_planned_s": 10**400},
+        {"step": 10**400},
+    ],
+)
+def test_a_report_with_a_bad_field_is_malformed(server_factory, fields):
+    """Control characters in a reported device, or a number no double holds: malformed."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.register()
+    peer.send({"type": "report", "step": 1, **fields})
+    assert peer.closed_by_server()
+    assert server.stats()[1] == {"malformed": 1}  # not internal_error
+
+
+def test_an_absurd_growth_plan_is_capped(server_factory):
+    """growth_planned_s 1e300 is read as the longest plan honoured, not dropped or kept."""
+    server, seen, peer = reporting_peer(server_factory)
+    peer.send({"type": "report", "step": 1, "growth_planned_s": 1e300})
+    wait_for(lambda: seen)
+    assert seen[0].growth_planned_s == MAX_GROWTH_PLANNED_S
+    assert server.clients()[0].to_dict()["growth_planned_s"] == MAX_GROWTH_PLANNED_S
+
+
+def test_a_detach_reason_with_control_characters_is_malformed(server_factory):
+    """A farewell's reason is logged as a word: a control character in it is malformed."""
+    server = server_factory()
+    peer = RawPeer(server.socket_path)
+    peer.register()
+    peer.send({"type": "detach", "reason": "close\n\x1b[2J"})
+    assert peer.closed_by_server()
+    assert server.stats()[1] == {"malformed": 1}
+
+
+def test_an_empty_socket_path_is_a_config_error():
+    """check-config and run refuse an empty control.socket_path before binding anything."""
+    with pytest.raises(ConfigError, match="socket path is empty"):
+        check_settings(ControlSettings(socket_path=""))

@@ -21,6 +21,20 @@ from watchdog.sources.scenarios import scenario_names
 from watchdog.sources.simulated import SimulatedSource, load_steps
 
 
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with every non-printable character but those in ``keep`` escaped as ``repr`` does.
+
+    For strings a peer chose (a client's job, device, error text): printed raw, a
+    newline would break a table row and an escape sequence would reach the
+    terminal of whoever runs the command.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or char in keep else repr(char)[1:-1] for char in text
+    )
+
+
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     """``--config PATH``."""
     parser.add_argument(

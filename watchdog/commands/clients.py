@@ -7,8 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from watchdog.commands._common import printable
 from watchdog.config import load_config
+from watchdog.control.protocol import MAX_GROWTH_PLANNED_S
 from watchdog.control.requests import ControlRequester
+from watchdog.errors import UsageError
 
 COLUMNS = (
     "PID",
@@ -39,10 +42,18 @@ def add_socket_options(parser: argparse.ArgumentParser) -> None:
 
 
 def socket_path(args: argparse.Namespace) -> str:
-    """The socket to talk to: ``--socket``, else the configuration (file, then environment)."""
-    if args.socket:
-        return str(args.socket)
-    return load_config(args.config).control.socket_path
+    """The socket to talk to: ``--socket``, else the configuration (file, then environment).
+
+    Raises:
+        UsageError: the path is empty (``--socket ""``, or ``GPU_WATCHDOG_SOCKET=``).
+    """
+    # An empty --socket must not fall back to the default: that is another daemon.
+    path = args.socket if args.socket is not None else load_config(args.config).control.socket_path
+    if not path:
+        raise UsageError(
+            "socket path is empty (set --socket, GPU_WATCHDOG_SOCKET or control.socket_path)"
+        )
+    return str(path)
 
 
 def human_bytes(value: int | None) -> str:
@@ -58,8 +69,8 @@ def human_bytes(value: int | None) -> str:
 
 
 def text(value: object) -> str:
-    """A table cell; ``-`` for unknown."""
-    return "-" if value is None or value == "" else str(value)
+    """A table cell, one line whatever a client sent; ``-`` for unknown."""
+    return "-" if value is None or value == "" else printable(str(value))
 
 
 def planned(client: dict[str, Any]) -> str:
@@ -67,7 +78,10 @@ def planned(client: dict[str, Any]) -> str:
     left = client.get("growth_planned_s")
     if left is None:
         return "-"
-    minutes = f"{left / 60:.0f}m" if left >= 60 else f"{left:.0f}s"
+    if left > MAX_GROWTH_PLANNED_S:  # a daemon that did not cap it: the plan is honoured no longer
+        minutes = f">{MAX_GROWTH_PLANNED_S / 60:.0f}m"
+    else:
+        minutes = f"{left / 60:.0f}m" if left >= 60 else f"{left:.0f}s"
     size = client.get("growth_up_to_bytes")
     return minutes if size is None else f"{minutes} to {human_bytes(size)}"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import struct
 import time
@@ -40,6 +41,15 @@ MAX_TEXT = 256
 """Longest identity string (job, device, host) a client may register."""
 MAX_ERROR_CHARS = 4096
 """Longest error text a result or a farewell may carry; a client cuts its own to fit."""
+MAX_LIST_ITEMS = 64
+"""Most entries a list of names (``register``'s ``commands``) may hold."""
+MAX_GROWTH_PLANNED_S = 6 * 3600.0
+"""The longest growth plan the daemon honours at once (the detection engine's
+``MAX_PLANNED_GROWTH_S``): a report planning longer is read as planning this long."""
+_LONGEST_WAIT_S = 3600.0
+"""Longest single wait on a socket: ``settimeout`` overflows past about 2^63 ns."""
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""C0, DEL and C1 (Unicode category Cc): what moves a terminal's cursor or starts an escape."""
 
 
 class ProtocolError(ValueError):
@@ -151,19 +161,53 @@ def opt_float(message: dict[str, Any], key: str) -> float | None:
     value = message.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProtocolError(f"{key} must be a finite number or null, got {value!r}")
-    return float(value)
+    problem = f"{key} must be a finite number or null, got {value!r:.32}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(problem)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits: valid JSON, no double
+        raise ProtocolError(problem) from None
+    if not math.isfinite(number):
+        raise ProtocolError(problem)
+    return number
 
 
-def opt_text(message: dict[str, Any], key: str, limit: int = MAX_TEXT) -> str:
-    """The string at ``key`` (empty when absent), at most ``limit`` characters; else error."""
+def opt_text(
+    message: dict[str, Any], key: str, limit: int = MAX_TEXT, *, one_line: bool = False
+) -> str:
+    """The string at ``key`` (empty when absent), at most ``limit`` characters; else error.
+
+    ``one_line`` also refuses control characters (C0, DEL, C1): names that
+    ``gpu-watchdog clients`` and the logs print must not move the cursor of
+    whoever reads them, nor start a terminal escape sequence.
+    """
     value = message.get(key, "")
     if value is None:
         return ""
     if not isinstance(value, str) or len(value) > limit:
         raise ProtocolError(f"{key} must be a string of at most {limit} characters")
+    if one_line and _CONTROL_CHARS.search(value):
+        raise ProtocolError(f"{key} must hold no control characters, got {value[:64]!r}")
     return value
+
+
+def opt_names(message: dict[str, Any], key: str, limit: int = MAX_LIST_ITEMS) -> list[str]:
+    """The list of names at ``key`` (empty when absent or null); else ProtocolError.
+
+    At most ``limit`` entries, each a string of 1 to 64 characters with no
+    control characters. Names this side does not know are kept: a newer peer
+    may know more.
+    """
+    value = message.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > limit:
+        raise ProtocolError(f"{key} must be a list of at most {limit} names")
+    for item in value:
+        if not isinstance(item, str) or not 0 < len(item) <= 64 or _CONTROL_CHARS.search(item):
+            raise ProtocolError(f"{key} must hold names (strings of 1 to 64 characters)")
+    return list(value)
 
 
 # --- blocking helpers (client library, command line) ----------------------------------------
@@ -192,11 +236,11 @@ def recv_message(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(f"no complete message within {timeout_s:g} s")
-        sock.settimeout(remaining)
+        sock.settimeout(min(remaining, _LONGEST_WAIT_S))
         try:
             data = sock.recv(65536)
         except TimeoutError:
-            raise TimeoutError(f"no complete message within {timeout_s:g} s") from None
+            continue  # the deadline, checked above, says whether time is up
         if not data:
             raise ConnectionError("connection closed by the peer")
         pending.extend(decoder.feed(data))

@@ -15,9 +15,11 @@ from typing import Any
 
 from watchdog.control.protocol import (
     MAX_ERROR_CHARS,
+    MAX_GROWTH_PLANNED_S,
     ProtocolError,
     opt_float,
     opt_int,
+    opt_names,
     opt_text,
 )
 
@@ -58,9 +60,13 @@ class AllocatorReport:
             if f.name != "growth_planned_s"
         }
         planned = opt_float(message, "growth_planned_s")
-        if planned is not None and planned < 0:
+        if planned is None:
+            return cls(**values)
+        if planned < 0:
             raise ProtocolError(f"growth_planned_s must be >= 0 or null, got {planned!r}")
-        return cls(**values, growth_planned_s=planned)
+        # Not refused: the client library takes any finite plan, and a client dropped for
+        # its report would reconnect and send it again. Nothing longer is honoured anyway.
+        return cls(**values, growth_planned_s=min(planned, MAX_GROWTH_PLANNED_S))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,18 +96,19 @@ class Registration:
             raise ProtocolError(
                 f"pid {claimed} in register does not match the connecting process {peer.pid}"
             )
-        job = opt_text(message, "job")
+        job = opt_text(message, "job", one_line=True)
         if not job:
             raise ProtocolError("register needs a non-empty job")
+        opt_names(message, "commands")  # checked, not kept: nothing reads it yet
         return cls(
             job=job,
             rank=opt_int(message, "rank"),
             local_rank=opt_int(message, "local_rank"),
             world_size=opt_int(message, "world_size"),
-            device=opt_text(message, "device"),
-            device_uuid=opt_text(message, "device_uuid"),
-            hostname=opt_text(message, "hostname"),
-            client_version=opt_text(message, "client_version", 64),
+            device=opt_text(message, "device", one_line=True),
+            device_uuid=opt_text(message, "device_uuid", one_line=True),
+            hostname=opt_text(message, "hostname", one_line=True),
+            client_version=opt_text(message, "client_version", 64, one_line=True),
             restart_count=opt_int(message, "restart_count"),
         )
 

@@ -198,8 +198,11 @@ def check_settings(settings: ControlSettings) -> None:
     and by ``run`` before anything starts.
 
     Raises:
-        ConfigError: the socket path is too long, or its group does not exist here.
+        ConfigError: the socket path is empty or too long, or its group does not exist here.
     """
+    if not settings.socket_path:
+        # Else binding fails on whatever the empty path resolves to, as a runtime error.
+        raise ConfigError("control.socket_path: socket path is empty")
     size = len(os.fsencode(settings.socket_path))
     if size > MAX_SOCKET_PATH_BYTES:
         raise ConfigError(
@@ -784,7 +787,8 @@ class ControlServer:
     def _on_report(self, conn: _Conn, message: dict[str, Any]) -> None:
         client = _registered(conn)
         report = AllocatorReport.from_message(message)
-        device, uuid = opt_text(message, "device"), opt_text(message, "device_uuid")
+        device = opt_text(message, "device", one_line=True)
+        uuid = opt_text(message, "device_uuid", one_line=True)
         now = self._clock()
         with self._lock:
             if device and (device, uuid) != (
@@ -815,7 +819,7 @@ class ControlServer:
         """A client says goodbye before closing: it is leaving on purpose, or dying of an error."""
         client = _registered(conn)
         client.farewell = {
-            "reason": opt_text(message, "reason"),
+            "reason": opt_text(message, "reason", one_line=True),
             "error": opt_text(message, "error", MAX_ERROR_CHARS),
         }
 
