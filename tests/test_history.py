@@ -122,6 +122,56 @@ def test_a_hand_edited_line_is_skipped_not_a_traceback(
     assert "(1 unreadable line(s) skipped)" in result.stderr
 
 
+def test_a_line_nested_too_deep_is_skipped_by_history_and_the_daemon(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """JSON nested past the parser's recursion limit is a corrupt line like any other."""
+    _fill(tmp_path)
+    with (tmp_path / "journal.jsonl").open("a") as stream:
+        stream.write("[" * 200_000 + "]" * 200_000 + "\n")
+    result = _history(tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 4
+    assert "(1 unreadable line(s) skipped)" in result.stderr
+    assert len(list(Journal(tmp_path).read())) == 4  # what the daemon reads at start
+
+
+def test_a_finding_with_a_hand_edited_pid_is_no_job_s(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """--job over a finding whose pid is not a number: not that job's, and no traceback."""
+    _fill(tmp_path)
+    with (tmp_path / "journal.jsonl").open("a") as stream:
+        stream.write(f'{{"type": "finding", "wall": {time.time()}, "gpu": 0, "pid": [7, 8]}}\n')
+    result = _history(tmp_path, "--job", "a", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+
+
+def test_what_a_client_wrote_is_escaped_on_one_line(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """A job name or error text with a newline or an escape sequence stays one line."""
+    _fill(tmp_path)
+    Journal(tmp_path).append(
+        {
+            "type": "result",
+            "wall": time.time(),
+            "action": "empty_cache",
+            "job": "evil\n\x1b[31mRED",
+            "pid": 7,
+            "ok": False,
+            "error": "boom\r\nX",
+        }
+    )
+    result = _history(tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert len(result.stdout.splitlines()) == 5
+    assert "job evil\\n\\x1b[31mRED" in last
+    assert last.endswith("error: boom\\r\\nX")
+
+
 def test_history_errors_are_one_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
     """A missing state directory and a bad --since are one-line errors with exit 2."""
     missing = _history(tmp_path / "nope", env=cli_env)
@@ -135,6 +185,9 @@ def test_history_errors_are_one_line(tmp_path: Path, cli_env: dict[str, str]) ->
     bad = _history(tmp_path, "--since", "yesterday-ish", env=cli_env)
     assert bad.returncode == 2
     assert "--since: expected a duration" in bad.stderr
+    empty = _history(tmp_path, "--since", "", env=cli_env)  # once read as no filter at all
+    assert empty.returncode == 2
+    assert "--since: expected a duration" in empty.stderr
 
 
 def test_parse_since() -> None:

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from watchdog.commands._common import add_config_option, load
+from watchdog.commands._common import add_config_option, load, printable
 from watchdog.errors import UsageError
 from watchdog.policy.journal import Journal, ReadStats
 
@@ -60,7 +60,7 @@ def parse_since(text: str, now: float) -> float:
 def run(args: argparse.Namespace) -> int:
     """Print the matching entries, oldest first."""
     config = load(args)
-    since = parse_since(args.since, time.time()) if args.since else None
+    since = parse_since(args.since, time.time()) if args.since is not None else None
     directory = args.state_dir or Path(config.daemon.state_dir)
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"no journal: {directory} is not a directory")
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             if since is not None and float(entry.get("wall", 0)) < since:
                 continue
-            line = json.dumps(entry, sort_keys=True) if args.json else render(entry)
+            # A client's job name and error text are its own: escaped, each entry one line.
+            line = json.dumps(entry, sort_keys=True) if args.json else printable(render(entry))
         except (TypeError, ValueError, OverflowError):
             stats.skipped_lines += 1  # JSON, but not an entry this daemon wrote (a hand edit)
             continue
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"({stats.skipped_lines} unreadable line(s) skipped)", file=sys.stderr)
     if not shown:
         asked = (("--job", args.job), ("--since", args.since))
-        filters = " ".join(f"{flag} {value}" for flag, value in asked if value)
+        filters = " ".join(f"{flag} {value}" for flag, value in asked if value is not None)
         matching = f" match {filters}" if filters else ""
         print(f"no journal entries in {directory}{matching}", file=sys.stderr)
     return 0
@@ -111,7 +112,8 @@ def _pids_of(entries: Iterable[dict[str, Any]], job: str) -> set[int]:
 
 def _pid_job(entry: dict[str, Any], pids: set[int], job: str) -> str | None:
     """``job`` for a finding about one of its ``pids``, else None."""
-    return job if entry.get("type") == "finding" and entry.get("pid") in pids else None
+    pid = entry.get("pid")
+    return job if entry.get("type") == "finding" and isinstance(pid, int) and pid in pids else None
 
 
 def render(entry: dict[str, Any]) -> str:

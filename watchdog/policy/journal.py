@@ -118,7 +118,7 @@ class Journal:
                     continue
                 try:
                     entry = json.loads(raw)
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep
                     stats.skipped_lines += 1
                     continue
                 if isinstance(entry, dict):
