@@ -12,6 +12,7 @@ from watchdog.commands._common import (
     build_sources,
     call_within,
     load,
+    printable,
 )
 from watchdog.daemon.state import DaemonState, Snapshot
 from watchdog.errors import WatchdogError
@@ -88,8 +89,9 @@ def render(snap: Snapshot) -> str:
             lines.append(f"{'':5}{'PID':>8}  {'OWNER':<24} {'GPU GiB':>8} {'RSS GiB':>8}  COMMAND")
         for process in sorted(processes, key=lambda p: -(p.used_bytes or 0)):
             sample = host.get(process.pid, HostProcessSample(pid=process.pid))
-            owner = (sample.owner.label() or sample.username or "-")[:24]
-            command = sample.command or "-"
+            # From the process's environment (SLURM_JOB_ID): whatever its owner put there.
+            owner = printable(sample.owner.label() or sample.username or "-")[:24]
+            command = printable(sample.command) or "-"
             line = (
                 f"{'':5}{process.pid:>8}  {owner:<24} {_gib(process.used_bytes):>8} "
                 f"{_gib(sample.total_rss_bytes):>8}  {command}"
