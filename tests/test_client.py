@@ -448,6 +448,17 @@ def test_second_attach_replaces_the_first(server_factory, handles):
     first.step()  # still safe
 
 
+@pytest.mark.parametrize("job", ["a\nb", "\x1b[31mred", "x" * 257])
+def test_a_job_name_the_daemon_would_refuse_is_refused_at_attach(tmp_path, monkeypatch, job):
+    """A name with control characters or too long: a ValueError now, not a link that the
+    daemon drops at every try (its registration is malformed)."""
+    with pytest.raises(ValueError, match="job must"):
+        attach(job=job, socket_path=str(tmp_path / "none.sock"))
+    monkeypatch.setenv("SLURM_JOB_ID", job)  # from the environment, the same
+    with pytest.raises(ValueError, match="job must"):
+        attach(socket_path=str(tmp_path / "none.sock"))
+
+
 def test_job_and_rank_from_environment(monkeypatch):
     """Job id: given name, else torchrun's run id, else Slurm's, else user-pid."""
     from watchdog.client import runtime

@@ -28,7 +28,7 @@ from typing import Any
 from watchdog.client import commands, distributed, runtime
 from watchdog.client.checkpoint import FORMAT, CheckpointStore
 from watchdog.client.link import Link
-from watchdog.control.protocol import COMMANDS, MAX_ERROR_CHARS
+from watchdog.control.protocol import COMMANDS, MAX_ERROR_CHARS, ProtocolError, opt_text
 
 log = logging.getLogger("watchdog.client")
 
@@ -152,6 +152,12 @@ class Watchdog:
         self.model = model
         self.optimizer = optimizer
         self.job = runtime.job_id(job)
+        try:
+            # The daemon drops a registration whose job it cannot print on one line: said
+            # here, once, rather than as a link that never comes up.
+            opt_text({"job": self.job}, "job", one_line=True)
+        except ProtocolError as exc:
+            raise ValueError(f"watchdog: {exc}") from None
         self.ranks = runtime.ranks()
         given = {"rank": rank, "local_rank": local_rank, "world_size": world_size}
         self.ranks.update({key: value for key, value in given.items() if value is not None})
