@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "--decimals", action="store_true", help="write pid and total_bytes as pandas does (1.0)"
     )
     args = parser.parse_args(argv)
+    if args.trace is not None and not args.trace.is_file():
+        parser.error(f"--trace: not a file: {args.trace}")
     with tempfile.TemporaryDirectory() as folder:
         path = args.trace or Path(folder) / "bench.csv"
         if args.trace is None:

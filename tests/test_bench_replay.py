@@ -51,6 +51,7 @@ def test_leak_every_says_which_gpus_leak(tmp_path: Path) -> None:
         (["--gpus", "x"], "argument --gpus: not a whole number: 'x'"),
         (["--hours", "nan"], "argument --hours: must be a finite number above 0, got nan"),
         (["--hours", "inf"], "argument --hours: must be a finite number above 0, got inf"),
+        (["--trace", "/nonexistent/t.csv"], "--trace: not a file: /nonexistent/t.csv"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(argument: list[str], message: str) -> None:
