@@ -12,11 +12,13 @@ short aliases exist (``ALIASES``).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import ipaddress
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +59,15 @@ ALIASES = {"GPU_WATCHDOG_SOCKET": ("control", "socket_path")}
 
 T = TypeVar("T")
 
+INT_MAX = (1 << 63) - 1
+"""The largest integer setting: TOML's integers are 64-bit, and so are the programs reading them."""
+ECHO_CHARS = 40
+"""How much of a bad value an error message repeats: one line, even for a pasted megabyte."""
+_ENV_INT = re.compile(r"[+-]?[0-9]+")
+_ENV_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+# RFC 1123 host name labels: letters, digits and inner hyphens, at most 63 characters.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
 
 class ConfigError(UsageError):
     """A configuration that cannot be used; the message is one line naming the key and source."""
@@ -95,16 +106,51 @@ def setting(
     )
 
 
+def shorten(value: object, limit: int = ECHO_CHARS) -> str:
+    """``value`` as an error message repeats it: its repr, cut after ``limit`` characters."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else repr(value[:limit]) + "…"
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[:limit] + "…"
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_host_name(host: str) -> bool:
+    """True for a syntactically valid RFC 1123 host name; nothing is resolved."""
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return False
+    # A numeric last label is a mistyped address (127.0.0.256), which a resolver may
+    # read as a number or look up: neither is what was meant (RFC 3696, section 2).
+    return not labels[-1].isdigit()
+
+
 def parse_listen(value: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[V6]:PORT`` for IPv6); raise ValueError if malformed."""
+    """Split ``HOST:PORT`` (``[V6]:PORT`` for IPv6); raise ValueError if malformed.
+
+    HOST must be an IP address or a valid host name (RFC 1123); it is not resolved here.
+    """
     host, sep, port_text = value.rpartition(":")
     if not sep or not host:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
+        raise ValueError(f"expected HOST:PORT, got {shorten(value)}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-        ipaddress.IPv6Address(host)
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"port must be 0-65535, got {port_text!r}")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"expected an IPv6 address in [], got {shorten(host)}") from None
+    elif not _is_ip_address(host) and not _is_host_name(host):
+        raise ValueError(f"host must be an IP address or a host name, got {shorten(host)}")
+    # ASCII digits only: str.isdigit() also takes "٨٠" and "²".
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
+        raise ValueError(f"port must be 0-65535, got {shorten(port_text)}")
     return host, int(port_text)
 
 
@@ -114,6 +160,16 @@ def _check_listen(value: str) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def _check_no_nul(value: str) -> str | None:
+    # The operating system ends a name at a NUL byte: grp, open() and bind() refuse it.
+    return "must not contain a NUL byte" if "\0" in value else None
+
+
+def _check_path(value: str) -> str | None:
+    # An empty path is the current directory to every call that takes it: never meant.
+    return "must not be empty" if not value else _check_no_nul(value)
 
 
 @dataclass(frozen=True)
@@ -129,7 +185,9 @@ class DaemonSettings:
         choices=("auto", "json", "console"),
     )
     state_dir: str = setting(
-        "/var/lib/gpu-watchdog", "Directory for the audit journal and other state."
+        "/var/lib/gpu-watchdog",
+        "Directory for the audit journal and other state.",
+        check=_check_path,
     )
 
 
@@ -205,15 +263,20 @@ class MetricsSettings:
         8, "Scrapes served at once; more wait for a free slot.", minimum=1, maximum=256
     )
     tls_cert_file: str = setting(
-        "", "PEM certificate (chain) to serve HTTPS with; empty serves plain HTTP."
+        "",
+        "PEM certificate (chain) to serve HTTPS with; empty serves plain HTTP.",
+        check=_check_no_nul,
     )
     tls_key_file: str = setting(
-        "", "PEM private key of tls_cert_file, unencrypted and readable by the daemon only."
+        "",
+        "PEM private key of tls_cert_file, unencrypted and readable by the daemon only.",
+        check=_check_no_nul,
     )
     tls_client_ca_file: str = setting(
         "",
         "PEM CA certificates; when set, every client must present a certificate they signed "
         "(mutual TLS, also for /healthz).",
+        check=_check_no_nul,
     )
     tls_min_version: str = setting("1.2", "Oldest TLS version accepted.", choices=("1.2", "1.3"))
     basic_auth: tuple[BasicAuthUser, ...] = setting(
@@ -253,7 +316,9 @@ class SourcesSettings:
         minimum=1,
         maximum=100_000,
     )
-    proc_root: str = setting("/proc", "Where procfs is mounted (a container may mount the host's).")
+    proc_root: str = setting(
+        "/proc", "Where procfs is mounted (a container may mount the host's).", check=_check_path
+    )
     # At most 4 minutes: GpuWatchdogStale fires when a source has not polled for 5.
     health_interval_s: float = setting(
         60.0,
@@ -309,11 +374,14 @@ class ControlSettings:
     socket_path: str = setting(
         "/run/gpu-watchdog/watchdog.sock",
         "Unix socket of the control channel; its directory is created 0750 if missing.",
+        check=_check_path,
     )
     socket_mode: str = setting(
         "0660", "Octal mode of the socket file: who may connect at all.", check=_check_octal_mode
     )
-    socket_group: str = setting("", "Group owning the socket file; empty keeps the daemon's.")
+    socket_group: str = setting(
+        "", "Group owning the socket file; empty keeps the daemon's.", check=_check_no_nul
+    )
     max_clients: int = setting(
         1024,
         "Connections served at once; more are closed at once. The daemon raises its open-file "
@@ -583,8 +651,14 @@ def _coerce(value: Any, kind: Any) -> Any:
                 raise ValueError(f"must be a finite number, got {value!r}")
             return float(value)
     elif kind is str and isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            # Undecodable bytes from the environment: no TOML file (check-config --show) can
+            # hold them, and no message can print them.
+            raise ValueError("must be UTF-8 text") from None
         return value
-    raise ValueError(f"must be {_type_name(kind)}, got {type(value).__name__} {value!r}")
+    raise ValueError(f"must be {_type_name(kind)}, got {type(value).__name__} {shorten(value)}")
 
 
 def _from_env_text(text: str, kind: Any) -> Any:
@@ -595,17 +669,22 @@ def _from_env_text(text: str, kind: Any) -> Any:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"must be a boolean (true/false), got {text!r}")
+        raise ValueError(f"must be a boolean (true/false), got {shorten(text)}")
+    # ASCII forms only: int() and float() also take "1_000" and the digits of other
+    # scripts (Arabic-Indic, Devanagari...), which no config file or shell user means.
     if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"must be an integer, got {text!r}") from None
+        if not _ENV_INT.fullmatch(text.strip()):
+            raise ValueError(f"must be an integer, got {shorten(text)}")
+        sign = "-" if text.strip().startswith("-") else ""
+        digits = text.strip().lstrip("+-").lstrip("0") or "0"
+        if len(digits) > len(str(INT_MAX)):
+            # int() itself refuses more than 4300 digits, with a message about Python.
+            raise ValueError(f"must be between {-INT_MAX - 1} and {INT_MAX}, got {shorten(text)}")
+        return int(sign + digits)
     if kind is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"must be a number, got {text!r}") from None
+        if not _ENV_FLOAT.fullmatch(text.strip()):
+            raise ValueError(f"must be a number, got {shorten(text)}")
+        return float(text)
     return text
 
 
@@ -615,12 +694,14 @@ def _validate(value: Any, spec: dataclasses.Field[Any]) -> Any:
         return meta["parse"](value)
     kind = {"bool": bool, "int": int, "float": float, "str": str}[str(spec.type)]
     value = _coerce(value, kind)
+    if kind is int and not -INT_MAX - 1 <= value <= INT_MAX:
+        raise ValueError(f"must be between {-INT_MAX - 1} and {INT_MAX}, got {shorten(value)}")
     if meta.get("minimum") is not None and value < meta["minimum"]:
         raise ValueError(f"must be >= {meta['minimum']}, got {value}")
     if meta.get("maximum") is not None and value > meta["maximum"]:
         raise ValueError(f"must be <= {meta['maximum']}, got {value}")
     if meta.get("choices") and value not in meta["choices"]:
-        raise ValueError(f"must be one of {', '.join(meta['choices'])}; got {value!r}")
+        raise ValueError(f"must be one of {', '.join(meta['choices'])}; got {shorten(value)}")
     if meta.get("check"):
         problem = meta["check"](value)
         if problem:
@@ -649,7 +730,13 @@ def _build_section(
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as stream:
+        # Non-blocking: opening a FIFO would wait for a writer, hanging check-config and
+        # the daemon's start; the mode is checked on the open file, so no race lets one in.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device or a directory
+            os.close(fd)
+            raise ConfigError(f"{path}: not a regular file")
+        with open(fd, "rb") as stream:
             data: dict[str, Any] = tomllib.load(stream)
             return data
     except FileNotFoundError:
@@ -660,6 +747,8 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
+    except ValueError:  # int() refuses thousands of digits, and tomllib passes that on
+        raise ConfigError(f"{path}: not valid TOML: an integer too long to read") from None
 
 
 def _env_settings(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, str]]:
@@ -689,6 +778,17 @@ def _env_settings(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, st
             )
         found[(section, key)] = (variable, text)
     return found
+
+
+def config_file_argument(text: str) -> Path:
+    """The type of a command-line config file argument: a path, refused when empty.
+
+    ``Path("")`` is ".", so an empty argument (a shell's unset variable) would otherwise be
+    reported as the current directory.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the config file path is empty: name a file")
+    return Path(text)
 
 
 def config_path(path: Path | None = None, env: Mapping[str, str] | None = None) -> Path | None:

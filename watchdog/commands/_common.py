@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from watchdog.config import Config, load_config
+from watchdog.config import Config, config_file_argument, load_config
 from watchdog.errors import WatchdogError
 from watchdog.samples import NVML, SIMULATED
 from watchdog.sources.base import Source
@@ -39,7 +39,7 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     """``--config PATH``."""
     parser.add_argument(
         "--config",
-        type=Path,
+        type=config_file_argument,
         metavar="PATH",
         help="TOML config file (default /etc/gpu-watchdog/config.toml if it exists)",
     )

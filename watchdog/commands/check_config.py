@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 from typing import Any
 
-from watchdog.config import DEFAULT_PATH, Config, config_path, load_config
+from watchdog.config import (
+    DEFAULT_PATH,
+    Config,
+    config_file_argument,
+    config_path,
+    load_config,
+)
 from watchdog.config_docs import toml_value
 from watchdog.control.server import check_settings as check_control_settings
 from watchdog.exporter.security import WebSecurity
@@ -21,7 +26,12 @@ def register(subparsers: Any) -> None:
         help="validate a config file",
         description="Validate a config file (and GPU_WATCHDOG_* variables) and print the result.",
     )
-    parser.add_argument("path", nargs="?", type=Path, help=f"config file (default {DEFAULT_PATH})")
+    parser.add_argument(
+        "path",
+        nargs="?",
+        type=config_file_argument,
+        help=f"config file (default {DEFAULT_PATH})",
+    )
     parser.add_argument(
         "--show", action="store_true", help="print the effective configuration as TOML"
     )

@@ -154,9 +154,12 @@ def _serve(
     server = ControlServer(config.control, proc_root=Path(config.sources.proc_root))
     try:
         server.start()
-    except ControlError as exc:
+    except (ControlError, OSError) as exc:
+        # OSError: what the server's own checks let through, such as a socket path under
+        # a regular file (ENOTDIR) or a directory the daemon may not search (EACCES).
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise WatchdogError(
-            f"cannot serve the control socket {config.control.socket_path}: {exc} "
+            f"cannot serve the control socket {config.control.socket_path}: {reason} "
             "(set control.socket_path or GPU_WATCHDOG_SOCKET)"
         ) from None
     try:

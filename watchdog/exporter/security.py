@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import os
 import secrets
 import ssl
+import stat
 import threading
 from dataclasses import dataclass
 from types import ModuleType
@@ -69,10 +71,22 @@ def _no_passphrase() -> str:
 
 def _require_readable(key: str, path: str) -> None:
     try:
-        with open(path, "rb") as stream:
-            stream.read(1)
+        # Non-blocking: opening a FIFO would wait for a writer, and so would OpenSSL after.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISREG(mode):
+                os.read(fd, 1)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ConfigError(f"metrics.{key} {path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL byte: the configuration refuses it, a caller may not
+        raise ConfigError(f"metrics.{key} {path!r}: must not contain a NUL byte") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"metrics.{key} {path}: cannot read: {os.strerror(errno.EISDIR)}")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"metrics.{key} {path}: cannot read: not a regular file")
 
 
 def server_context(settings: MetricsSettings) -> ssl.SSLContext | None:
