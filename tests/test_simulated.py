@@ -48,6 +48,16 @@ def test_plays_the_latest_step_due_at_the_chosen_speed(tmp_path: Path) -> None:
     assert reading.processes[0].used_bytes == 505  # type: ignore[index]
 
 
+def test_a_trace_past_its_card_has_nothing_free_not_less(tmp_path: Path) -> None:
+    """A synthetic trace may overshoot the card at its OOM: free memory is 0, never negative
+    (the exporter's free gauge once read -200)."""
+    path = tmp_path / "over.csv"
+    with path.open("w") as stream:
+        TraceWriter(stream).device(0, 0, 5200, 5000)
+    device = SimulatedSource(load_steps(str(path))).poll().devices[0]  # type: ignore[index]
+    assert (device.used_bytes, device.free_bytes) == (5200, 0)
+
+
 def test_everything_is_labelled_simulated(tmp_path: Path) -> None:
     """Readings carry the simulated origin and the devices say they are simulated."""
     reading = SimulatedSource(load_steps(str(_trace(tmp_path)))).poll()

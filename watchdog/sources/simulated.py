@@ -123,7 +123,10 @@ def _to_reading(step: TraceStep, t: float) -> Reading:
             name=SIMULATED_GPU_NAME,
             total_bytes=row.total_bytes,
             used_bytes=row.used_bytes,
-            free_bytes=None if row.total_bytes is None else row.total_bytes - row.used_bytes,
+            # A synthetic trace may overshoot its card at the OOM: nothing is free, not less.
+            free_bytes=None
+            if row.total_bytes is None
+            else max(0, row.total_bytes - row.used_bytes),
         )
         for row in step.devices
     ]
