@@ -139,6 +139,8 @@ def test_port_in_use_is_one_line_error(cli_env: dict[str, str]) -> None:
         (("status", "--simulate", ""), "got an empty string"),
         (("run", "--simulate", ""), "got an empty string"),
         (("frobnicate",), "invalid choice"),
+        # Once "the following arguments are required: COMMAND", naming no option at all.
+        (("--bogus",), "unrecognized arguments: --bogus"),
         (("check-config", "/nonexistent.toml"), "config file not found"),
     ],
 )

@@ -29,6 +29,9 @@ COMMAND_MODULES = (
 )
 
 
+_TOP_OPTIONS = ("-h", "--help", "--version")
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit with EXIT_USAGE."""
 
@@ -52,7 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand and return its exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and not any(word in COMMAND_MODULES for word in argv):
+        # argparse would only say that COMMAND is missing, not which option it did not know.
+        unknown = [word for word in argv if word.startswith("-") and word not in _TOP_OPTIONS]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
     # Commands for a person: their output is stdout, what goes wrong is on stderr (a table
