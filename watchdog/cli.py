@@ -29,6 +29,8 @@ COMMAND_MODULES = (
 )
 
 
+COMMANDS = frozenset(name.replace("_", "-") for name in COMMAND_MODULES)
+"""The subcommands as typed (``check-config``)."""
 _TOP_OPTIONS = ("-h", "--help", "--version")
 
 
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand and return its exit code."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and not any(word in COMMAND_MODULES for word in argv):
+    if argv and not any(word in COMMANDS for word in argv):
         # argparse would only say that COMMAND is missing, not which option it did not know.
         unknown = [word for word in argv if word.startswith("-") and word not in _TOP_OPTIONS]
         if unknown:

@@ -79,9 +79,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out}: cannot write: {reason}") from None
     sink = WholeRows(fd)
     try:
+        writer = TraceWriter(sink)
+        sink.flush()  # the header: a file that holds only it is still a trace
         rows = record(
             [s for s in sources.sources if s.name != "host"],
-            TraceWriter(sink),
+            writer,
             sink.flush,
             stop,
             args.duration,
@@ -102,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         sources.close()
         raise
     finally:
+        # Rows of the sources polled before a hang or an interruption, still waiting.
+        with contextlib.suppress(OSError):
+            sink.flush()
         os.close(fd)
     sources.close()
     print(f"recorded {rows} rows to {args.out}")
