@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,27 @@ def test_restart_prefix_from_environment():
     """The store prefix follows TORCHELASTIC_RESTART_COUNT."""
     assert restart_prefix({"TORCHELASTIC_RESTART_COUNT": "3"}) == "restart3"
     assert restart_prefix({}) == "restart0"
+    assert restart_prefix({"TORCHELASTIC_RESTART_COUNT": "\u00b2"}) == "restart0"  # isdigit's "2"
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error", "message"),
+    [
+        (True, TypeError, "timedelta or seconds"),
+        ("30", TypeError, "timedelta or seconds"),
+        (0, ValueError, "above 0"),
+        (float("nan"), ValueError, "above 0"),
+    ],
+)
+def test_a_bad_timeout_is_named_before_torch_sees_it(timeout, error, message):
+    """torch's TCPStore answers a wrong timeout with a pybind signature dump."""
+    with pytest.raises(error, match=message):
+        distributed.init_process_group("gloo", timeout=timeout)
+
+
+def test_a_timeout_in_seconds_is_a_timedelta():
+    assert distributed._as_timedelta(30) == timedelta(seconds=30)
+    assert distributed._as_timedelta(timedelta(minutes=1)) == timedelta(minutes=1)
 
 
 def fake_tasks(root: Path, threads: dict[int, tuple[str, str]]) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import os
 import re
 from collections.abc import Callable
@@ -19,7 +20,9 @@ from typing import IO, Any
 log = logging.getLogger("watchdog.client")
 
 FORMAT = "gpu-watchdog/1"
-_NAME = re.compile(r"^(?P<prefix>.+)-(?P<step>\d{12})\.pt$")
+_NAME = re.compile(r"^(?P<prefix>.+)-(?P<step>[0-9]{12,})\.pt$")
+"""Names are written with at least 12 digits, so they sort; a step past 10**12 (a token
+count) has more, and is still found, loaded and pruned."""
 
 
 def fsync_directory(directory: Path) -> None:
@@ -79,14 +82,18 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> int:
 
 
 class CheckpointStore:
-    """Numbered checkpoints ``<prefix>-<step:012d>.pt`` in one directory, newest loaded first."""
+    """Numbered checkpoints ``<prefix>-<step:012d>.pt`` in one directory, newest loaded first.
+
+    Raises:
+        ValueError: ``keep`` is not an integer of at least 1.
+    """
 
     def __init__(self, directory: str | os.PathLike[str], prefix: str = "ckpt", keep: int = 2):
-        if keep < 1:
-            raise ValueError("keep must be at least 1")
+        if isinstance(keep, bool) or not isinstance(keep, (int, numbers.Integral)) or keep < 1:
+            raise ValueError(f"keep must be at least 1 and an integer, got {keep!r}")
         self.directory = Path(directory)
         self.prefix = prefix
-        self.keep = keep
+        self.keep = int(keep)
 
     def path_for(self, step: int) -> Path:
         """Where the checkpoint of ``step`` lives."""

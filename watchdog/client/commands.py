@@ -57,7 +57,8 @@ def group_restart_refusal(
     """
     most = env.get("TORCHELASTIC_MAX_RESTARTS", "")
     done = env.get("TORCHELASTIC_RESTART_COUNT", "0")
-    if not most.isdigit() or not done.isdigit():
+    # ASCII only: str.isdigit takes "²", which int() refuses
+    if not (most.isascii() and most.isdigit() and done.isascii() and done.isdigit()):
         return "not started by torchrun: no launcher would restart the group, exiting ends the job"
     if int(done) >= int(most):
         return (

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -47,7 +48,8 @@ def restart_prefix(env: Any = None) -> str:
     """``restart<N>`` from TORCHELASTIC_RESTART_COUNT (``restart0`` outside torchrun)."""
     env = os.environ if env is None else env
     count = str(env.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    return f"restart{count if count.isdigit() else 0}"
+    # ASCII digits: str.isdigit also takes "²", which would name a prefix no peer uses.
+    return f"restart{count if count.isascii() and count.isdigit() else 0}"
 
 
 def gloo_worker_states(tasks: Path = Path("/proc/self/task")) -> list[str] | None:
@@ -128,7 +130,19 @@ def register_exit_wait() -> None:
     atexit.register(wait_for_gloo_workers)
 
 
-def restart_safe_store(timeout: timedelta | None = None) -> tuple[Any, int, int]:
+def _as_timedelta(timeout: timedelta | float | None) -> timedelta | None:
+    """``timeout`` as torch wants it: a timedelta, from seconds too; else TypeError or
+    ValueError naming it (torch's own error is a pybind signature dump)."""
+    if timeout is None or isinstance(timeout, timedelta):
+        return timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a datetime.timedelta or seconds, got {timeout!r}")
+    if not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a finite number of seconds above 0, got {timeout!r}")
+    return timedelta(seconds=timeout)
+
+
+def restart_safe_store(timeout: timedelta | float | None = None) -> tuple[Any, int, int]:
     """The launcher's store (``env://``) wrapped in ``PrefixStore("restart<N>")``.
 
     Also registers the exit hook (``register_exit_wait``).
@@ -141,13 +155,14 @@ def restart_safe_store(timeout: timedelta | None = None) -> tuple[Any, int, int]
     # torch.distributed re-exports these without listing them in __all__
     rendezvous = dist.rendezvous  # type: ignore[attr-defined]
     prefix_store = dist.PrefixStore  # type: ignore[attr-defined]
+    timeout = _as_timedelta(timeout)
     store, rank, world_size = next(rendezvous("env://", timeout=timeout or timedelta(minutes=10)))
     register_exit_wait()
     return prefix_store(restart_prefix(), store), rank, world_size
 
 
 def init_process_group(
-    backend: str | None = None, timeout: timedelta | None = None, **kwargs: Any
+    backend: str | None = None, timeout: timedelta | float | None = None, **kwargs: Any
 ) -> None:
     """``torch.distributed.init_process_group`` on a restart-safe store.
 
@@ -157,6 +172,7 @@ def init_process_group(
     """
     import torch.distributed as dist
 
+    timeout = _as_timedelta(timeout)
     store, rank, world_size = restart_safe_store(timeout)
     options: dict[str, Any] = {"store": store, "rank": rank, "world_size": world_size}
     if timeout is not None:

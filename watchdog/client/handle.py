@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import atexit
 import collections
+import collections.abc
 import logging
 import math
+import numbers
 import operator
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -27,7 +30,7 @@ from typing import Any
 
 from watchdog.client import commands, distributed, runtime
 from watchdog.client.checkpoint import FORMAT, CheckpointStore
-from watchdog.client.link import Link
+from watchdog.client.link import MAX_HEARTBEAT_S, MIN_HEARTBEAT_S, Link
 from watchdog.control.protocol import COMMANDS, MAX_ERROR_CHARS, ProtocolError, opt_text
 
 log = logging.getLogger("watchdog.client")
@@ -41,6 +44,10 @@ _BACKGROUND = frozenset({"dump_stacks", "restart_group"})
 
 CheckpointFn = Callable[[int], Any]
 ResumeFn = Callable[[], "int | None"]
+
+MAX_INTEGER = (1 << 63) - 1
+"""The largest integer the protocol carries (docs/protocol.md): the daemon refuses more."""
+MAX_RESTART_WAIT_S = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +80,33 @@ class Deferred:
         self.done = False
 
     def resolve(self, details: dict[str, Any] | None = None) -> None:
-        """The save finished; ``details`` (JSON-ready) go into the result."""
-        self._complete(details or {}, "")
+        """The save finished; ``details`` (a dict, JSON-ready) go into the result.
 
-    def fail(self, error: str) -> None:
-        """The save failed; training goes on."""
-        self._complete({}, error or "failed")
+        Raises:
+            TypeError: ``details`` is neither a dict nor None (nothing is reported then,
+                and the save can still be resolved or failed).
+        """
+        if details is not None and not isinstance(details, collections.abc.Mapping):
+            raise TypeError(
+                f"Deferred.resolve(details): details must be a dict or None, got {details!r:.64}"
+            )
+        self._complete(dict(details or {}), "")
+
+    def fail(self, error: BaseException | str = "failed") -> None:
+        """The save failed, with an exception or a message; training goes on.
+
+        Raises:
+            TypeError: ``error`` is neither an exception nor a string (nothing is reported).
+        """
+        if isinstance(error, BaseException):
+            text = _failure_text(error)
+        elif isinstance(error, str):
+            text = error or "failed"
+        else:
+            raise TypeError(
+                f"Deferred.fail(error): error must be an exception or a string, got {error!r:.64}"
+            )
+        self._complete({}, text)
 
     def _complete(self, details: dict[str, Any], error: str) -> None:
         if self.done:
@@ -118,7 +146,11 @@ class RestartRequested(SystemExit):
 
 
 class Watchdog:
-    """A training process's connection to the gpu-watchdog daemon. Create with ``attach()``."""
+    """A training process's connection to the gpu-watchdog daemon. Create with ``attach()``.
+
+    Every option is checked here, and a bad one raises at once, naming the option or
+    the environment variable it came from (see ``attach``).
+    """
 
     def __init__(
         self,
@@ -126,12 +158,12 @@ class Watchdog:
         model: Any = None,
         optimizer: Any = None,
         job: str | None = None,
-        socket_path: str | None = None,
+        socket_path: str | os.PathLike[str] | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         checkpoint: CheckpointFn | None = None,
         resume: ResumeFn | None = None,
         keep_checkpoints: int = 2,
-        device: str | None = None,
+        device: Any = None,  # a string, an int or a torch.device (torch is never imported)
         snapshot_dir: str | os.PathLike[str] | None = None,
         snapshot_max_entries: int = 100_000,
         snapshot_min_free_bytes: int = 1 << 30,
@@ -144,42 +176,34 @@ class Watchdog:
         world_size: int | None = None,
         connect: bool = True,
     ) -> None:
-        restart_exit = restart_exit or os.environ.get("GPU_WATCHDOG_RESTART_MODE") or "raise"
-        if restart_exit not in RESTART_MODES:
-            raise ValueError(f"restart_exit must be one of {', '.join(RESTART_MODES)}")
+        # Every check comes before anything starts: a bad option leaves nothing behind.
+        self.restart_exit = _restart_mode(restart_exit)
+        self.restart_exit_code = _integer("restart_exit_code", restart_exit_code, 1, 255)
+        self.restart_wait_s = _seconds("restart_wait_s", restart_wait_s, 0.0, MAX_RESTART_WAIT_S)
+        if heartbeat_s is not None:
+            heartbeat_s = _seconds("heartbeat_s", heartbeat_s, MIN_HEARTBEAT_S, MAX_HEARTBEAT_S)
+        self._checkpoint_fn: CheckpointFn | None = _function("checkpoint", checkpoint)
+        self._resume_fn: ResumeFn | None = _function("resume", resume)
+        self._device = _device_name(device)
+        self.job = _job(job)
+        self.ranks = _ranks(rank=rank, local_rank=local_rank, world_size=world_size)
+        self.socket_path = _socket_path(socket_path)
+        self.store = CheckpointStore(
+            _directory(
+                "checkpoint_dir", checkpoint_dir, "GPU_WATCHDOG_CHECKPOINT_DIR", "checkpoints"
+            ),
+            keep=_integer("keep_checkpoints", keep_checkpoints, 1),
+        )
+        self.snapshots = commands.SnapshotTaker(
+            _directory("snapshot_dir", snapshot_dir, "GPU_WATCHDOG_SNAPSHOT_DIR", ""),
+            _integer("snapshot_max_entries", snapshot_max_entries, 1),
+            _integer("snapshot_min_free_bytes", snapshot_min_free_bytes, 0),
+        )
         self.step_count = 0
         self._pending = False
         self.model = model
         self.optimizer = optimizer
-        self.job = runtime.job_id(job)
-        try:
-            # The daemon drops a registration whose job it cannot print on one line: said
-            # here, once, rather than as a link that never comes up.
-            opt_text({"job": self.job}, "job", one_line=True)
-        except ProtocolError as exc:
-            raise ValueError(f"watchdog: {exc}") from None
-        self.ranks = runtime.ranks()
-        given = {"rank": rank, "local_rank": local_rank, "world_size": world_size}
-        self.ranks.update({key: value for key, value in given.items() if value is not None})
-        self.socket_path = socket_path or os.environ.get("GPU_WATCHDOG_SOCKET") or DEFAULT_SOCKET
-        self.store = CheckpointStore(
-            checkpoint_dir or os.environ.get("GPU_WATCHDOG_CHECKPOINT_DIR") or "checkpoints",
-            keep=keep_checkpoints,
-        )
-        self._checkpoint_fn = checkpoint
-        self._resume_fn = resume
-        self._device = device
         self._main_device = _current_cuda_device()
-        self.snapshots = commands.SnapshotTaker(
-            Path(
-                snapshot_dir or os.environ.get("GPU_WATCHDOG_SNAPSHOT_DIR") or tempfile.gettempdir()
-            ),
-            snapshot_max_entries,
-            snapshot_min_free_bytes,
-        )
-        self.restart_exit_code = restart_exit_code
-        self.restart_exit = restart_exit
-        self.restart_wait_s = restart_wait_s
         self._growth: tuple[float, int | None] | None = None
         """The growth this process planned: (until, on the monotonic clock; up to bytes)."""
         self._inbox: collections.deque[Command] = collections.deque()
@@ -198,17 +222,19 @@ class Watchdog:
     # --- the hot path -----------------------------------------------------------------------
 
     def step(self, step: int | None = None) -> None:
-        """The safe point: count a step and run any command the daemon queued."""
+        """The safe point: count a step and run any command the daemon queued.
+
+        Raises:
+            TypeError: ``step`` is not an integer (numpy's and tensors' integers are).
+            ValueError: ``step`` is negative or not below 2**63 (the daemon would refuse
+                every report).
+        """
         if step is None:
             self.step_count += 1
-        elif step.__class__ is int:  # no call: the fast path makes none
+        elif step.__class__ is int and 0 <= step <= MAX_INTEGER:  # no call on the fast path
             self.step_count = step
         else:
-            # A numpy or tensor integer would make every report unencodable, silently.
-            try:
-                self.step_count = operator.index(step)
-            except TypeError:
-                raise TypeError(f"step must be an integer, got {step!r}") from None
+            self.step_count = _step_number(step)
         if self._pending:
             self._run_pending()
 
@@ -252,21 +278,23 @@ class Watchdog:
                 model_b = load_second_model()
 
         Raises:
-            ValueError: ``for_s`` not a positive number, or ``up_to_bytes`` not a
-                positive integer.
+            ValueError: ``for_s`` not a positive, finite number (numpy's too), or
+                ``up_to_bytes`` not a positive integer below 2**63.
         """
-        if (
-            isinstance(for_s, bool)
-            or not isinstance(for_s, (int, float))
-            or not math.isfinite(for_s)
-            or for_s <= 0
-        ):
-            raise ValueError(f"for_s must be a positive number of seconds, got {for_s!r}")
-        if up_to_bytes is not None and (
-            isinstance(up_to_bytes, bool) or not isinstance(up_to_bytes, int) or up_to_bytes <= 0
-        ):
-            raise ValueError(f"up_to_bytes must be a positive integer, got {up_to_bytes!r}")
-        plan = self._growth = (time.monotonic() + float(for_s), up_to_bytes)
+        seconds = _finite(for_s)
+        if seconds is None or seconds <= 0:
+            raise ValueError(f"for_s must be a positive number of seconds, got {for_s!r:.64}")
+        if up_to_bytes is not None:
+            if (
+                isinstance(up_to_bytes, bool)
+                or not isinstance(up_to_bytes, numbers.Integral)
+                or not 0 < up_to_bytes <= MAX_INTEGER
+            ):
+                raise ValueError(
+                    f"up_to_bytes must be a positive integer below 2**63, got {up_to_bytes!r:.64}"
+                )
+            up_to_bytes = int(up_to_bytes)
+        plan = self._growth = (time.monotonic() + seconds, up_to_bytes)
         self.link.report_soon()
         return GrowthPlan(self, plan)
 
@@ -518,8 +546,20 @@ class Watchdog:
         self.close()
         if self.restart_exit == "exec":
             _exec_self()
-        if self.restart_exit == "os_exit":
+        on_main = threading.current_thread() is threading.main_thread()
+        if self.restart_exit == "raise" and not on_main:
+            # A SystemExit would end this thread alone, and the process would later exit
+            # 0: the launcher would never restart it, though the daemon was told it would.
+            log.warning(
+                "gpu-watchdog: step() runs on thread %r, not the main thread, where "
+                "RestartRequested would end only that thread: exiting with os._exit(%d)",
+                threading.current_thread().name,
+                self.restart_exit_code,
+            )
+        if self.restart_exit == "os_exit" or not on_main:
             logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
             os._exit(self.restart_exit_code)
         # SystemExit runs interpreter finalization, where a gloo worker thread that has not
         # yet dropped its last collective aborts the process (SIGABRT instead of our code)
@@ -610,6 +650,8 @@ def _failure_text(exc: BaseException) -> str:
     left on device" is only its context.
     """
     text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError):  # it is the OS error: what it was raised during is context
+        return text
     seen = {id(exc)}
     inner = exc.__cause__ or exc.__context__
     while inner is not None and id(inner) not in seen:
@@ -629,31 +671,194 @@ def _dying_of() -> str:
 
 
 def _forget_in_child() -> None:
-    # A forked child (DataLoader worker) has no background thread: its copies go quiet.
+    # A forked child (DataLoader worker) has no background thread: its copies go quiet,
+    # and let go of the parent's connection so that it ends when the parent does.
     for handle in list(_active):
         handle.closed = True
         handle._pending = False
+        handle.link.forget_in_child()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
+# --- argument checks: each names the option, or the environment variable, at fault -----------
+
+
+def _integer(name: str, value: object, minimum: int, maximum: int = MAX_INTEGER) -> int:
+    """``value`` as an int (numpy's too, never a bool) from ``minimum`` to ``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r:.64}")
+    number = int(value)
+    if not minimum <= number <= maximum:
+        bounds = "2**63 - 1" if maximum == MAX_INTEGER else str(maximum)
+        raise ValueError(f"{name} must be an integer from {minimum} to {bounds}, got {number}")
+    return number
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float (numpy's too, never a bool); None if it is none."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _seconds(name: str, value: object, minimum: float, maximum: float) -> float:
+    """``value`` as a number of seconds from ``minimum`` to ``maximum``."""
+    number = _finite(value)
+    if number is None or not minimum <= number <= maximum:
+        raise ValueError(
+            f"{name} must be a number of seconds from {minimum:g} to {maximum:g}, got {value!r:.64}"
+        )
+    return number
+
+
+def _step_number(step: Any) -> int:
+    """A step that is not a plain int in range: an integer of another kind, or an error."""
+    # A numpy or tensor integer would make every report unencodable, silently.
+    try:
+        number = operator.index(step)
+    except TypeError:
+        raise TypeError(f"step must be an integer, got {step!r:.64}") from None
+    if not 0 <= number <= MAX_INTEGER:
+        raise ValueError(f"step must be from 0 to 2**63 - 1, got {number}")
+    return number
+
+
+def _restart_mode(given: object) -> str:
+    """``restart_exit``, else ``GPU_WATCHDOG_RESTART_MODE``, else "raise"."""
+    value, name = given, "restart_exit"
+    if not given:
+        value = os.environ.get("GPU_WATCHDOG_RESTART_MODE") or "raise"
+        name = "the environment variable GPU_WATCHDOG_RESTART_MODE"
+    if not isinstance(value, str) or value not in RESTART_MODES:
+        raise ValueError(f"{name} must be one of {', '.join(RESTART_MODES)}, got {value!r:.64}")
+    return value
+
+
+def _function(name: str, value: Any) -> Any:
+    """A callback option: None or something to call."""
+    if value is not None and not callable(value):
+        hint = " (a directory goes in checkpoint_dir=)" if name == "checkpoint" else ""
+        raise TypeError(f"{name} must be a function or None, got {value!r:.64}{hint}")
+    return value
+
+
+_DEVICE = re.compile(r"[a-z_]{1,32}(:[0-9]{1,6})?\Z")
+"""``cuda:0``, ``cuda``, ``cpu``: torch's spelling, in ASCII."""
+
+
+def _device_name(device: object) -> str | None:
+    """``device`` as torch spells it: from a torch.device, a CUDA index or a string."""
+    if device is None:
+        return None
+    if isinstance(device, numbers.Integral) and not isinstance(device, bool):
+        if int(device) < 0:
+            raise ValueError(f"device must be a CUDA index of at least 0, got {device!r}")
+        return f"cuda:{int(device)}"
+    if isinstance(device, str):
+        text = device
+    elif isinstance(getattr(device, "type", None), str) and hasattr(device, "index"):
+        text = str(device)  # a torch.device: "cuda:0", "cuda", "cpu"
+    else:
+        raise TypeError(
+            f"device must be a torch.device, a CUDA index or a string like 'cuda:0', "
+            f"got {device!r:.64}"
+        )
+    if not _DEVICE.match(text):
+        raise ValueError(f"device must be spelled like 'cuda:0' or 'cpu', got {text!r:.64}")
+    return text
+
+
+def _job(explicit: str | None) -> str:
+    job, origin = runtime.job_origin(explicit)
+    try:
+        # The daemon drops a registration whose job it cannot print on one line: said
+        # here, once, rather than as a link that never comes up.
+        opt_text({"job": job}, "job", one_line=True)
+    except ProtocolError as exc:
+        where = "" if origin == "job" else f" (job from {origin}; or pass job=)"
+        raise ValueError(f"watchdog: {exc}{where}") from None
+    return job
+
+
+def _ranks(**given: int | None) -> dict[str, int | None]:
+    """The launcher's ranks, overridden by those given; the daemon refuses bad ones."""
+    ranks = runtime.ranks()
+    for name, value in given.items():
+        if value is not None:
+            ranks[name] = _integer(name, value, 1 if name == "world_size" else 0)
+    rank, world_size = ranks["rank"], ranks["world_size"]
+    explicit = given["rank"] is not None or given["world_size"] is not None
+    if explicit and rank is not None and world_size is not None and rank >= world_size:
+        raise ValueError(f"rank must be less than world_size, got rank {rank} of {world_size}")
+    return ranks
+
+
+def _path_text(name: str, value: object) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {value!r:.64}")
+    text = os.fspath(value)
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str path, not bytes: {text!r:.64}")
+    return text
+
+
+def _socket_path(given: object) -> str:
+    """``socket_path``, else ``GPU_WATCHDOG_SOCKET``, else the system's socket."""
+    if given is None or given == "":
+        return os.environ.get("GPU_WATCHDOG_SOCKET") or DEFAULT_SOCKET
+    return _path_text("socket_path", given)
+
+
+def _directory(name: str, given: object, variable: str, default: str) -> Path:
+    """A directory option (else its variable, else ``default``, "" for the temp directory)
+    that is not a file."""
+    if given is None or given == "":
+        text = os.environ.get(variable) or default or tempfile.gettempdir()
+        origin = f"{name} (from {variable})" if os.environ.get(variable) else name
+    else:
+        text, origin = _path_text(name, given), name
+    # os.path swallows every OSError: an unreadable path is the command's error, later
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise ValueError(f"{origin} {text!r} is a file, not a directory")
+    return Path(text)
+
+
 def attach(model: Any = None, optimizer: Any = None, **options: Any) -> Watchdog:
     """Register this process with the local gpu-watchdog daemon and return the handle.
 
-    Call ``wd.step()`` once per training step. Never raises because the
-    daemon is absent: it warns once and keeps trying in the background. A
-    second ``attach()`` in the same process closes the first handle (one
-    registration per process).
+    Call ``wd.step()`` once per training step. Never raises because of the
+    daemon: if it is absent, this warns once and keeps trying in the
+    background. A second ``attach()`` in the same process closes the first
+    handle (one registration per process), once the new one's options are
+    found good.
 
     Args:
         model: Saved and restored by the default checkpoint/resume.
         optimizer: Saved and restored by the default checkpoint/resume.
-        **options: See ``Watchdog``: job, socket_path, checkpoint_dir, checkpoint,
-            resume, keep_checkpoints, device, snapshot_dir, restart_exit_code,
-            restart_exit ("raise", "os_exit" or "exec"; default from
-            GPU_WATCHDOG_RESTART_MODE, else "raise"), heartbeat_s.
+        **options: See ``Watchdog`` and docs/integrations.md: job, socket_path,
+            checkpoint_dir, checkpoint, resume, keep_checkpoints, device,
+            snapshot_dir, snapshot_max_entries, snapshot_min_free_bytes,
+            restart_exit_code (1 to 255), restart_exit ("raise", "os_exit" or
+            "exec"; default from GPU_WATCHDOG_RESTART_MODE, else "raise"),
+            restart_wait_s (0 to 86400), heartbeat_s (0.05 to 3600), rank,
+            local_rank, world_size.
+
+    Raises:
+        TypeError: an option of the wrong kind (a path, device or callback).
+        ValueError: a number out of range or not a number, a directory that is a
+            file, or a misconfigured environment variable (RANK, WORLD_SIZE,
+            LOCAL_RANK, TORCHELASTIC_RESTART_COUNT, SLURM_*, TORCHELASTIC_RUN_ID,
+            GPU_WATCHDOG_*); the message names the option or the variable.
     """
+    connect = options.pop("connect", True)
+    # Checked before the previous handle is closed: a typo must not detach a running job.
+    handle = Watchdog(model=model, optimizer=optimizer, connect=False, **options)
     with _active_lock:
         if not _active:
             atexit.unregister(_detach_at_exit)  # at most once, however often attach() runs
@@ -662,6 +867,7 @@ def attach(model: Any = None, optimizer: Any = None, **options: Any) -> Watchdog
             if not old.closed:
                 log.info("gpu-watchdog: a new attach() replaces the previous handle")
                 old.close()
-        handle = Watchdog(model=model, optimizer=optimizer, **options)
         _active.add(handle)
+        if connect:
+            handle.link.start()
     return handle

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import random
 import selectors
 import socket
@@ -36,6 +37,12 @@ MIN_BACKOFF_S = 0.2
 MAX_BACKOFF_S = 30.0
 REGISTER_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 5.0
+DEFAULT_HEARTBEAT_S = 5.0
+MIN_HEARTBEAT_S = 0.05
+MAX_HEARTBEAT_S = 3600.0
+"""Bounds of the heartbeat, given to ``attach()`` or told by the daemon (whose own
+setting allows 0.1 to 3600 s): shorter would spin the thread, longer than a float
+that ``select`` takes would fail every session."""
 
 
 class Link:
@@ -55,7 +62,9 @@ class Link:
         self._report = report
         self._deliver = deliver
         self._heartbeat_override = heartbeat_s
-        self.heartbeat_s = heartbeat_s or 5.0
+        self.heartbeat_s = (
+            clamp_heartbeat(heartbeat_s) if heartbeat_s is not None else DEFAULT_HEARTBEAT_S
+        )
         self.max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
         self._max_backoff_s = max_backoff_s
         self._outbox: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
@@ -63,6 +72,11 @@ class Link:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._handshake: socket.socket | None = None
+        """The socket while it connects and registers: ``stop()`` shuts it down, as a
+        daemon that accepts and never answers would hold the thread for the full timeout."""
+        self._handshake_lock = threading.Lock()
         self._report_now = False
         self._flushed = threading.Condition()
         self.generation = 0
@@ -83,11 +97,29 @@ class Link:
         """Stop the thread and close the socket (pending results are sent first if possible)."""
         self._stop.set()
         self._wake()
+        if self._thread.is_alive():  # not in a forked child, where the lock may be stuck held
+            with self._handshake_lock:
+                if self._handshake is not None:
+                    with contextlib.suppress(OSError):
+                        self._handshake.shutdown(socket.SHUT_RDWR)
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
         for sock in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 sock.close()
+
+    def forget_in_child(self) -> None:
+        """In a forked child: close its copies of the sockets, sending nothing.
+
+        The child shares the connection with its parent; holding it open would let a
+        parent killed with SIGKILL look alive to the daemon until the child exits. Only
+        ``close()``: a ``shutdown()`` would end the parent's connection too. No lock is
+        taken: one held by the parent's thread at the fork stays held in the child.
+        """
+        for sock in (self._sock, self._wake_r, self._wake_w):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
 
     def post(self, message: dict[str, Any], generation: int) -> None:
         """Queue ``message`` for the connection of ``generation`` and wake the thread."""
@@ -120,17 +152,21 @@ class Link:
         backoff = MIN_BACKOFF_S
         while not self._stop.is_set():
             generation = self.generation
+            unexpected = False
             try:
                 self._session()
             except (OSError, ProtocolError, TimeoutError, ConnectionError) as exc:
-                self._lost(exc)
+                if not self._stop.is_set():  # closing ends the session on purpose
+                    self._lost(exc)
             except Exception:  # a bug here must never reach the training loop
+                unexpected = True
                 log.exception("watchdog client: unexpected error; reconnecting")
             finally:
                 self.connected.clear()
-            if self.generation != generation:
+            if self.generation != generation and not unexpected:
                 # It registered: a session lost after that (a daemon restart) starts the
-                # backoff over, or every restart would make the next reconnect slower.
+                # backoff over, or every restart would make the next reconnect slower. Not
+                # after a bug of ours: it would fail the same way at once, in a hot loop.
                 backoff = MIN_BACKOFF_S
             self._stop.wait(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self._max_backoff_s)
@@ -151,9 +187,14 @@ class Link:
 
     def _session(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = sock
         try:
             sock.settimeout(REGISTER_TIMEOUT_S)
             sock.connect(self.socket_path)
+            with self._handshake_lock:
+                if self._stop.is_set():  # stopped before stop() could see this socket
+                    return
+                self._handshake = sock
             decoder = FrameDecoder(HARD_MAX_MESSAGE_BYTES)
             pending: list[dict[str, Any]] = []
             sock.sendall(
@@ -163,6 +204,8 @@ class Link:
             if reply["type"] != "registered":
                 raise ProtocolError(f"registration refused: {reply.get('message', reply)}")
             self._accept_settings(reply)
+            with self._handshake_lock:
+                self._handshake = None
             self.generation += 1
             if self.generation > 1 or self._warned:
                 log.warning("gpu-watchdog: connected to the daemon at %s", self.socket_path)
@@ -172,12 +215,18 @@ class Link:
             self._drop_stale_results()
             self._serve(sock, decoder, pending)
         finally:
+            with self._handshake_lock:
+                self._handshake = None
             sock.close()
 
     def _accept_settings(self, reply: dict[str, Any]) -> None:
         heartbeat = reply.get("heartbeat_s")
-        if self._heartbeat_override is None and isinstance(heartbeat, (int, float)):
-            self.heartbeat_s = max(0.05, float(heartbeat))
+        if (
+            self._heartbeat_override is None
+            and isinstance(heartbeat, (int, float))
+            and not isinstance(heartbeat, bool)
+        ):
+            self.heartbeat_s = clamp_heartbeat(heartbeat)
         limit = reply.get("max_message_bytes")
         if isinstance(limit, int) and 0 < limit <= HARD_MAX_MESSAGE_BYTES:
             self.max_message_bytes = limit
@@ -249,3 +298,14 @@ class Link:
             )
         with self._flushed:
             self._flushed.notify_all()
+
+
+def clamp_heartbeat(seconds: float) -> float:
+    """``seconds`` within ``MIN_HEARTBEAT_S`` to ``MAX_HEARTBEAT_S`` (the default if not finite)."""
+    try:
+        value = float(seconds)
+    except OverflowError:  # an integer of hundreds of digits
+        return MAX_HEARTBEAT_S
+    if not math.isfinite(value):
+        return DEFAULT_HEARTBEAT_S
+    return min(max(value, MIN_HEARTBEAT_S), MAX_HEARTBEAT_S)

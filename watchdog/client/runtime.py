@@ -31,9 +31,22 @@ _STATS_KEYS = {
 }
 
 
-def _env_int(env: dict[str, str] | os._Environ[str], name: str) -> int | None:
+def _env_int(env: Any, name: str) -> int | None:
+    """The non-negative integer in variable ``name``; None when unset, empty or -1.
+
+    Raises:
+        ValueError: set to anything but ASCII digits (``str.isdigit`` takes "²", which
+            ``int`` refuses), naming the variable.
+    """
     text = env.get(name, "")
-    return int(text) if text.isdigit() else None
+    if not text or text == "-1":  # -1: "not distributed" to some launchers and scripts
+        return None
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise ValueError(
+            f"watchdog: the environment variable {name} must be a non-negative integer "
+            f"(ASCII digits), got {text[:32]!r}"
+        )
+    return int(text)
 
 
 _TORCHRUN_RUN_DIR = re.compile(r"/([^/]+)/attempt_\d+/\d+/error\.json$")
@@ -43,14 +56,19 @@ _TORCHRUN_RUN_DIR = re.compile(r"/([^/]+)/attempt_\d+/\d+/error\.json$")
 def job_id(explicit: str | None = None, env: Any = None) -> str:
     """The job this process belongs to: the name given, torchrun's run id, Slurm's job id,
     ``<user>-torchrun-<run>`` for torchrun without ``--rdzv-id``, else ``<user>-<pid>``."""
+    return job_origin(explicit, env)[0]
+
+
+def job_origin(explicit: str | None = None, env: Any = None) -> tuple[str, str]:
+    """``job_id`` and where it came from: ``job`` (given) or the environment variable."""
     env = os.environ if env is None else env
     if explicit:
-        return explicit
+        return explicit, "job"
     run_id = env.get("TORCHELASTIC_RUN_ID", "")
     if run_id and run_id != "none":
-        return str(run_id)
+        return str(run_id), "TORCHELASTIC_RUN_ID"
     if env.get("SLURM_JOB_ID"):
-        return str(env["SLURM_JOB_ID"])
+        return str(env["SLURM_JOB_ID"]), "SLURM_JOB_ID"
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -62,12 +80,19 @@ def job_id(explicit: str | None = None, env: Any = None) -> str:
         # one name, keeping its cooldowns and restart budget. A pid each would make every
         # rank, and every restart, a job of its own; the agent's pid is 1 in every
         # container that runs torchrun as its command.
-        return f"{user}-torchrun-{run_dir.group(1).removeprefix('none_')}"
-    return f"{user}-{os.getpid()}"
+        return (
+            f"{user}-torchrun-{run_dir.group(1).removeprefix('none_')}",
+            "TORCHELASTIC_ERROR_FILE",
+        )
+    return f"{user}-{os.getpid()}", "the user name (LOGNAME, USER)"
 
 
 def ranks(env: Any = None) -> dict[str, int | None]:
-    """Rank, local rank, world size and restart count from torchrun's (or Slurm's) environment."""
+    """Rank, local rank, world size and restart count from torchrun's (or Slurm's) environment.
+
+    Raises:
+        ValueError: one of these variables is set to something other than ASCII digits.
+    """
     env = os.environ if env is None else env
     rank = _env_int(env, "RANK")
     local_rank = _env_int(env, "LOCAL_RANK")
@@ -99,7 +124,7 @@ def device_index(device: str) -> int | None:
     """``cuda:3`` -> 3, ``cuda`` -> 0, anything else -> None."""
     if device == "cuda":
         return 0
-    if device.startswith("cuda:") and device[5:].isdigit():
+    if device.startswith("cuda:") and device[5:].isascii() and device[5:].isdigit():
         return int(device[5:])
     return None
 
