@@ -229,3 +229,91 @@ def test_examples_run_and_register(script, needs, tmp_path):
     assert result.ok, result.error
     assert restart.ok, restart.error
     assert code == RESTART_EXIT_CODE, proc.stderr.read() if proc.stderr else ""
+
+
+def fake_lightning_trainer(save_checkpoint, *, rank: int = 0, world_size: int = 1):
+    """Just what WatchdogCallback reads of a Trainer: ranks, the step and save_checkpoint."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        global_rank=rank,
+        local_rank=rank,
+        world_size=world_size,
+        is_global_zero=rank == 0,
+        global_step=7,
+        save_checkpoint=save_checkpoint,
+    )
+
+
+def test_lightning_full_disk_leaves_no_partial_checkpoint(tmp_path):
+    """A save that fails inside trainer.save_checkpoint (ENOSPC) leaves no temporary file."""
+    import errno
+
+    pytest.importorskip("lightning.pytorch")
+    from watchdog.integrations.lightning import WatchdogCallback
+
+    def save_checkpoint(path):
+        with open(path, "wb") as stream:
+            stream.write(b"x" * 65536)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    trainer = fake_lightning_trainer(save_checkpoint)
+    with FakeDaemon() as daemon:
+        callback = WatchdogCallback(checkpoint_dir=tmp_path, socket_path=daemon.socket_path)
+        callback.setup(trainer, None, "fit")
+        try:
+            result = daemon.run_command(callback.wd, "checkpoint", timeout_s=10)
+        finally:
+            callback.teardown(trainer, None, "fit")
+    assert not result.ok
+    assert "No space left" in result.error
+    assert os.listdir(tmp_path) == []
+
+
+def test_lightning_other_rank_waits_for_rank_zero_commit(tmp_path):
+    """Rank 1 restarts only once rank 0's checkpoint of that step exists."""
+    pytest.importorskip("lightning.pytorch")
+    from watchdog.integrations.lightning import WatchdogCallback
+
+    trainer = fake_lightning_trainer(lambda path: None, rank=1, world_size=2)
+    with FakeDaemon() as daemon:
+        callback = WatchdogCallback(
+            checkpoint_dir=tmp_path, socket_path=daemon.socket_path, restart_wait_s=10
+        )
+        callback.setup(trainer, None, "fit")
+        seen_at_exit = []
+
+        def rank_zero_commits() -> None:
+            time.sleep(0.3)  # rank 0 still fsyncing and renaming after Lightning's barrier
+            callback.store.path_for(callback.wd.step_count).write_bytes(b"rank 0")
+
+        writer = threading.Thread(target=rank_zero_commits)
+        writer.start()
+        try:
+            with pytest.raises(SystemExit) as exited:
+                daemon.run_command(callback.wd, "checkpoint_and_restart", timeout_s=10)
+            seen_at_exit = [p.name for p in tmp_path.iterdir()]
+        finally:
+            writer.join()
+            callback.teardown(trainer, None, "fit")
+    assert exited.value.code == RESTART_EXIT_CODE
+    assert seen_at_exit, "rank 1 exited before rank 0 committed the checkpoint"
+
+
+def test_lightning_other_rank_claims_no_commit_it_cannot_see(tmp_path):
+    """Rank 1 with no rank 0 file in time reports a failure and does not exit."""
+    pytest.importorskip("lightning.pytorch")
+    from watchdog.integrations.lightning import WatchdogCallback
+
+    trainer = fake_lightning_trainer(lambda path: None, rank=1, world_size=2)
+    with FakeDaemon() as daemon:
+        callback = WatchdogCallback(
+            checkpoint_dir=tmp_path, socket_path=daemon.socket_path, restart_wait_s=0.3
+        )
+        callback.setup(trainer, None, "fit")
+        try:
+            result = daemon.run_command(callback.wd, "checkpoint_and_restart", timeout_s=10)
+        finally:
+            callback.teardown(trainer, None, "fit")
+    assert not result.ok
+    assert "global rank 0 committed no checkpoint of step" in result.error

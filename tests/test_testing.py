@@ -57,3 +57,31 @@ def test_reports_are_recorded():
         finally:
             wd.close()
     assert daemon.reports
+
+
+def test_run_command_after_reattach_reaches_the_new_handle():
+    """Right after a re-attach, run_command waits for the new registration, not the replaced one."""
+    with FakeDaemon() as daemon:
+        wd = None
+        try:
+            # Without the wait, about 1 loop in 15 sent its command to the outgoing
+            # registration (UnknownTargetError, or "disconnected before answering").
+            for _ in range(200):
+                wd = watchdog.attach(socket_path=daemon.socket_path, checkpoint=lambda step: {})
+                result = daemon.run_command(wd, "checkpoint", timeout_s=5)
+                assert result.ok, result.error
+        finally:
+            if wd is not None:
+                wd.close()
+
+
+def test_run_command_refuses_a_closed_handle():
+    """A handle closed by a later attach() is refused at once rather than timing out."""
+    with FakeDaemon() as daemon:
+        old = watchdog.attach(socket_path=daemon.socket_path)
+        new = watchdog.attach(socket_path=daemon.socket_path)
+        try:
+            with pytest.raises(ValueError, match="wd is closed"):
+                daemon.run_command(old, "checkpoint", timeout_s=5)
+        finally:
+            new.close()

@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from watchdog.client import handle
 from watchdog.config import ControlSettings
 from watchdog.control import ClientInfo, CommandResult, ControlServer
 
@@ -71,17 +72,32 @@ class FakeDaemon:
     def wait_for_client(self, pid: int | None = None, timeout_s: float = 10.0) -> ClientInfo:
         """Wait until ``pid`` (default: this process) has registered; return it.
 
+        For this process it waits for the registration of its live handle (the
+        newest ``attach()`` to this daemon): just after a re-attach the replaced
+        registration can still be listed for a moment, and a command sent to it
+        would be lost with it.
+
         Raises:
             TimeoutError: it did not register in time.
         """
+        own = pid is None or pid == os.getpid()
         pid = os.getpid() if pid is None else pid
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for client in self.clients():
-                if client.pid == pid:
-                    return client
+            # Registered first, then listed: the server replaces the old registration
+            # before it answers the new one, so the pid's entry is the live handle's.
+            if not own or self._own_handles_registered():
+                for client in self.clients():
+                    if client.pid == pid:
+                        return client
             time.sleep(0.01)
         raise TimeoutError(f"pid {pid} did not register within {timeout_s:g} s")
+
+    def _own_handles_registered(self) -> bool:
+        """Whether every open handle of this process attached to this daemon has registered."""
+        with handle._active_lock:
+            live = [h for h in handle._active if not h.closed and h.socket_path == self.socket_path]
+        return all(h.link.connected.is_set() for h in live)
 
     def send(
         self,
@@ -100,7 +116,14 @@ class FakeDaemon:
         """Send ``command`` to this process and call ``wd.step()`` until its result arrives.
 
         ``SystemExit`` from ``checkpoint_and_restart`` propagates, as it would in training.
+
+        Raises:
+            ValueError: ``wd`` is closed (a later ``attach()`` closes the earlier handle):
+                it would never answer.
+            TimeoutError: this process did not register in time.
         """
+        if getattr(wd, "closed", False):
+            raise ValueError("run_command: wd is closed (a later attach() closes the earlier one)")
         self.wait_for_client(timeout_s=timeout_s)
         future = self.server.send_command_async(
             os.getpid(), command, 0, args=args, timeout_s=timeout_s

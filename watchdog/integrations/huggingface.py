@@ -21,6 +21,20 @@ except ImportError:  # pragma: no cover - depends on what is installed
     ) from None
 
 from watchdog.client import Deferred, Watchdog, attach
+from watchdog.integrations import _options
+
+_RESERVED = {
+    "model": "it attaches the Trainer's model",
+    "checkpoint": "checkpoints are the Trainer's own (output_dir/checkpoint-<step>)",
+    "checkpoint_dir": "set TrainingArguments(output_dir=...)",
+    "keep_checkpoints": "set TrainingArguments(save_total_limit=...)",
+    "optimizer": "the Trainer's checkpoint holds the optimizer state",
+    "resume": "resume with trainer.train(resume_from_checkpoint=True)",
+    "rank": "ranks come from TrainingArguments",
+    "local_rank": "ranks come from TrainingArguments",
+    "world_size": "ranks come from TrainingArguments",
+}
+"""Options of ``attach()`` this callback passes itself, or that it would leave unused."""
 
 
 class WatchdogTrainerCallback(TrainerCallback):
@@ -30,7 +44,14 @@ class WatchdogTrainerCallback(TrainerCallback):
         """Args:
         wd: An existing handle; else one is attached when training begins.
         **attach_options: Passed to ``watchdog.attach`` (job, socket_path, ...).
+
+        Raises:
+            TypeError: an option this callback sets itself, one ``attach()`` does
+                not take, a ``wd`` that is not a handle, or a value of the wrong type.
+            ValueError: a value out of range, or attach options along with ``wd``.
         """
+        _options.check_handle("WatchdogTrainerCallback", wd, attach_options)
+        _options.check_attach_options("WatchdogTrainerCallback", attach_options, _RESERVED)
         self.wd = wd
         self._own = wd is None
         self._options = attach_options

@@ -3,14 +3,15 @@
 Checkpoints go through ``trainer.save_checkpoint`` (Lightning's own format,
 so ``trainer.fit(..., ckpt_path=callback.latest_checkpoint())`` resumes them)
 and are committed atomically: written to a temporary name, fsynced, renamed,
-directory fsynced. Importing this module imports Lightning (``lightning`` or
+directory fsynced. Other ranks report the checkpoint only once global rank 0
+has committed it. Importing this module imports Lightning (``lightning`` or
 the older ``pytorch_lightning``); ``import watchdog`` never does.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,21 @@ except ImportError:  # pragma: no cover - depends on what is installed
         ) from None
 
 from watchdog.client import CheckpointStore, Watchdog, attach
-from watchdog.client.checkpoint import fsync_directory
+from watchdog.client.checkpoint import atomic_produce
+from watchdog.client.commands import CommandError
+from watchdog.integrations import _options
+
+_RESERVED = {
+    "model": "it attaches the LightningModule being fitted",
+    "checkpoint": "checkpoints are the Trainer's own (trainer.save_checkpoint)",
+    "keep_checkpoints": "use WatchdogCallback(keep=...)",
+    "optimizer": "Lightning's checkpoint holds the optimizer state",
+    "resume": "resume with trainer.fit(..., ckpt_path=callback.latest_checkpoint())",
+    "rank": "ranks come from the Trainer",
+    "local_rank": "ranks come from the Trainer",
+    "world_size": "ranks come from the Trainer",
+}
+"""Options of ``attach()`` this callback passes itself, or that it would leave unused."""
 
 
 class WatchdogCallback(pl.Callback):
@@ -44,8 +59,17 @@ class WatchdogCallback(pl.Callback):
         keep: Checkpoints kept.
         wd: An existing handle; else one is attached at fit start.
         **attach_options: Passed to ``watchdog.attach`` (job, socket_path, ...).
+
+        Raises:
+            TypeError: an option this callback sets itself, one ``attach()`` does
+                not take, a ``wd`` that is not a handle, or a value of the wrong type.
+            ValueError: a value out of range, or attach options along with ``wd``.
         """
         super().__init__()
+        _options.check_path("WatchdogCallback", "checkpoint_dir", checkpoint_dir)
+        _options.check_count("WatchdogCallback", "keep", keep, 1)
+        _options.check_handle("WatchdogCallback", wd, attach_options)
+        _options.check_attach_options("WatchdogCallback", attach_options, _RESERVED)
         self.store = CheckpointStore(checkpoint_dir, prefix="lightning", keep=keep)
         self.wd = wd
         self._own = wd is None
@@ -89,19 +113,32 @@ class WatchdogCallback(pl.Callback):
     def _checkpoint(self, step: int) -> dict[str, Any]:
         trainer = self._trainer
         path = self.store.path_for(step)
-        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)  # every rank calls it; Lightning writes on global zero
-        if not trainer.is_global_zero:
-            return {"path": str(path), "written_by": "global rank 0"}
-        try:
-            with open(tmp, "rb") as stream:
-                os.fsync(stream.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                Path(tmp).unlink()
-            raise
-        fsync_directory(path.parent)
-        self.store.prune()
-        return {"path": str(path), "bytes": path.stat().st_size}
+        if trainer.is_global_zero:
+            # atomic_produce removes the temporary file on any failure, of the save itself
+            # too: a full disk fails inside save_checkpoint with part of the file written.
+            size = atomic_produce(path, trainer.save_checkpoint)
+            self.store.prune()
+            return {"path": str(path), "bytes": size}
+        # Every rank must call it (Lightning's barrier is inside); global zero alone writes.
+        trainer.save_checkpoint(path.with_name(f".{path.name}.tmp.{os.getpid()}"))
+        return self._committed_by_rank0(path, step)
+
+    def _committed_by_rank0(self, path: Path, step: int) -> dict[str, Any]:
+        """Wait until global rank 0 has committed ``path``; only then is the checkpoint real.
+
+        Lightning's barrier ends when rank 0 has written its temporary file, before rank 0
+        fsyncs and renames it: a rank leaving for a restart then could have the launcher
+        kill rank 0 mid-commit, and one that never sees the file (rank 0 was not sent the
+        command) must not report a checkpoint.
+        """
+        wait_s = self.wd.restart_wait_s if self.wd is not None else 0.0  # set: it calls us
+        deadline = time.monotonic() + wait_s
+        while not path.exists():
+            if time.monotonic() >= deadline:
+                raise CommandError(
+                    f"global rank 0 committed no checkpoint of step {step} within {wait_s:g} s "
+                    f"({path}); send the command to the job, not to one rank, and keep "
+                    "checkpoint_dir on a filesystem every rank sees"
+                )
+            time.sleep(0.05)
+        return {"path": str(path), "written_by": "global rank 0"}
