@@ -526,8 +526,13 @@ def test_failed_checkpoint_never_leads_to_a_restart(server_factory, handles):
     assert "exit_code" not in result.details
 
 
-def test_backoff_starts_over_after_each_registered_session(monkeypatch):
-    """A session lost after registering (a daemon restart) reconnects at the shortest wait."""
+@pytest.mark.parametrize(
+    ("error", "starts_over"),
+    [(ConnectionError("daemon closed the connection"), True), (OverflowError("a bug"), False)],
+)
+def test_backoff_starts_over_after_each_registered_session(monkeypatch, error, starts_over):
+    """A session lost after registering (a daemon restart) reconnects at the shortest wait;
+    one ended by a bug of ours (it would fail the same way at once) backs off, no hot loop."""
     from watchdog.client import link as link_module
 
     waits: list[float] = []
@@ -535,7 +540,7 @@ def test_backoff_starts_over_after_each_registered_session(monkeypatch):
 
     def registered_then_lost() -> None:
         link.generation += 1
-        raise ConnectionError("daemon closed the connection")
+        raise error
 
     class Stop:
         def is_set(self) -> bool:
@@ -548,7 +553,10 @@ def test_backoff_starts_over_after_each_registered_session(monkeypatch):
     monkeypatch.setattr(link, "_session", registered_then_lost)
     monkeypatch.setattr(link, "_stop", Stop())
     link._run()
-    assert max(waits) <= 1.5 * link_module.MIN_BACKOFF_S
+    if starts_over:
+        assert max(waits) <= 1.5 * link_module.MIN_BACKOFF_S
+    else:
+        assert waits[-1] >= 0.5 * link_module.MIN_BACKOFF_S * 2**5
 
 
 def test_step_takes_integers_of_any_kind_and_refuses_the_rest(handles):

@@ -82,29 +82,6 @@ def test_a_heartbeat_from_the_daemon_is_kept_within_bounds():
     assert link.heartbeat_s == 3600.0
 
 
-def test_an_unexpected_error_after_registering_backs_off(monkeypatch):
-    """A bug of ours that fails every registered session waits longer each time, no hot loop."""
-    waits: list[float] = []
-    link = link_module.Link("/nonexistent.sock", dict, dict, lambda m, g: None)
-
-    def registered_then_bug() -> None:
-        link.generation += 1
-        raise OverflowError("timeout too large")
-
-    class Stop:
-        def is_set(self) -> bool:
-            return len(waits) >= 6
-
-        def wait(self, timeout: float) -> bool:
-            waits.append(timeout)
-            return False
-
-    monkeypatch.setattr(link, "_session", registered_then_bug)
-    monkeypatch.setattr(link, "_stop", Stop())
-    link._run()
-    assert waits[-1] >= 0.5 * link_module.MIN_BACKOFF_S * 2**5
-
-
 # --- 2. device ------------------------------------------------------------------------------
 
 
