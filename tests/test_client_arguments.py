@@ -149,6 +149,16 @@ def test_a_socket_path_of_another_kind_is_refused(value):
         attach(socket_path=value, connect=False)
 
 
+def test_a_socket_path_no_socket_can_have_is_refused(monkeypatch):
+    """Over sun_path's length no daemon can listen: once a background retry for ever."""
+    long_path = "/tmp/" + "d" * 120 + "/wd.sock"
+    with pytest.raises(ValueError, match="socket_path is 133 bytes long"):
+        attach(socket_path=long_path, connect=False)
+    monkeypatch.setenv("GPU_WATCHDOG_SOCKET", long_path)
+    with pytest.raises(ValueError, match="environment variable GPU_WATCHDOG_SOCKET is 133"):
+        attach(connect=False)
+
+
 # --- 4. close() while the daemon does not answer ----------------------------------------------
 
 

@@ -31,7 +31,13 @@ from typing import Any
 from watchdog.client import commands, distributed, runtime
 from watchdog.client.checkpoint import FORMAT, CheckpointStore
 from watchdog.client.link import MAX_HEARTBEAT_S, MIN_HEARTBEAT_S, Link
-from watchdog.control.protocol import COMMANDS, MAX_ERROR_CHARS, ProtocolError, opt_text
+from watchdog.control.protocol import (
+    COMMANDS,
+    MAX_ERROR_CHARS,
+    MAX_SOCKET_PATH_BYTES,
+    ProtocolError,
+    opt_text,
+)
 
 log = logging.getLogger("watchdog.client")
 
@@ -811,8 +817,18 @@ def _path_text(name: str, value: object) -> str:
 def _socket_path(given: object) -> str:
     """``socket_path``, else ``GPU_WATCHDOG_SOCKET``, else the system's socket."""
     if given is None or given == "":
-        return os.environ.get("GPU_WATCHDOG_SOCKET") or DEFAULT_SOCKET
-    return _path_text("socket_path", given)
+        path = os.environ.get("GPU_WATCHDOG_SOCKET") or DEFAULT_SOCKET
+        name = "the environment variable GPU_WATCHDOG_SOCKET"
+    else:
+        path, name = _path_text("socket_path", given), "socket_path"
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH_BYTES:
+        # No daemon can listen there: connect() would fail in the background for ever.
+        raise ValueError(
+            f"{name} is {size} bytes long, longer than a Unix socket's path may be "
+            f"({MAX_SOCKET_PATH_BYTES}): {path[:48]!r}..."
+        )
+    return path
 
 
 def _directory(name: str, given: object, variable: str, default: str) -> Path:

@@ -41,6 +41,8 @@ MAX_TEXT = 256
 """Longest identity string (job, device, host) a client may register."""
 MAX_ERROR_CHARS = 4096
 """Longest error text a result or a farewell may carry; a client cuts its own to fit."""
+MAX_SOCKET_PATH_BYTES = 103
+"""A Unix socket's path must fit ``sun_path`` (108 bytes on Linux, 104 elsewhere) with its NUL."""
 MAX_LIST_ITEMS = 64
 """Most entries a list of names (``register``'s ``commands``) may hold."""
 MAX_GROWTH_PLANNED_S = 6 * 3600.0

@@ -40,6 +40,7 @@ from watchdog.config import ConfigError, ControlSettings
 from watchdog.control.protocol import (
     COMMANDS,
     MAX_ERROR_CHARS,
+    MAX_SOCKET_PATH_BYTES,
     FrameDecoder,
     ProtocolError,
     encode,
@@ -169,8 +170,6 @@ def sync_step(clients: Iterable[_Client], now: float, lead_s: float) -> int | No
 STOPPING_ERROR = "daemon stopping"
 """The error of every command still unanswered when the daemon stops: the process may
 still be running it (a checkpoint takes minutes), so it is not over."""
-MAX_SOCKET_PATH_BYTES = 103
-"""A Unix socket's path must fit ``sun_path`` (108 bytes on Linux, 104 elsewhere) with its NUL."""
 
 
 def room_for_clients(max_clients: int) -> int:
