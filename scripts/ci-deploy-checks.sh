@@ -62,7 +62,7 @@ systemd-sysusers --dry-run --root="$work/sysusers-root" \
 step "promtool check config / rules / test rules"
 (cd deploy/prometheus && promtool check config prometheus.yml)
 (cd deploy/prometheus && promtool check rules gpu-watchdog-alerts.yml)
-(cd deploy/prometheus && promtool test rules tests/gpu-watchdog-alerts.test.yml)
+(cd deploy/prometheus && promtool test rules tests/*.test.yml)  # every alert's cases
 
 step "kubernetes-validate --strict"
 for version in 1.28.0 1.37.0; do

@@ -41,7 +41,8 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=config_file_argument,
         metavar="PATH",
-        help="TOML config file (default /etc/gpu-watchdog/config.toml if it exists)",
+        help="TOML config file (default: GPU_WATCHDOG_CONFIG, else "
+        "/etc/gpu-watchdog/config.toml if it exists)",
     )
 
 

@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
         "path",
         nargs="?",
         type=config_file_argument,
-        help=f"config file (default {DEFAULT_PATH})",
+        help=f"config file (default: GPU_WATCHDOG_CONFIG, else {DEFAULT_PATH})",
     )
     parser.add_argument(
         "--show", action="store_true", help="print the effective configuration as TOML"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from watchdog.commands._common import printable
-from watchdog.config import load_config
+from watchdog.config import config_file_argument, load_config
 from watchdog.control.protocol import MAX_GROWTH_PLANNED_S
 from watchdog.control.requests import ControlRequester
 from watchdog.errors import UsageError
@@ -35,10 +34,16 @@ def add_socket_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--socket",
         metavar="PATH",
-        help="control socket (default: control.socket_path from the configuration, "
-        "or GPU_WATCHDOG_SOCKET)",
+        help="control socket (default: GPU_WATCHDOG_SOCKET, else control.socket_path "
+        "from the configuration)",
     )
-    parser.add_argument("--config", metavar="FILE", type=Path, help="configuration file")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=config_file_argument,
+        help="configuration file (default: GPU_WATCHDOG_CONFIG, else "
+        "/etc/gpu-watchdog/config.toml if it exists)",
+    )
 
 
 def socket_path(args: argparse.Namespace) -> str:

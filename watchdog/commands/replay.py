@@ -31,7 +31,9 @@ def register(subparsers: Any) -> None:
     )
     add_config_option(parser)
     parser.add_argument(
-        "--json", action="store_true", help="print one JSON object per event and nothing else"
+        "--json",
+        action="store_true",
+        help="print JSON lines only: one object per event and per policy decision",
     )
     parser.add_argument(
         "--plot",
