@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
         help="see it work: a PyTorch job (CPU) leaks, is caught, checkpointed and restarted",
         description="Run the daemon on a SIMULATED idle GPU watching the real host memory of a "
         "real PyTorch training job (CPU) with a planted leak: the leak is raised, the job is "
-        "checkpointed and restarted, and it resumes and finishes. About 2 minutes; leaves "
+        "checkpointed and restarted, and it resumes and finishes. About 90 seconds; leaves "
         "nothing running. With --gpu: the job trains on a CUDA device and leaks GPU memory, "
         "and the daemon reads real NVML. See docs/demo.md.",
     )
