@@ -89,7 +89,7 @@ def build(
     )
     label.params.update(headroom_mib=round(headroom / scenarios.MIB), mib_per_h=0.0)
     if headroom_pct != HEADROOM_PCT:
-        label.params["headroom_pct"] = f"{headroom_pct[0]:g}-{headroom_pct[1]:g}"
+        label.params["headroom_pct"] = scenarios.span_text(headroom_pct)
     if leak:
         label.leak_start_t = leak_start
         label.rate_bytes_per_s = rate
@@ -116,14 +116,13 @@ def build(
 
 def twin(label: scenarios.Label) -> list[str]:
     """The leak-free twin of a leak trace, up to the leak trace's OOM."""
-    drawn = str(label.params.get("headroom_pct", "")).split("-")
     lines, _ = build(
         label.scenario,
         label.seed,
         label.name,
         with_leak=False,
         until=label.oom_t,
-        headroom_pct=(float(drawn[0]), float(drawn[1])) if len(drawn) == 2 else HEADROOM_PCT,
+        headroom_pct=scenarios.span_param(label, "headroom_pct", HEADROOM_PCT),
     )
     return lines
 

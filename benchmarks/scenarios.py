@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 GIB = float(1 << 30)
 MIB = float(1 << 20)
@@ -270,9 +271,9 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
         label.params["leak_start_s"], label.params["oom_after_s"] = leak_timing
     label.params["frac"] = round(frac, 3)
     if warmup_tau != WARMUP_TAU_S:
-        label.params["warmup_tau_s"] = f"{warmup_tau[0]:g}-{warmup_tau[1]:g}"
+        label.params["warmup_tau_s"] = span_text(warmup_tau)
     if warmup_pause is not None:
-        label.params["warmup_pause_s"] = f"{warmup_pause[0]:g}-{warmup_pause[1]:g}"
+        label.params["warmup_pause_s"] = span_text(warmup_pause)
 
     if scenario in ("multi_job", "one_of_many"):
         count = rng.randint(2, 4)
@@ -387,11 +388,24 @@ def build(  # noqa: PLR0912, PLR0915 - one scenario table reads best in one plac
     return lines, label
 
 
+_Default = TypeVar("_Default")
+
+
+def span_text(span: tuple[float, float]) -> str:
+    """A (low, high) range as a label parameter: ``LOW-HIGH``."""
+    return f"{span[0]:g}-{span[1]:g}"
+
+
+def span_param(label: Label, key: str, default: _Default) -> tuple[float, float] | _Default:
+    """The range ``span_text`` stored under ``key`` (a twin is built with its leak's), else
+    ``default``."""
+    parts = str(label.params.get(key, "")).split("-")
+    return (float(parts[0]), float(parts[1])) if len(parts) == 2 else default
+
+
 def twin(label: Label) -> list[str]:
     """The leak-free twin of a leak trace, up to the leak trace's OOM (see ``build``)."""
     timing = label.params.get("leak_start_s"), label.params.get("oom_after_s")
-    tau = str(label.params.get("warmup_tau_s", "")).split("-")
-    pause = str(label.params.get("warmup_pause_s", "")).split("-")
     lines, _ = build(
         label.scenario,
         label.seed,
@@ -399,8 +413,8 @@ def twin(label: Label) -> list[str]:
         with_leak=False,
         until=label.oom_t,
         leak_timing=(float(timing[0]), float(timing[1])) if None not in timing else None,
-        warmup_tau=(float(tau[0]), float(tau[1])) if len(tau) == 2 else WARMUP_TAU_S,
-        warmup_pause=(float(pause[0]), float(pause[1])) if len(pause) == 2 else None,
+        warmup_tau=span_param(label, "warmup_tau_s", WARMUP_TAU_S),
+        warmup_pause=span_param(label, "warmup_pause_s", None),
     )
     return lines
 
