@@ -528,7 +528,7 @@ def _gradcache_batch_rampup(w: _World) -> _Plan:
     micro = _Grid(hwm, step)
 
     def used(t: float) -> float:
-        return train(t) + per_micro * micro(t)
+        return float(train(t) + per_micro * micro(t))
 
     w.params.update(stages=float(stages), ramp_end_s=round(ramp_end, 1))
     return _Plan([_Proc(w.pid(), p["t0"], math.inf, used, ctx, w.noise())], duration)
@@ -1117,7 +1117,7 @@ def _pinned_segments_under_sawtooth(w: _World) -> _Plan:
             return base(t)
         i = bisect_right(ends, t) - 1
         frac = (t - ends[i]) / (ends[i + 1] - ends[i]) if i + 1 < len(ends) else 0.0
-        return base(t) + floor + tooth * frac**shape_pow
+        return float(base(t) + floor + tooth * frac**shape_pow)
 
     proc = _Proc(w.pid(), t0, math.inf, used, ctx, w.noise())
     proc.leak = _step_shape(_Steps(pinned, counts), start + oom_after)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,7 +37,7 @@ import score
 
 from watchdog.config import DetectionSettings
 
-CASES = {
+CASES: dict[str, Callable[[random.Random], tuple[float, float]]] = {
     "from_start": lambda rng: (0.0, rng.uniform(240, 900)),
     "early": lambda rng: (rng.uniform(60, 600), rng.uniform(120, 900)),
 }

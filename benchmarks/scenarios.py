@@ -405,14 +405,15 @@ def span_param(label: Label, key: str, default: _Default) -> tuple[float, float]
 
 def twin(label: Label) -> list[str]:
     """The leak-free twin of a leak trace, up to the leak trace's OOM (see ``build``)."""
-    timing = label.params.get("leak_start_s"), label.params.get("oom_after_s")
+    start, oom_after = label.params.get("leak_start_s"), label.params.get("oom_after_s")
+    timing = None if start is None or oom_after is None else (float(start), float(oom_after))
     lines, _ = build(
         label.scenario,
         label.seed,
         label.name,
         with_leak=False,
         until=label.oom_t,
-        leak_timing=(float(timing[0]), float(timing[1])) if None not in timing else None,
+        leak_timing=timing,
         warmup_tau=span_param(label, "warmup_tau_s", WARMUP_TAU_S),
         warmup_pause=span_param(label, "warmup_pause_s", None),
     )

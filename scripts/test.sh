@@ -27,5 +27,5 @@ setup "$CORE_VENV" dev
 
 echo "== every extra =="
 setup "$FULL_VENV" "$(grep -v '^#' requirements-extras.txt | paste -sd, -)"
-"$FULL_VENV/bin/mypy" watchdog
+"$FULL_VENV/bin/mypy" watchdog benchmarks grafana scripts
 "$FULL_VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
