@@ -295,6 +295,20 @@ def test_one_leak_seen_on_gpu_and_process_is_one_decision() -> None:
     assert [(d.action, d.outcome) for d in decisions] == [("dump_snapshot", SEND)]
 
 
+def test_a_leak_still_raised_on_its_process_is_not_acted_on_again_when_its_gpu_clears() -> None:
+    """The rung acted on the GPU's finding and the process's together: the process's leak,
+    still raised after the GPU's clears (another job freed memory), gets no second command
+    and no refusal."""
+    policy = _policy()
+    policy.observe(_event(0, pid=None))
+    policy.observe(_event(0, pid=42))
+    assert _sent(policy.decide(0, 1000, _jobs)) == ["dump_snapshot"]
+    policy.ledger.finished("train")
+    policy.observe(_event(120, state="cleared", pid=None))
+    later = [d for t in (180, 1000, 2000) for d in policy.decide(t, 1000 + t, _jobs)]
+    assert later == []
+
+
 def test_switched_from_dry_run_to_live_a_raised_leak_is_acted_on() -> None:
     """SIGHUP with dry_run = false: the leak the dry run decided on is now really acted on."""
     policy = _policy(dry_run=True)

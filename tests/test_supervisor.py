@@ -248,6 +248,23 @@ def test_a_gpu_level_leak_with_a_culprit_spares_the_other_jobs_on_the_gpu(tmp_pa
     assert {d.job for d in replayed} == {"pid:42"}
 
 
+def test_a_host_memory_leak_makes_no_job_the_culprit_of_its_gpus_leak(tmp_path: Path) -> None:
+    """Only GPU-memory findings single a process out: a job whose host RSS creeps is not
+    restarted for a GPU leak that another (unregistered) process's memory makes."""
+    job = FakeClient(pid=42, uid=0, registration=Registration(job="train", device="cuda:0"))
+    server = FakeServer([job])
+    sup, engine, _ = _supervisor(tmp_path, server)
+    engine.queued = [
+        dataclasses.replace(finding(0, tto=3 * 86400.0, pid=42), series="host_rss"),
+        finding(0, tto=1000.0, pid=777),
+        finding(0, tto=1000.0, pid=None),
+    ]
+    for t in range(4):
+        sup.on_reading(Reading(t=t))
+    # The host leak's own rung (a snapshot) is all the job gets.
+    assert server.sent == [("train", "dump_snapshot")]
+
+
 def test_allocator_reports_feed_detection_with_the_poll_clock(tmp_path: Path) -> None:
     """Allocator figures go to the engine at the latest poll time; CPU-only reports are ignored."""
     server = FakeServer([_client()])

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from watchdog.detectors.events import LEAK, NEAR_OOM
+from watchdog.detectors.events import ALLOCATED, LEAK, NEAR_OOM, PROCESS, RESERVED
 from watchdog.policy.rules import RESTARTS, LadderStep, effective_ladder
 
 SEND = "send"
@@ -268,11 +268,13 @@ class Policy:
         return min((when for when in due if when >= t), default=math.inf)
 
     def culprits(self, gpu: int, excluding: str = "") -> set[int]:
-        """Pids with a memory finding of their own raised on ``gpu``.
+        """Pids with a GPU-memory finding of their own raised on ``gpu``.
 
         A GPU-level finding concerns them, not every job on the GPU: the GPU's
-        memory climbs because theirs does. Empty when no process is singled out.
-        ``excluding``: a series kind whose findings do not count.
+        memory climbs because theirs does. A process's host RSS is not its GPU
+        memory, so a host leak never makes it the culprit of its GPU's. Empty when
+        no process is singled out. ``excluding``: a series kind whose findings do
+        not count.
         """
         return {
             f.pid
@@ -280,6 +282,7 @@ class Policy:
             if f.gpu == gpu
             and f.pid is not None
             and f.kind in (LEAK, NEAR_OOM)
+            and f.series in _GPU_MEMORY_SERIES
             and f.series != excluding
         }
 
@@ -322,12 +325,19 @@ class Policy:
             time_to_oom = finding.time_to_oom_at(t)
             for ref in jobs(finding.gpu, finding.pid, finding.series):
                 for step in self._ladder:
-                    fired = (self._dry_run, ref.job, step)
-                    if fired in self._fired or (ref.job, step.action) in decided:
-                        continue
                     if not step.match.matches(ref.job, ref.user, finding.gpu):
                         continue
                     if not step.applies(finding.kind, finding.cause, time_to_oom):
+                        continue
+                    fired = (self._dry_run, ref.job, step)
+                    if fired in self._fired:
+                        # The rung already acted on this job for a finding still raised
+                        # (a leak seen on the GPU and on its process): this one shares
+                        # that episode, so the rung must not act again when the other
+                        # clears while this one stays.
+                        self._fired[fired].add(key)
+                        continue
+                    if (ref.job, step.action) in decided:
                         continue
                     decision = self._guarded(step, finding, ref, t, wall, time_to_oom, key=key)
                     if decision is None:
@@ -405,6 +415,10 @@ class Policy:
         if self.ledger.in_flight(job, wall):
             return "in_flight"
         return ""
+
+
+_GPU_MEMORY_SERIES = (PROCESS, ALLOCATED, RESERVED)
+"""A process's series that measure its GPU memory (its host RSS does not)."""
 
 
 def _forget_finding(memory: dict[Any, set[FindingKey]], key: FindingKey) -> None:
