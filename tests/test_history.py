@@ -190,6 +190,55 @@ def test_history_errors_are_one_line(tmp_path: Path, cli_env: dict[str, str]) ->
     assert "--since: expected a duration" in empty.stderr
 
 
+def _unsearchable(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+    """Entries in ``directory`` cannot be looked at, as for a reader outside a 0750
+    directory's group (the tests run as root, whom permissions do not stop)."""
+    real_stat = os.stat
+
+    def stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if str(path).startswith(f"{directory}/"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", stat)
+
+
+def test_a_journal_the_reader_may_not_search_is_an_error_not_an_empty_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """history says it cannot read; the daemon starts with an empty ledger, counted."""
+    from watchdog.cli import main
+    from watchdog.policy.journal import ReadStats
+
+    state = tmp_path / "state"
+    state.mkdir()
+    _fill(state)
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    monkeypatch.setenv("GPU_WATCHDOG_CONFIG", str(config))
+    _unsearchable(monkeypatch, state)
+    assert main(["history", "--state-dir", str(state)]) == 1
+    err = capsys.readouterr().err
+    reason = f"cannot read the journal in {state}: Permission denied"
+    assert err == f"gpu-watchdog history: error: {reason}\n"
+    stats = ReadStats()
+    assert list(Journal(state).read(stats)) == []
+    assert stats.unreadable_files == 1
+
+
+def test_a_journal_file_that_cannot_be_read_fails_history_after_the_rest(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """A rotated file that cannot be read (here a directory in its place): the entries of the
+    others are printed, and history exits 1 saying the history is not whole."""
+    _fill(tmp_path)
+    (tmp_path / "journal.jsonl.1").mkdir()
+    result = _history(tmp_path, env=cli_env)
+    assert result.returncode == 1
+    assert len(result.stdout.splitlines()) == 4
+    assert f"1 journal file(s) in {tmp_path} could not be read" in result.stderr
+
+
 def test_parse_since() -> None:
     """Durations count back from now; ISO times without a zone are UTC."""
     assert parse_since("90m", 10_000.0) == 10_000.0 - 5400

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from watchdog.commands._common import add_config_option, load, printable
-from watchdog.errors import UsageError
+from watchdog.errors import UsageError, WatchdogError
 from watchdog.policy.journal import Journal, ReadStats
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -62,10 +62,16 @@ def run(args: argparse.Namespace) -> int:
     config = load(args)
     since = parse_since(args.since, time.time()) if args.since is not None else None
     directory = args.state_dir or Path(config.daemon.state_dir)
-    if directory.exists() and not directory.is_dir():
-        raise UsageError(f"no journal: {directory} is not a directory")
     journal = Journal(directory, config.policy.journal_max_bytes, config.policy.journal_keep)
-    if not journal.files():
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise UsageError(f"no journal: {directory} is not a directory")
+        files = journal.files()
+    except OSError as exc:  # e.g. a 0750 directory and a reader outside its group
+        raise WatchdogError(
+            f"cannot read the journal in {directory}: {exc.strerror or exc}"
+        ) from None
+    if not files:
         if not directory.exists():
             raise UsageError(
                 f"no journal: {directory} does not exist (no daemon has run with "
@@ -98,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
         filters = " ".join(f"{flag} {value}" for flag, value in asked if value is not None)
         matching = f" match {filters}" if filters else ""
         print(f"no journal entries in {directory}{matching}", file=sys.stderr)
+    if stats.unreadable_files:
+        # What was printed is not the whole history: say so, and fail.
+        raise WatchdogError(
+            f"{stats.unreadable_files} journal file(s) in {directory} could not be read"
+        )
     return 0
 
 

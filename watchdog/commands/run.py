@@ -149,7 +149,12 @@ def _serve(
     # daemon would have waited for it: it may still be running, and is never sent again.
     ledger = ledger_from(journal.read(stats), config.control.command_timeout_s)
     policy = Policy.from_settings(config.policy, ledger)
-    log.info("journal_read", entries=stats.entries, skipped_lines=stats.skipped_lines)
+    log.info(
+        "journal_read",
+        entries=stats.entries,
+        skipped_lines=stats.skipped_lines,
+        unreadable_files=stats.unreadable_files,
+    )
 
     server = ControlServer(config.control, proc_root=Path(config.sources.proc_root))
     try:

@@ -34,6 +34,8 @@ class ReadStats:
 
     entries: int = 0
     skipped_lines: int = 0
+    unreadable_files: int = 0
+    """Journal files (or the directory) that exist but could not be read, e.g. EACCES."""
 
 
 class Journal:
@@ -100,17 +102,33 @@ class Journal:
         _fsync_directory(self._directory)
 
     def files(self) -> list[Path]:
-        """The journal's files, oldest first."""
+        """The journal's files, oldest first.
+
+        Raises OSError where one cannot be looked at (a directory the reader may not
+        search): that is not a journal without files.
+        """
         rotated = [self.path.with_name(f"{FILE_NAME}.{i}") for i in range(self._keep, 0, -1)]
-        return [path for path in [*rotated, self.path] if path.exists()]
+        return [path for path in [*rotated, self.path] if _exists(path)]
 
     def read(self, stats: ReadStats | None = None) -> Iterator[dict[str, Any]]:
-        """Every readable entry, oldest first; torn or corrupt lines are skipped and counted."""
+        """Every readable entry, oldest first; torn or corrupt lines are skipped and counted.
+
+        A file (or directory) that cannot be read is logged and counted in
+        ``stats.unreadable_files``, and the rest is read: the daemon starts with
+        what it can read rather than not at all.
+        """
         stats = stats if stats is not None else ReadStats()
-        for path in self.files():
+        try:
+            paths = self.files()
+        except OSError as exc:
+            stats.unreadable_files += 1
+            log.error("journal_read_failed", path=str(self._directory), error=str(exc))
+            return
+        for path in paths:
             try:
                 data = path.read_bytes()
             except OSError as exc:
+                stats.unreadable_files += 1
                 log.error("journal_read_failed", path=str(path), error=str(exc))
                 continue
             for raw in data.split(b"\n"):
@@ -126,6 +144,17 @@ class Journal:
                     yield entry
                 else:
                     stats.skipped_lines += 1
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; OSError where that cannot be known. ``Path.exists``
+    raises on EACCES before Python 3.12 and says False from 3.12 on, which would
+    read a directory the reader may not search as a journal without files."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def _end_torn_line(fd: int) -> None:
