@@ -209,6 +209,31 @@ def test_ledger_survives_a_restart_through_the_journal(tmp_path: Path) -> None:
     ]
 
 
+def test_a_decision_dated_in_the_future_or_never_holds_no_guard_for_ever(tmp_path: Path) -> None:
+    """A wall written while the clock was years ahead counts as now; NaN or Infinity (which
+    json.loads takes) counts not at all, rather than keeping a command in flight for ever."""
+    now = 1_000_000.0
+    journal = Journal(tmp_path)
+    entry = {"type": "decision", "t": 1, "gpu": 0, "pid": 42, "outcome": "send"}
+    journal.append(
+        {**entry, "wall": now + 3 * 365 * 86400, "job": "ahead", "action": "empty_cache"}
+    )
+    journal.append({"type": "result", "job": "ahead", "action": "empty_cache", "wall": now})
+    with journal.path.open("a") as stream:
+        stream.write('{"type":"decision","t":1,"wall":NaN,"job":"nan","gpu":0,"outcome":"send",')
+        stream.write('"action":"dump_snapshot"}\n')
+    ledger = ledger_from(journal.read(), unanswered_for_s=600.0, now=now)
+    assert ledger.in_flight("nan", now + 86400) is None
+    policy = _policy(cooldown_s=600.0, ledger=ledger)
+    policy.observe(_event(0, cause="allocator_cache"))
+    ahead = [JobRef(job="ahead")]
+    held = policy.decide(0, now + 60, lambda gpu, pid, series: ahead)
+    assert ("empty_cache", "cooldown") in [(d.action, d.reason) for d in held]
+    policy.ledger.finished("ahead")
+    again = policy.decide(700, now + 700, lambda gpu, pid, series: ahead)
+    assert ("empty_cache", SEND) in [(d.action, d.outcome) for d in again]
+
+
 def test_journal_rotates_by_size(tmp_path: Path) -> None:
     """Past max_bytes the journal is rotated, keeping at most `keep` old files, all readable."""
     journal = Journal(tmp_path, max_bytes=4096, keep=2)

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ def _serve(
     stats = ReadStats()
     # A command the previous daemon sent and got no answer to holds its job as long as that
     # daemon would have waited for it: it may still be running, and is never sent again.
-    ledger = ledger_from(journal.read(stats), config.control.command_timeout_s)
+    ledger = ledger_from(journal.read(stats), config.control.command_timeout_s, now=time.time())
     policy = Policy.from_settings(config.policy, ledger)
     log.info(
         "journal_read",

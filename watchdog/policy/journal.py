@@ -11,7 +11,9 @@ is reported and counted, and the daemon carries on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -178,7 +180,9 @@ def decision_entry(decision: Decision) -> dict[str, Any]:
     return {"type": "decision", "wall": decision.wall, **decision.to_json()}
 
 
-def ledger_from(entries: Iterator[dict[str, Any]], unanswered_for_s: float = 0.0) -> Ledger:
+def ledger_from(
+    entries: Iterator[dict[str, Any]], unanswered_for_s: float = 0.0, now: float = math.inf
+) -> Ledger:
     """Rebuild the guards' memory from journal entries.
 
     Cooldowns and restart budgets come back as they were. A command sent with no
@@ -186,6 +190,8 @@ def ledger_from(entries: Iterator[dict[str, Any]], unanswered_for_s: float = 0.0
     counts for its cooldown and budget, and it keeps its job in flight until
     ``unanswered_for_s`` after it was sent (the command timeout: how long the
     old daemon would have waited), since the process may still be running it.
+    A decision dated after ``now`` (written while the clock was wrong) is taken
+    as made ``now``: dated years ahead, it would hold its job's cooldown as long.
     """
     ledger = Ledger()
     for entry in entries:
@@ -213,6 +219,11 @@ def ledger_from(entries: Iterator[dict[str, Any]], unanswered_for_s: float = 0.0
             )
         except (KeyError, TypeError, ValueError, OverflowError):  # a hand-edited line
             continue
+        if not (math.isfinite(decision.t) and math.isfinite(decision.wall)):
+            continue  # NaN or Infinity (json.loads takes both): no time to hold a guard to
+        if decision.wall > now:
+            log.warning("journal_entry_in_future", job=decision.job, wall=decision.wall, now=now)
+            decision = dataclasses.replace(decision, wall=now)
         ledger.record(decision)
     ledger.unanswered(unanswered_for_s)
     return ledger
