@@ -59,6 +59,9 @@ def test_integer_accepted_where_a_number_is_expected(tmp_path: Path) -> None:
         ("[sources]\ndevice_interval_s = 0.001\n", r"sources.device_interval_s must be >= 0.05"),
         ("[sources]\nmax_processes = 1.5\n", r"sources.max_processes must be an integer"),
         ("[sources]\ndevice_interval_s = nan\n", r"sources.device_interval_s must be a finite"),
+        # Slower than GpuWatchdogStale's 5 minutes, a healthy source would page.
+        ("[sources]\nhost_interval_s = 600\n", r"sources.host_interval_s must be <= 240"),
+        ("[sources]\nprocess_interval_s = 241\n", r"sources.process_interval_s must be <= 240"),
         ("[sources]\nmax_processes = true\n", r"sources.max_processes must be an integer"),
         ('[daemon]\nlog_level = "loud"\n', r"daemon.log_level must be one of"),
         ('[metrics]\nlisten = "9723"\n', r"metrics.listen expected HOST:PORT"),

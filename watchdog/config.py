@@ -288,21 +288,32 @@ class MetricsSettings:
     )
 
 
+MAX_POLL_INTERVAL_S = 240
+"""The longest poll interval of any source: GpuWatchdogStale fires when a source has not
+polled for 5 minutes, so a slower one would page about its own schedule."""
+
+
 @dataclass(frozen=True)
 class SourcesSettings:
     """How often each source is polled."""
 
     device_interval_s: float = setting(
-        1.0, "Seconds between GPU memory polls (cheap: ~10 µs a call).", minimum=0.05, maximum=3600
+        1.0,
+        "Seconds between GPU memory polls (cheap: ~10 µs a call).",
+        minimum=0.05,
+        maximum=MAX_POLL_INTERVAL_S,
     )
     process_interval_s: float = setting(
         5.0,
         "Seconds between GPU process-list polls (milliseconds, takes the driver lock).",
         minimum=0.1,
-        maximum=3600,
+        maximum=MAX_POLL_INTERVAL_S,
     )
     host_interval_s: float = setting(
-        5.0, "Seconds between host-memory polls of GPU processes.", minimum=0.1, maximum=3600
+        5.0,
+        "Seconds between host-memory polls of GPU processes.",
+        minimum=0.1,
+        maximum=MAX_POLL_INTERVAL_S,
     )
     stall_after_s: float = setting(
         10.0,
@@ -319,13 +330,12 @@ class SourcesSettings:
     proc_root: str = setting(
         "/proc", "Where procfs is mounted (a container may mount the host's).", check=_check_path
     )
-    # At most 4 minutes: GpuWatchdogStale fires when a source has not polled for 5.
     health_interval_s: float = setting(
         60.0,
         "Seconds between polls of ECC error counts, retired pages and remapped rows "
         "(they change rarely; several driver calls per GPU).",
         minimum=1,
-        maximum=240,
+        maximum=MAX_POLL_INTERVAL_S,
     )
     xid_events: bool = setting(
         True,
