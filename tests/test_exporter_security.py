@@ -624,9 +624,8 @@ def test_only_get_and_head_are_served(
 
 
 def test_unknown_methods_and_paths_serve_nothing(serve: Callable[..., MetricsServer]) -> None:
-    """Unknown methods get 501, unknown paths 404, HEAD no body; the Server header hides Python."""
+    """Unknown paths get 404, HEAD no body; the Server header hides Python."""
     server = serve()
-    assert _request(server.port, method="FROBNICATE").status == 501
     for path in ("/metrics/", "/debug/pprof", "/../etc/passwd", "/api/v1/send"):
         assert _request(server.port, path).status == 404, path
     head = _request(server.port, method="HEAD")
@@ -634,6 +633,23 @@ def test_unknown_methods_and_paths_serve_nothing(serve: Callable[..., MetricsSer
     assert int(head.headers["Content-Length"]) > 0
     assert head.headers["Server"] == "gpu-watchdog"
     assert _rejected(server.port, "method_not_allowed") == 0
+
+
+@pytest.mark.parametrize("method", ["FROBNICATE", "PROPFIND", "MKCOL", "FOO", "get", "head"])
+def test_unknown_methods_get_405_and_are_counted(
+    serve: Callable[..., MetricsServer], method: str
+) -> None:
+    """A method HTTP does not define, or a lowercase one, is refused like POST: 405, counted.
+
+    The standard library's own answer was an uncounted 501 without Allow; methods
+    are case-sensitive, so "get" is not GET.
+    """
+    server = serve()
+    reply = _request(server.port, method=method)
+    assert reply.status == 405
+    assert reply.headers["Allow"] == "GET, HEAD"
+    assert reply.body == "method not allowed\n"
+    assert _rejected(server.port, "method_not_allowed") == 1
 
 
 def test_secure_swaps_security_for_new_connections(

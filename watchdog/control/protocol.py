@@ -52,6 +52,9 @@ _LONGEST_WAIT_S = 3600.0
 """Longest single wait on a socket: ``settimeout`` overflows past about 2^63 ns."""
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 """C0, DEL and C1 (Unicode category Cc): what moves a terminal's cursor or starts an escape."""
+_SURROGATES = re.compile("[\ud800-\udfff]")
+"""Lone UTF-16 surrogates: valid as JSON escapes (``"\\ud800"``), yet no UTF-8 can encode one.
+A pair of escapes makes one character when decoded, so any surrogate left is lone."""
 
 
 class ProtocolError(ValueError):
@@ -180,6 +183,10 @@ def opt_text(
 ) -> str:
     """The string at ``key`` (empty when absent), at most ``limit`` characters; else error.
 
+    Lone surrogates (U+D800 to U+DFFF) are refused in any text: no UTF-8 can
+    encode one, so a job name holding one would fail every reply echoing it,
+    every log line and every scrape of the metrics that label it.
+
     ``one_line`` also refuses control characters (C0, DEL, C1): names that
     ``gpu-watchdog clients`` and the logs print must not move the cursor of
     whoever reads them, nor start a terminal escape sequence.
@@ -189,6 +196,9 @@ def opt_text(
         return ""
     if not isinstance(value, str) or len(value) > limit:
         raise ProtocolError(f"{key} must be a string of at most {limit} characters")
+    if _SURROGATES.search(value):
+        # repr escapes the surrogate, so the error itself stays encodable.
+        raise ProtocolError(f"{key} must hold no lone surrogates, got {value[:64]!r}")
     if one_line and _CONTROL_CHARS.search(value):
         raise ProtocolError(f"{key} must hold no control characters, got {value[:64]!r}")
     return value
@@ -198,8 +208,8 @@ def opt_names(message: dict[str, Any], key: str, limit: int = MAX_LIST_ITEMS) ->
     """The list of names at ``key`` (empty when absent or null); else ProtocolError.
 
     At most ``limit`` entries, each a string of 1 to 64 characters with no
-    control characters. Names this side does not know are kept: a newer peer
-    may know more.
+    control characters and no lone surrogates. Names this side does not know
+    are kept: a newer peer may know more.
     """
     value = message.get(key)
     if value is None:
@@ -207,7 +217,12 @@ def opt_names(message: dict[str, Any], key: str, limit: int = MAX_LIST_ITEMS) ->
     if not isinstance(value, list) or len(value) > limit:
         raise ProtocolError(f"{key} must be a list of at most {limit} names")
     for item in value:
-        if not isinstance(item, str) or not 0 < len(item) <= 64 or _CONTROL_CHARS.search(item):
+        if (
+            not isinstance(item, str)
+            or not 0 < len(item) <= 64
+            or _CONTROL_CHARS.search(item)
+            or _SURROGATES.search(item)
+        ):
             raise ProtocolError(f"{key} must hold names (strings of 1 to 64 characters)")
     return list(value)
 

@@ -3,11 +3,17 @@
 Every metric is rebuilt from the snapshot at each scrape, so the label sets
 of vanished processes and devices disappear by themselves, and an unknown
 figure is simply left out.
+
+Every label value leaves here encodable as UTF-8 (``label_value``): text from
+outside the daemon (process and user names, cgroup names, NVML strings) may
+hold what UTF-8 cannot, and one such value would fail the whole scrape.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -16,6 +22,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from watchdog import __version__
 from watchdog.daemon.state import Snapshot
@@ -54,13 +61,64 @@ class StateCollector(Collector):
         # A failed or hung source's figures are dropped, never repeated as if current
         # (node_exporter's rule); gpu_watchdog_collector_success and _stalled say why.
         snap = self._snapshot().fresh(self._stall_after_s)
-        yield from _build_info(snap)
-        yield from _devices(snap)
-        yield from _processes(snap)
-        yield from _host(snap)
-        yield from _collectors(snap, self._stall_after_s)
-        yield from _nvml_errors(snap)
-        yield from gpu_faults(snap)
+        families = chain(
+            _build_info(snap),
+            _devices(snap),
+            _processes(snap),
+            _host(snap),
+            _collectors(snap, self._stall_after_s),
+            _nvml_errors(snap),
+            gpu_faults(snap),
+        )
+        # Escaped at the one exit rather than at each add_metric, so that no label
+        # added later (or in gpu_faults) can slip past.
+        for family in families:
+            yield encodable(family)
+
+
+def label_value(text: str) -> str:
+    """``text`` as a label value that UTF-8 can encode: what it cannot is written as an escape.
+
+    psutil, like ``os``, decodes a name's undecodable bytes to lone surrogates
+    (PEP 383: a process named ``b"train\\xff"`` reads as ``"train\\udcff"``), and
+    JSON can carry a lone surrogate (``"\\ud800"``). prometheus-client cannot
+    encode either, and raises for the whole exposition, so one odd process name
+    would fail every scrape of the node. Such a byte comes out as ``\\xff``, any
+    other lone surrogate as ``\\ud800``; text that encodes is returned as it is.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return text
+    try:
+        # Undecodable bytes back to the bytes they were, so the label shows those.
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no decoder made (U+D800..U+DC7F, U+DD00..)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def encodable(family: Metric) -> Metric:
+    """``family`` with every label value passed through ``label_value``.
+
+    ``family`` itself when every value already encodes (the usual case), else
+    a copy: whoever yielded it may keep it and yield it again.
+    """
+    fixed = [_encodable_sample(sample) for sample in family.samples]
+    if all(new is old for new, old in zip(fixed, family.samples, strict=True)):
+        return family
+    result = copy.copy(family)
+    result.samples = fixed
+    return result
+
+
+def _encodable_sample(sample: Sample) -> Sample:
+    labels = {name: label_value(value) for name, value in sample.labels.items()}
+    return sample if labels == sample.labels else sample._replace(labels=labels)
 
 
 def _gauge(name: str, documentation: str, labels: Iterable[str]) -> GaugeMetricFamily:

@@ -5,13 +5,15 @@ NVML), on a bounded number of threads with a per-connection timeout, so a
 hung driver or a flood of scrapers cannot take the daemon down.
 
 Only GET and HEAD of those two paths (and ``/``) are served: nothing over
-HTTP changes the daemon. With TLS configured the handshake runs on the
-connection's own thread, never the accepting one. Every connection, TLS
-handshake included, is cut ``REQUEST_TIMEOUT_S`` after it was accepted,
-however it trickles bytes, so a client that sends a byte every few seconds
-holds one slot for at most that long; one that connects and says nothing
-is closed after ``FIRST_BYTE_TIMEOUT_S`` (Prometheus sends its request at
-once). Connections waiting for a slot wait in the kernel's accept queue.
+HTTP changes the daemon; every other method, known to HTTP or not, gets 405.
+A scrape that cannot be rendered gets 500, never a dropped connection. With
+TLS configured the handshake runs on the connection's own thread, never the
+accepting one. Every connection, TLS handshake included, is cut
+``REQUEST_TIMEOUT_S`` after it was accepted, however it trickles bytes, so a
+client that sends a byte every few seconds holds one slot for at most that
+long; one that connects and says nothing is closed after
+``FIRST_BYTE_TIMEOUT_S`` (Prometheus sends its request at once).
+Connections waiting for a slot wait in the kernel's accept queue.
 docs/security.md has the threat model.
 """
 
@@ -31,9 +33,10 @@ from typing import Any
 import structlog
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from watchdog.config import parse_listen
+from watchdog.exporter.collector import encodable
 from watchdog.exporter.security import WebSecurity
 
 log = structlog.get_logger("watchdog.exporter.http")
@@ -49,6 +52,7 @@ _SLOT_POLL_S = 0.5
 REJECTIONS = ("tls_handshake", "no_credentials", "bad_credentials", "method_not_allowed", "idle")
 """Why a request was refused; the label values of ``gpu_watchdog_http_requests_rejected_total``."""
 ALLOWED_METHODS = "GET, HEAD"
+_SERVED_METHODS = frozenset(ALLOWED_METHODS.split(", "))
 _PLAIN_HTTP_REPLY = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\n\r\nThis endpoint speaks HTTPS: use https://\n"
@@ -278,6 +282,29 @@ class _RejectionCollector:
         yield family
 
 
+class _EncodableView(Collector):
+    """``registry``'s metrics with every label value made encodable (``encodable``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the registry's families, label values escaped where UTF-8 cannot hold them."""
+        for family in self._registry.collect():
+            yield encodable(family)
+
+
+def _render(encoder: Callable[[Collector], bytes], registry: CollectorRegistry) -> bytes:
+    """The exposition of ``registry``, rendered again with labels escaped if one cannot encode."""
+    try:
+        return encoder(registry)
+    except UnicodeEncodeError as exc:
+        # StateCollector escapes the text it exports; this keeps the node scraped when
+        # another collector lets through a label UTF-8 cannot hold (a lone surrogate).
+        log.warning("metrics_label_unencodable", error=str(exc))
+        return encoder(_EncodableView(registry))
+
+
 def _make_handler(
     registry: CollectorRegistry, health: HealthCheck, timeout_s: float
 ) -> type[BaseHTTPRequestHandler]:
@@ -296,7 +323,14 @@ def _make_handler(
         def do_HEAD(self) -> None:
             self._serve(body=False)
 
-        def _refuse_method(self) -> None:
+        def parse_request(self) -> bool:
+            # Refused here, before the standard library looks for a do_<METHOD>: it
+            # answers a method it finds none for (PROPFIND, FOO, a lowercase get) with
+            # an uncounted 501. Methods are case-sensitive (RFC 9110), so "get" is not GET.
+            if not super().parse_request():
+                return False  # a malformed request line: already answered (400 and such)
+            if self.command in _SERVED_METHODS:
+                return True
             self.server.reject("method_not_allowed")
             self._reply(
                 405,
@@ -304,10 +338,7 @@ def _make_handler(
                 b"method not allowed\n",
                 headers={"Allow": ALLOWED_METHODS},
             )
-
-        # Every method HTTP defines besides GET and HEAD; unknown ones get 501.
-        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse_method
-        do_OPTIONS = do_TRACE = do_CONNECT = _refuse_method
+            return False
 
         def _serve(self, body: bool) -> None:
             path = self.path.split("?", 1)[0]
@@ -333,7 +364,17 @@ def _make_handler(
                 )
             elif path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                self._reply(200, content_type, encoder(registry), body)
+                try:
+                    payload = _render(encoder, registry)
+                except Exception:
+                    # A dropped connection reads as a dead node to Prometheus and says
+                    # nothing; a 500 says the daemon is up but could not render. Logged
+                    # as handle_error logged it before this answered anything.
+                    log.exception("http_handler_failed", client=self.client_address[0], path=path)
+                    message = b"metrics could not be rendered: see the daemon's log\n"
+                    self._reply(500, "text/plain; charset=utf-8", message, body)
+                    return
+                self._reply(200, content_type, payload, body)
             elif path == "/":
                 index = b"gpu-watchdog: see /metrics and /healthz\n"
                 self._reply(200, "text/plain; charset=utf-8", index, body)
