@@ -67,12 +67,23 @@ def test_huge_length_rejected_before_buffering():
         (b'{"v": 1, "type": "x", "id": 1e999}', "out of range"),
         (b'{"v": 1, "type": "x", "n": ' + b"1" * 5000 + b"}", "digits"),
         (b"{" * 100_000, "JSON"),
+        (b'{"v": 1, "type": "x", "id": "\\ud800"}', "lone surrogate"),
+        (b'{"v": 1, "type": "x", "a": {"b": ["\\uDFFF"]}}', "lone surrogate"),
+        (b'{"v": 1, "type": "x", "id": "\\ude00\\ud83d"}', "lone surrogate"),
     ],
 )
 def test_bad_bodies_rejected(body, problem):
     """Bodies that are not UTF-8 JSON objects of this version are protocol errors."""
     with pytest.raises(ProtocolError, match=problem):
         decode_body(body)
+
+
+def test_a_surrogate_pair_is_one_character_and_accepted():
+    """An emoji written as JSON's pair of escapes is text like any other."""
+    assert (
+        decode_body(b'{"v": 1, "type": "x", "job": "run-\\ud83d\\ude00"}')["job"]
+        == "run-\U0001f600"
+    )
 
 
 def test_a_bare_header_is_a_partial_frame():

@@ -187,6 +187,9 @@ def test_raising_on_report_is_contained(server_factory):
         # Valid JSON that no reply could echo, and an integer past Python's digit limit.
         (framed(b'{"v":1,"type":"ping","id":1e999}'), "malformed"),
         (framed(b'{"v":1,"type":"ping","x":' + b"1" * 5000 + b"}"), "malformed"),
+        # An id no UTF-8 can hold: a lone surrogate (valid JSON), echoed by every reply.
+        (framed(b'{"v":1,"type":"ping","id":"\\ud800"}'), "malformed"),
+        (framed(b'{"v":1,"type":"send","id":"\\udcff","target":"x","command":"c"}'), "malformed"),
     ],
 )
 def test_garbage_drops_only_that_connection(server_factory, payload, reason):

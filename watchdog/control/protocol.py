@@ -101,6 +101,9 @@ def decode_body(body: bytes) -> dict[str, Any]:
         raise ProtocolError(f"body is not UTF-8 JSON: {str(exc)[:200]}") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"body is a JSON {type(message).__name__}, expected an object")
+    if _SURROGATE_ESCAPE.search(body) and _holds_lone_surrogate(message):
+        # Every reply echoes the id, and names reach logs and metrics: none can hold one.
+        raise ProtocolError("body holds a lone surrogate escape (\\ud800-\\udfff): not text")
     version = message.get("v")
     if version != VERSION:
         raise ProtocolError(
@@ -109,6 +112,18 @@ def decode_body(body: bytes) -> dict[str, Any]:
     if not isinstance(message.get("type"), str):
         raise ProtocolError("message has no string 'type'")
     return message
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A JSON escape of a UTF-16 surrogate; a pair of them (an emoji) is one character."""
+
+
+def _holds_lone_surrogate(message: dict[str, Any]) -> bool:
+    try:
+        json.dumps(message, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class FrameDecoder:
