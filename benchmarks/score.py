@@ -80,6 +80,7 @@ GENERATORS = (
     "blind_scenarios",
     "sealed_scenarios",
     "fresh_scenarios",
+    "judge_scenarios",
 )
 
 
@@ -585,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         "field_scenarios and wild_scenarios: independent ones written without looking at "
         "the detector; blind_scenarios and sealed_scenarios: written without reading the "
         "detector or the other generators, never tuned against (sealed_scenarios: sealed, "
-        "only ever reported)",
+        "only ever reported); fresh_scenarios: shapes none of the others name; "
+        "judge_scenarios: the issue's own fourteen cases, written from its text alone",
     )
     parser.add_argument(
         "--config",
