@@ -100,7 +100,9 @@ def test_only_the_leaking_process_is_acted_on(tmp_path: Path, name: str) -> None
     assert jobs == {"pid:4000002"}
 
 
-def _asking_every_interval(events: list, end_t: float, interval_s: float) -> list:  # type: ignore[type-arg]
+def _asking_every_interval(  # type: ignore[type-arg]
+    events: list, end_t: float, interval_s: float, watched_gpus: tuple[int, ...] = ()
+) -> list:
     """The policy asked at every interval from the first event on: what replay must equal."""
     policy = Policy.from_settings(
         PolicySettings(cooldown_s=300.0, max_restarts=1, restart_window_s=5000.0)
@@ -115,7 +117,7 @@ def _asking_every_interval(events: list, end_t: float, interval_s: float) -> lis
         while index < len(events) and events[index].t <= t:
             policy.observe(events[index])
             index += 1
-        for decision in policy.decide(t, t, jobs):
+        for decision in policy.decide(t, t, jobs, lambda gpu: gpu in watched_gpus):
             decided.append(decision)
             if decision.outcome == "send":
                 policy.ledger.finished(decision.job)
@@ -123,9 +125,13 @@ def _asking_every_interval(events: list, end_t: float, interval_s: float) -> lis
     return decided
 
 
+@pytest.mark.parametrize("watched_gpus", [(), (0,)])
 @pytest.mark.parametrize("seed", range(20))
-def test_skipping_quiet_stretches_decides_exactly_as_asking_every_interval(seed: int) -> None:
-    """Replay jumps over stretches where nothing can change; it decides what every ask would."""
+def test_skipping_quiet_stretches_decides_exactly_as_asking_every_interval(
+    seed: int, watched_gpus: tuple[int, ...]
+) -> None:
+    """Replay jumps over stretches where nothing can change; it decides what every ask would,
+    a GPU's leak waiting for its culprit (its processes watched) included."""
     rng = random.Random(seed)
     events, t = [], 0.0
     for _ in range(rng.randint(1, 8)):
@@ -145,8 +151,10 @@ def test_skipping_quiet_stretches_decides_exactly_as_asking_every_interval(seed:
         )
     settings = PolicySettings(cooldown_s=300.0, max_restarts=1, restart_window_s=5000.0)
     end_t = t + 9000.0
-    skipped = decisions_over(events, end_t, interval_s=1.0, settings=settings)
-    asked = _asking_every_interval(events, end_t, interval_s=1.0)
+    skipped = decisions_over(
+        events, end_t, interval_s=1.0, settings=settings, watched_gpus=watched_gpus
+    )
+    asked = _asking_every_interval(events, end_t, interval_s=1.0, watched_gpus=watched_gpus)
     assert [(d.t, d.action, d.outcome, d.job, d.reason) for d in skipped] == [
         (d.t, d.action, d.outcome, d.job, d.reason) for d in asked
     ]

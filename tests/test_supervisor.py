@@ -31,6 +31,8 @@ class FakeEngine:
         self.queued: list[Event] = []
         self.allocator: list[tuple[float, int, int, int, int]] = []
         self.plans: list[tuple[Any, ...]] = []
+        self.watched: set[int] = set()
+        """GPUs whose processes' memory the engine watches (none: device figures only)."""
 
     def observe(self, reading: Reading) -> list[Event]:
         events, self.queued = self.queued, []
@@ -57,6 +59,9 @@ class FakeEngine:
 
     def process_started(self, pid: int) -> int | None:
         return None
+
+    def watches_processes(self, gpu: int) -> bool:
+        return gpu in self.watched
 
 
 @dataclass

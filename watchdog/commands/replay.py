@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from watchdog.commands._common import add_config_option, load
-from watchdog.detectors.events import CLEARED, Event
+from watchdog.detectors.events import CLEARED, PROCESS, Event
 from watchdog.detectors.replay import ReplayResult, replay_file
 from watchdog.policy.engine import Decision
 from watchdog.policy.replay import decisions_over
@@ -57,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
         # Nothing was judged: "no findings" would read as a clean bill of health.
         raise TraceError(f"{args.trace}: no device rows after the header: nothing to replay")
     decisions = decisions_over(
-        result.events, result.duration_s, config.sources.device_interval_s, config.policy
+        result.events,
+        result.duration_s,
+        config.sources.device_interval_s,
+        config.policy,
+        watched_gpus=watched_gpus(result),
     )
     if args.json:
         write_json(result.events, decisions, sys.stdout)
@@ -71,6 +75,18 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"plot written to {args.plot}")
     return 0
+
+
+def watched_gpus(result: ReplayResult) -> set[int]:
+    """The GPUs whose processes' memory the trace gives, as far as the replay tells: a
+    process has a finding there, or a series at the end (the live daemon asks whether one
+    has a series at the moment; a trace whose processes all left early without a finding
+    is taken as not watched)."""
+    watched = {event.gpu for event in result.events if event.series == PROCESS}
+    if result.engine is not None:
+        gpus = {event.gpu for event in result.events if event.pid is None} - watched
+        watched |= {gpu for gpu in gpus if result.engine.watches_processes(gpu)}
+    return watched
 
 
 def write_json(events: list[Event], decisions: list[Decision], out: TextIO) -> None:

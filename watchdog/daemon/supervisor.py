@@ -53,7 +53,8 @@ class Supervisor:
     """Feeds readings and client reports through detection and policy, and carries out decisions.
 
     Args:
-        engine: The detection engine (``observe``, ``observe_allocator``, ``status``).
+        engine: The detection engine (``observe``, ``observe_allocator``, ``status``,
+            ``watches_processes``...).
         policy: The policy, its ledger already rebuilt from the journal.
         journal: The audit journal.
         state: The daemon state (to map CUDA devices to GPUs).
@@ -116,7 +117,7 @@ class Supervisor:
             now = self._clock()
             self._take_events(self._stalls.tick(now))
             self._take_events(self._judge_orphans(reading, now))
-            decisions = self._policy.decide(reading.t, self._wall(), self._jobs)
+            decisions = self._decide(reading.t)
         self._request_stacks()
         self._carry_out(decisions)
 
@@ -185,7 +186,7 @@ class Supervisor:
                     self._clock(), client.pid, detached=detached, gone=gone, error=error
                 )
             )
-            decisions = self._policy.decide(self._last_t, self._wall(), self._jobs)
+            decisions = self._decide(self._last_t)
         self._request_stacks()
         self._carry_out(decisions)
 
@@ -341,6 +342,15 @@ class Supervisor:
                 cause=event.cause,
                 message=event.message,
             )
+
+    def _decide(self, t: float) -> list[Decision]:
+        """The policy's decisions at ``t`` (under the lock)."""
+        return self._policy.decide(t, self._wall(), self._jobs, self._watches_processes)
+
+    def _watches_processes(self, gpu: int) -> bool:
+        """Whether the engine watches the memory of processes on ``gpu``: there, a leak of
+        the GPU's waits a while for the process behind it to be singled out."""
+        return bool(self._engine.watches_processes(gpu))
 
     def _jobs(self, gpu: int, pid: int | None, series: str) -> list[JobRef]:
         """The registered jobs a finding on (gpu, pid) of a ``series`` kind concerns."""

@@ -408,6 +408,11 @@ class DetectionEngine:
         if plan is not None:
             self._gpus_plan(plan.gpu, t)
 
+    def watches_processes(self, gpu: int) -> bool:
+        """Whether the memory of processes on ``gpu`` is watched: one has a series there
+        now (the process list gives its figure; one the driver hides has none)."""
+        return any(key[0] == gpu for key in self._processes)
+
     def process_started(self, pid: int) -> int | None:
         """Start time of the process whose series are kept under ``pid`` (None: unknown)."""
         return self._started.get(pid)

@@ -25,6 +25,14 @@ SEND = "send"
 DRY_RUN = "dry_run"
 SUPPRESSED = "suppressed"
 
+CULPRIT_WAIT_S = 1200.0
+"""Longest a GPU's leak waits for the process behind it to be singled out: the GPU's
+series and its processes' are judged apart, and the GPU's leak may be raised first
+(by 10 s to 21 min, measured on multi-process leak traces)."""
+CULPRIT_WAIT_SHARE = 0.25
+"""... and at most this share of its predicted time to OOM when raised: a fast leak
+waits little."""
+
 
 @dataclass(frozen=True, slots=True)
 class JobRef:
@@ -178,6 +186,14 @@ FindingKey = tuple[str, str, int, "int | None"]
 JobResolver = Callable[[int, "int | None", str], list[JobRef]]
 """Maps a finding's (gpu, pid, series kind) to the jobs to act on (empty: none known)."""
 
+ProcessWatch = Callable[[int], bool]
+"""Whether the processes on a GPU are watched: the process list gives their memory there."""
+
+
+def no_process_watched(gpu: int) -> bool:
+    """The ``ProcessWatch`` of a caller that watches no process: every GPU finding acts at once."""
+    return False
+
 
 class Policy:
     """Decides actions from active findings along the configured ladder, within the guards.
@@ -215,6 +231,8 @@ class Policy:
         # A guard's refusal is reported once per job, action and guard, until the findings
         # it refused end: a later leak refused again is recorded again.
         self._suppressed_seen: dict[tuple[str, str, str], set[FindingKey]] = {}
+        self._culprit_waits: dict[FindingKey, float] = {}
+        """A GPU's leak -> when its wait for a culprit ends (counted from its raise)."""
 
     @classmethod
     def from_settings(cls, settings: Any, ledger: Ledger | None = None) -> Policy:
@@ -255,7 +273,9 @@ class Policy:
         With no new event until then, every ask in between gives what the ask at
         ``t`` gave: a rung waits for a finding's countdown to pass under its
         ``under_time_to_oom_s``, a guard for its cooldown, budget window or wait to
-        end (decisions are taken at wall time = ``t`` here, as in replay).
+        end (decisions are taken at wall time = ``t`` here, as in replay), a GPU's
+        leak with no culprit yet for the end of its wait for one (counted whether
+        or not the caller watches that GPU's processes: a needless wake costs an ask).
         """
         due = [
             finding.t + finding.time_to_oom_s - step.under_time_to_oom_s
@@ -265,6 +285,7 @@ class Policy:
             if step.under_time_to_oom_s > 0
         ]
         due += self.ledger.expiries(self._cooldown_s, self._restart_window_s)
+        due += [until for key, until in self._culprit_waits.items() if not self.culprits(key[2])]
         return min((when for when in due if when >= t), default=math.inf)
 
     def culprits(self, gpu: int, excluding: str = "") -> set[int]:
@@ -292,6 +313,8 @@ class Policy:
         if event.state == "cleared":
             self._end_episode(key)
             return
+        if key not in self._active and event.pid is None and event.kind == LEAK:
+            self._culprit_waits[key] = event.t + culprit_wait(event.time_to_oom_s)
         self._active[key] = Finding(
             event.kind,
             event.series,
@@ -309,19 +332,33 @@ class Policy:
 
     def _end_episode(self, key: FindingKey) -> None:
         self._active.pop(key, None)
+        self._culprit_waits.pop(key, None)
         _forget_finding(self._fired, key)
         _forget_finding(self._suppressed_seen, key)
 
-    def decide(self, t: float, wall: float, jobs: JobResolver) -> list[Decision]:
+    def decide(
+        self,
+        t: float,
+        wall: float,
+        jobs: JobResolver,
+        watches_processes: ProcessWatch = no_process_watched,
+    ) -> list[Decision]:
         """Walk the ladder for every active finding; return (and record) the decisions.
 
         Suppressions are reported once per job, action and guard until the guard lifts,
         so a long-lived finding does not repeat the same "suppressed" line every poll.
+
+        ``watches_processes``: whether the processes on a GPU are watched. There, a
+        GPU's leak with no culprit yet waits for one, ``culprit_wait`` from its raise;
+        elsewhere (and by default) it is acted on at once. Nothing is recorded while
+        it waits: no guard refused it.
         """
         decisions: list[Decision] = []
         # One leak seen on the GPU and on its process is one decision per job and action.
         decided: set[tuple[str, str]] = set()
         for key, finding in sorted(self._active.items(), key=_finding_order):
+            if self._awaits_culprit(key, t, watches_processes):
+                continue
             time_to_oom = finding.time_to_oom_at(t)
             for ref in jobs(finding.gpu, finding.pid, finding.series):
                 for step in self._ladder:
@@ -347,6 +384,22 @@ class Policy:
                     if decision.outcome != SUPPRESSED:
                         self._fired.setdefault(fired, set()).add(key)
         return decisions
+
+    def _awaits_culprit(self, key: FindingKey, t: float, watches_processes: ProcessWatch) -> bool:
+        """Whether the finding ``key`` (a GPU's leak) is held at ``t`` for its culprit.
+
+        A leak on a GPU whose processes are watched is raised on the GPU's series and
+        on the leaking process's, not always together: the GPU's may come first. Until
+        the process's arrives, the GPU's would reach every job on the GPU, the healthy
+        ones too. So it waits, from its raise, ``culprit_wait`` of its time to OOM
+        then; once a culprit is singled out it concerns the culprit only, and once the
+        wait is over with none (growth outside every process) every job on the GPU.
+        """
+        until = self._culprit_waits.get(key)
+        if until is None or t >= until:
+            return False
+        gpu = key[2]
+        return not self.culprits(gpu) and watches_processes(gpu)
 
     def scheduled(
         self, action: str, ref: JobRef, gpu: int, t: float, wall: float, reason: str
@@ -419,6 +472,13 @@ class Policy:
 
 _GPU_MEMORY_SERIES = (PROCESS, ALLOCATED, RESERVED)
 """A process's series that measure its GPU memory (its host RSS does not)."""
+
+
+def culprit_wait(time_to_oom_s: float | None) -> float:
+    """How long a GPU's leak raised with ``time_to_oom_s`` waits for its culprit."""
+    if time_to_oom_s is None:
+        return CULPRIT_WAIT_S
+    return min(CULPRIT_WAIT_S, CULPRIT_WAIT_SHARE * max(0.0, time_to_oom_s))
 
 
 def _forget_finding(memory: dict[Any, set[FindingKey]], key: FindingKey) -> None:

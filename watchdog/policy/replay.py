@@ -7,13 +7,15 @@ finding, where the policy has nothing to decide. With no training processes
 to talk to, each process in the trace stands for its own job (``pid:N``), a
 GPU-level finding concerns the processes with a finding of their own raised
 on that GPU, as in the live daemon (``Policy.culprits``; else the GPU itself,
-``gpu:N``), and every command is taken to be answered at once.
+``gpu:N``), and every command is taken to be answered at once. A GPU's leak
+with no culprit yet waits for one as in the live daemon, on the GPUs whose
+processes the trace watches (``watched_gpus``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from watchdog.policy.engine import SEND, Decision, JobRef, Policy
@@ -33,7 +35,12 @@ class _TraceJobs:
 
 
 def decisions_over(
-    events: Iterable[Any], end_t: float, interval_s: float, settings: Any
+    events: Iterable[Any],
+    end_t: float,
+    interval_s: float,
+    settings: Any,
+    *,
+    watched_gpus: Collection[int] = (),
 ) -> list[Decision]:
     """The decisions ``settings`` (a PolicySettings) would take on ``events``, in time order.
 
@@ -42,9 +49,12 @@ def decisions_over(
         end_t: The trace's last timestamp.
         interval_s: How often the live daemon would ask (its device poll interval).
         settings: The policy settings.
+        watched_gpus: The GPUs whose processes' memory the trace gives: there a GPU's
+            leak waits for its culprit (none: every GPU finding is acted on at once).
     """
     policy = Policy.from_settings(settings)
     jobs = _TraceJobs(policy)
+    watched = frozenset(watched_gpus).__contains__
     pending = sorted(events, key=lambda event: event.t)
     decisions: list[Decision] = []
     index = 0
@@ -53,7 +63,7 @@ def decisions_over(
         while index < len(pending) and pending[index].t <= t:
             policy.observe(pending[index])
             index += 1
-        decided = policy.decide(t, t, jobs)
+        decided = policy.decide(t, t, jobs, watched)
         for decision in decided:
             decisions.append(decision)
             if decision.outcome == SEND:
