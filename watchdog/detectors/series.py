@@ -286,6 +286,7 @@ class Series:
         "tooth_climb",
         "tooth_jumps",
         "x",
+        "x_before",
     )
 
     def __init__(
@@ -325,8 +326,7 @@ class Series:
         self.leak_confidence = 0.0
         self.leak_hold = 0.0
         self.leak_pattern: str | None = None
-        self.x = 0.0
-        self.limit = 0.0
+        self.x = self.x_before = self.limit = 0.0
         self.near_on = math.inf
         self.near_off = math.inf
         self.min_rise = 0.0
@@ -359,18 +359,20 @@ class Series:
             self._set_limit(limit)
         if t - self.last_t > self.gap_s:
             self.restart(t)
-        elif x < self.reset_below:
-            if self._cycling(t):
-                self.cycling_t = t
-                self.reset_below = -math.inf  # until the next bucket closes
-            else:
-                self._fall(t)
-                # Memory freed near the limit may be a job that caught its OOM and
-                # started over in the same process: judged afresh, or a leak run
-                # again would pass for ground held before.
-                full = max(self.peak, self.b_hi) >= self.settings.near_oom_used_ratio * self.limit
-                self.restart(t, keep_ground=self.falls_keep_ground and not full)
-        self.x = x
+            self.x_before = self.x = x
+        # A fall as deep as a restart's must hold for two polls: a dip one poll caught
+        # (the step's activations freed for a second at an empty_cache, caught in some
+        # cycles and not others) is no job ending, and restarting would wipe the
+        # history a leak under the sawtooth shows in. So the previous sample is judged,
+        # and only as low as a poll beside it went too.
+        last = self.x
+        if last < self.reset_below:
+            before = self.x_before
+            if last < before and last < x:  # a dip: the lower of the polls beside it
+                last = before if before < x else x
+            if last < self.reset_below:
+                self._fell(t)
+        self.x_before, self.x = self.x, x
         self.last_t = t
         if t >= self.b_end:
             self._roll(t, x)
@@ -387,6 +389,19 @@ class Series:
             self._near_changed(t)
 
     # -- bookkeeping
+
+    def _fell(self, t: float) -> None:
+        """The floor fell as deep as a restart's at ``t``: a restart, or a cycle's fall."""
+        if self._cycling(t):
+            self.cycling_t = t
+            self.reset_below = -math.inf  # until the next bucket closes
+            return
+        self._fall(t)
+        # Memory freed near the limit may be a job that caught its OOM and started
+        # over in the same process: judged afresh, or a leak run again would pass for
+        # ground held before.
+        full = max(self.peak, self.b_hi) >= self.settings.near_oom_used_ratio * self.limit
+        self.restart(t, keep_ground=self.falls_keep_ground and not full)
 
     def _set_limit(self, limit: float) -> None:
         self.limit = limit
