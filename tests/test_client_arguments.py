@@ -49,6 +49,18 @@ _LAUNCHER_VARIABLES = (
 )
 
 
+def _run_python(script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a Python of its own, from the repository, output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
 @pytest.fixture(autouse=True)
 def plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No launcher or watchdog variables of the machine running the tests."""
@@ -207,14 +219,7 @@ def test_a_restart_from_a_training_thread_still_exits_with_the_code(tmp_path):
             time.sleep(5)  # the trainer thread must end the process before this does
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    done = _run_python(script)
     assert done.returncode == 75, done.stderr
     assert done.stdout.strip() == "ok"
     assert "not the main thread" in done.stderr
@@ -245,14 +250,7 @@ def test_a_forked_child_lets_go_of_the_connection(server_factory):
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    done = _run_python(script)
     child = int(done.stdout.split()[0])
     try:
         assert done.returncode == -9
