@@ -43,6 +43,8 @@ LARGEST_STEP_SHARE = 0.6
 """No one stretch-to-stretch step may carry more than this share of the rise."""
 NOISE_MADS = 3.0
 """A stretch counts as higher when it beats the one before by this many MADs of bucket steps."""
+SAWTOOTH_TROUGHS = 3
+"""Cycles a window must hold for its sawtooth's noise to be measured on one trough per cycle."""
 SMALLEST_STEP_SHARE = 0.05
 """In a 4-way cut, a step under this share of an even split of the rise is flat, noise or not."""
 STAIRCASE_SHARE = 0.7
@@ -412,6 +414,33 @@ def _rate(floors: Sequence[float], times: Sequence[float], bunched_steps: bool) 
     return rate
 
 
+def noise_tolerance(mins: Sequence[float], envelope: int = 1) -> float:
+    """How far a floor may move by chance: ``NOISE_MADS`` median absolute deviations of
+    the changes between consecutive bucket minima, or in a sawtooth (``envelope``
+    buckets per cycle) between consecutive troughs, the lowest bucket of each cycle.
+
+    A sawtooth's troughs are cycles apart: the lowest of each run of ``envelope``
+    buckets, runs laid end to end from the newest bucket back. Runs that overlap
+    (one starting at every bucket) share their lowest bucket with their
+    neighbours, so most of their changes are zero and the deviation came out
+    zero: a trough that a poll caught deep in one cycle and shallow in the next
+    (the step's activations freed for a second at an ``empty_cache``) then beat
+    the tolerance as surely as a leak. With fewer than three cycles in the
+    window there are too few troughs for a deviation, and the overlapping runs
+    are used.
+    """
+    troughs: Sequence[float] = mins
+    if envelope > 1 and len(mins) >= SAWTOOTH_TROUGHS * envelope:
+        troughs = [
+            min(mins[i : i + envelope]) for i in range(len(mins) % envelope, len(mins), envelope)
+        ]
+    elif envelope > 1 and len(mins) > envelope:
+        troughs = [min(mins[i : i + envelope]) for i in range(len(mins) - envelope + 1)]
+    steps = [b - a for a, b in itertools.pairwise(troughs)]
+    centre = _median(steps)
+    return NOISE_MADS * _median([abs(step - centre) for step in steps])
+
+
 def analyze_window(
     starts: Sequence[float],
     mins: Sequence[float],
@@ -466,14 +495,7 @@ def analyze_window(
     if fine is None or fine[0][-1] - min(fine[0]) < min_rise:
         return None  # a stretch without data, or the last is not materially above the lowest
     window_mins = mins[first:]
-    troughs = window_mins
-    if envelope > 1 and len(window_mins) > envelope:
-        troughs = [
-            min(window_mins[i : i + envelope]) for i in range(len(window_mins) - envelope + 1)
-        ]
-    steps = [b - a for a, b in itertools.pairwise(troughs)]
-    centre = _median(steps)
-    tolerance = NOISE_MADS * _median([abs(step - centre) for step in steps])
+    tolerance = noise_tolerance(window_mins, envelope)
     rising_segments, consistent, saturating = _consistent(fine[0], tolerance, saturation_ratio)
     floors, times = fine
     if not consistent:
