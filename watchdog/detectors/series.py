@@ -96,6 +96,13 @@ window divided by this."""
 MIB = float(1 << 20)
 
 
+IDLE_BYTES = 1 << 30
+"""A GPU using no more than this for a whole finest bucket holds only the driver's own
+memory (and perhaps a CUDA context): no job's working set. While it does, its warm-up
+grace starts again, so the next job's load is judged as a warm-up on device figures
+alone, as it is where the process list shows the job arrive."""
+
+
 class _Level:
     """One time scale: its open bucket and its last closed buckets, oldest first.
 
@@ -585,6 +592,8 @@ class Series:
             self.peak = self.peak_before_climb = hi
             self.flat_buckets = 0
         self.reset_below = floor - max(float(s.reset_drop_min_bytes), s.reset_drop_ratio * floor)
+        if self.kind == GPU and hi <= IDLE_BYTES:
+            self.start_t = start + first.width  # empty: the next climb is a job's warm-up
 
     def _noise(self) -> float:
         """Typical change between consecutive finest-bucket minima (their median)."""
