@@ -57,8 +57,8 @@ def test_a_leak_in_a_job_started_on_an_empty_gpu_is_still_caught_in_time() -> No
     assert raised[0].t >= JOB_START_S + 600  # no window reached into the load
 
 
-def test_a_job_that_never_leaves_the_driver_s_memory_keeps_moving_the_grace() -> None:
-    """The grace moves only while the GPU is empty: a job above it ages as before."""
+def test_the_grace_moves_only_while_the_gpu_is_empty() -> None:
+    """An empty GPU keeps its grace ahead of it; a job above 1 GiB ages as before."""
     _, _, engine = run(lambda t: EMPTY, 3600, interval=5.0, processes=False)
     assert engine._gpus[0].start_t >= 3600 - 20
     _, _, engine = run(lambda t: IDLE_BYTES + 2 * GIB, 3600, interval=5.0, processes=False)
