@@ -430,12 +430,11 @@ def noise_tolerance(mins: Sequence[float], envelope: int = 1) -> float:
     are used.
     """
     troughs: Sequence[float] = mins
-    if envelope > 1 and len(mins) >= SAWTOOTH_TROUGHS * envelope:
-        troughs = [
-            min(mins[i : i + envelope]) for i in range(len(mins) % envelope, len(mins), envelope)
-        ]
-    elif envelope > 1 and len(mins) > envelope:
-        troughs = [min(mins[i : i + envelope]) for i in range(len(mins) - envelope + 1)]
+    if envelope > 1 and len(mins) > envelope:
+        per_cycle = len(mins) >= SAWTOOTH_TROUGHS * envelope
+        first, stride = (len(mins) % envelope, envelope) if per_cycle else (0, 1)
+        last = len(mins) - envelope
+        troughs = [min(mins[i : i + envelope]) for i in range(first, last + 1, stride)]
     steps = [b - a for a, b in itertools.pairwise(troughs)]
     centre = _median(steps)
     return NOISE_MADS * _median([abs(step - centre) for step in steps])
