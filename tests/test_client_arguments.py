@@ -22,6 +22,7 @@ from control_helpers import REPO, wait_for
 from watchdog.client import CheckpointStore, Deferred, attach, handle
 from watchdog.client import commands as client_commands
 from watchdog.client import link as link_module
+from watchdog.testing import FakeDaemon
 
 try:
     import torch
@@ -198,31 +199,43 @@ def test_close_is_prompt_while_the_daemon_never_answers_the_registration(short_d
 
 def test_a_restart_from_a_training_thread_still_exits_with_the_code(tmp_path):
     """With restart_exit="raise" on a non-main thread the process exits 75, not 0."""
+    # The daemon runs here, the job in a process of its own: the job exits as soon as
+    # it has acknowledged the restart, so nothing inside it could report the result.
     script = textwrap.dedent(
         """
-        import threading, time
+        import sys, threading, time
         import watchdog
-        from watchdog.testing import FakeDaemon
 
-        with FakeDaemon() as daemon:
-            wd = watchdog.attach(socket_path=daemon.socket_path, checkpoint=lambda step: {})
-            daemon.wait_for_client()
+        wd = watchdog.attach(socket_path=sys.argv[1], checkpoint=lambda step: {})
 
-            def train():
-                while True:
-                    wd.step()
-                    time.sleep(0.005)
+        def train():
+            while True:
+                wd.step()
+                time.sleep(0.005)
 
-            threading.Thread(target=train, name="trainer", daemon=True).start()
-            (result,) = daemon.send("checkpoint_and_restart", timeout_s=10)
-            print("ok" if result.ok else result.error, flush=True)
-            time.sleep(5)  # the trainer thread must end the process before this does
+        threading.Thread(target=train, name="trainer", daemon=True).start()
+        time.sleep(30)  # the trainer thread must end the process before this does
         """
     )
-    done = _run_python(script)
-    assert done.returncode == 75, done.stderr
-    assert done.stdout.strip() == "ok"
-    assert "not the main thread" in done.stderr
+    with FakeDaemon() as daemon:
+        job = subprocess.Popen(
+            [sys.executable, "-c", script, daemon.socket_path],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        try:
+            daemon.wait_for_client(job.pid)
+            (result,) = daemon.send("checkpoint_and_restart", target=job.pid, timeout_s=10)
+            _, stderr = job.communicate(timeout=30)
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.communicate()
+    assert result.ok, result.error
+    assert job.returncode == 75, stderr
+    assert "not the main thread" in stderr
 
 
 # --- 6. fork ----------------------------------------------------------------------------------
