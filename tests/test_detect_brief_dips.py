@@ -10,16 +10,8 @@ was raised late or never.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-import judge_scenarios
-import score
-
+from tests.judge_traces import judged
 from tests.test_detect_engine import GIB, run, warm
-from watchdog.detectors.replay import replay_lines
 
 INTERVAL_S = 6.0
 DIP = 8 * GIB
@@ -46,10 +38,6 @@ def test_a_dip_one_poll_long_is_no_restart_and_a_fall_that_stays_is() -> None:
 def test_a_leak_under_a_sawtooth_whose_dips_a_poll_catches_now_and_then_is_caught() -> None:
     """The judge set's trace 3:0024: a 40 GiB card, teeth of 4 GiB every 10 minutes, dips
     to half the floor in some cycles, a leak of 2 GiB/h. Never raised before."""
-    index = 24
-    scenario = judge_scenarios.SCENARIOS[index % len(judge_scenarios.SCENARIOS)]
-    lines, label = judge_scenarios.build(scenario, 3 * 1_000_039 + index, f"{index:04d}")
+    label, _, outcome = judged(3, 24)
     assert label.leak
-    result = replay_lines(lines, label.name)
-    intervals, _ = score.project_intervals(result.events, label, result.duration_s)
-    assert score.judge(label, intervals).caught
+    assert outcome.caught

@@ -11,16 +11,8 @@ driver's own memory, its grace now starts again with every bucket.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-import judge_scenarios
-import score
-
+from tests.judge_traces import judged
 from tests.test_detect_engine import GIB, MIB, leaks, run
-from watchdog.detectors.replay import replay_lines
 from watchdog.detectors.series import IDLE_BYTES
 
 EMPTY = 400 * MIB
@@ -66,11 +58,7 @@ def test_the_grace_moves_only_while_the_gpu_is_empty() -> None:
 
 
 def test_the_judge_sets_relaunch_on_device_figures_is_no_leak() -> None:
-    index = 5
-    scenario = judge_scenarios.SCENARIOS[index % len(judge_scenarios.SCENARIOS)]
-    lines, label = judge_scenarios.build(scenario, 1 * 1_000_039 + index, f"{index:04d}")
+    label, intervals, _ = judged(1, 5)
     assert label.scenario == "judge_checkpoint_restart"
     assert not label.leak
-    result = replay_lines(lines, label.name)
-    intervals, _ = score.project_intervals(result.events, label, result.duration_s)
     assert not intervals

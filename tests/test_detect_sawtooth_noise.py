@@ -12,17 +12,9 @@ set's healthy ``judge_empty_cache_sawtooth`` traces 3:0057 and 4:0099).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-import judge_scenarios
-import score
-
-from watchdog.detectors.replay import replay_lines
+from tests.judge_traces import judged
 from watchdog.detectors.trend import NOISE_MADS, noise_tolerance
 
 GIB = float(1 << 30)
@@ -67,10 +59,7 @@ def test_without_a_sawtooth_the_tolerance_is_on_bucket_steps() -> None:
 def test_a_healthy_sawtooth_whose_dips_came_deep_then_shallow_raises_no_leak(
     seed: int, index: int
 ) -> None:
-    scenario = judge_scenarios.SCENARIOS[index % len(judge_scenarios.SCENARIOS)]
-    lines, label = judge_scenarios.build(scenario, seed * 1_000_039 + index, f"{index:04d}")
+    label, intervals, _ = judged(seed, index)
     assert label.scenario == "judge_empty_cache_sawtooth"
     assert not label.leak
-    result = replay_lines(lines, label.name)
-    intervals, _ = score.project_intervals(result.events, label, result.duration_s)
     assert not intervals
