@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable
 
 from watchdog.config import DetectionSettings
@@ -184,6 +185,13 @@ class _Level:
                 break
             top = max(top, mins[i])
         return top
+
+    def held_for(self, t: float, span: float) -> float:
+        """The highest floor this level held for ``span`` in a row, in buckets from ``t`` on."""
+        run = max(1, math.ceil(span / self.width - 1e-9))
+        starts, mins, n = self.starts, self.mins, self.count
+        first = bisect_left(starts, t - 1e-9, 0, n)
+        return max((min(mins[i : i + run]) for i in range(first, n - run + 1)), default=-math.inf)
 
     def recent_mins(self, count: int) -> array[float]:
         """The minima of the newest ``count`` closed buckets (fewer if there are not as many)."""
@@ -980,11 +988,18 @@ class Series:
         """
         half_segment = trend.window_s / SEGMENTS / 2
         shortest = half_segment
+        floor = trend.floor
         cycle, tooth = self._sawtooth(trend.end_t)
         if tooth > 0.0:
             # A bucket that holds a whole cycle has a trough for its minimum; a
             # narrower one may hold only a tooth's top, ground a rising floor has not.
             shortest = max(shortest, cycle)
+            # The newest stretch's floor may be a dip below the troughs, where a poll
+            # caught a step's activations freed at an ``empty_cache`` (in some cycles,
+            # not in others). What the series holds now is, like what it held before,
+            # the highest floor it held for a whole cycle.
+            newest = trend.end_t - trend.window_s / SEGMENTS
+            floor = max(floor, *(level.held_for(newest, cycle) for level in self.levels))
         since = trend.end_t - trend.window_s
         # Ground held before the processes freed it counts, tooth's top or not: they
         # climbed there and came back down without running out. Not in a cycling
@@ -992,7 +1007,7 @@ class Series:
         carried_must_reach = math.inf if self._fall_cycle(trend.end_t) else trend.floor
         return any(
             level.carried >= carried_must_reach
-            or (level.width >= shortest and level.held_before(since) >= trend.floor)
+            or (level.width >= shortest and level.held_before(since) >= floor)
             for level in self.levels
             if level.width >= half_segment
         )

@@ -440,6 +440,21 @@ def noise_tolerance(mins: Sequence[float], envelope: int = 1) -> float:
     return NOISE_MADS * _median([abs(step - centre) for step in steps])
 
 
+def scatter_tolerance(times: Sequence[float], mins: Sequence[float]) -> float:
+    """How far a floor may move by chance, from the minima's scatter about their line.
+
+    ``NOISE_MADS`` median absolute deviations of ``mins`` from their Theil-Sen
+    line, times the square root of 2 (a change is the difference of two such
+    deviations), so that on noise alone it is about what ``noise_tolerance``
+    gives. A minimum well off the line in a minority of buckets does not move
+    it: a dip a poll caught in some buckets and not in others.
+    """
+    slope = _rate(mins, times, bunched_steps=False)
+    residuals = [low - slope * t for low, t in zip(mins, times, strict=True)]
+    centre = _median(residuals)
+    return NOISE_MADS * math.sqrt(2.0) * _median([abs(r - centre) for r in residuals])
+
+
 def analyze_window(
     starts: Sequence[float],
     mins: Sequence[float],
@@ -469,10 +484,12 @@ def analyze_window(
         saturation_ratio: a later rate below this fraction of the earlier one
             means the growth is saturating.
         sawtooth: the series drops regularly; only labels the pattern.
-        envelope: buckets per sawtooth cycle (1: no sawtooth). The noise is then
-            measured on the troughs (the lowest of each ``envelope`` consecutive
-            buckets), not on the teeth's own climbs and drops: those are the
-            sawtooth, not noise about its floor.
+        envelope: buckets per sawtooth cycle (1: no sawtooth, or cycles shorter than a
+            bucket). The noise is then measured on the troughs (the lowest of each
+            ``envelope`` consecutive buckets), not on the teeth's own climbs and
+            drops: those are the sawtooth, not noise about its floor. In a
+            sawtooth of cycles shorter than a bucket, it is at most the minima's
+            scatter about their line (``scatter_tolerance``).
 
     Returns:
         None when some stretch of the window has no bucket (too little history)
@@ -495,6 +512,13 @@ def analyze_window(
         return None  # a stretch without data, or the last is not materially above the lowest
     window_mins = mins[first:]
     tolerance = noise_tolerance(window_mins, envelope)
+    if sawtooth and envelope == 1:
+        # Cycles shorter than a bucket: each minimum is a trough, or a dip below it where
+        # a poll caught a step's activations freed at an ``empty_cache``, in some buckets
+        # and not in others. The changes then swing by the dip's depth from bucket to
+        # bucket, and so did the tolerance (19 GiB on a 39 GiB card), burying any rise;
+        # about their line the dips are the minority they are.
+        tolerance = min(tolerance, scatter_tolerance(starts[first:], window_mins))
     rising_segments, consistent, saturating = _consistent(fine[0], tolerance, saturation_ratio)
     floors, times = fine
     if not consistent:
