@@ -483,7 +483,8 @@ def analyze_window(
         min_rise: smallest rise (bytes) that counts as material.
         saturation_ratio: a later rate below this fraction of the earlier one
             means the growth is saturating.
-        sawtooth: the series drops regularly; only labels the pattern.
+        sawtooth: the series drops regularly: labels the pattern and, with ``envelope``
+            1, bounds the noise tolerance (below).
         envelope: buckets per sawtooth cycle (1: no sawtooth, or cycles shorter than a
             bucket). The noise is then measured on the troughs (the lowest of each
             ``envelope`` consecutive buckets), not on the teeth's own climbs and
