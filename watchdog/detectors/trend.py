@@ -414,6 +414,12 @@ def _rate(floors: Sequence[float], times: Sequence[float], bunched_steps: bool) 
     return rate
 
 
+def _mad(values: list[float]) -> float:
+    """The median absolute deviation of ``values`` from their median."""
+    centre = _median(values)
+    return _median([abs(value - centre) for value in values])
+
+
 def noise_tolerance(mins: Sequence[float], envelope: int = 1) -> float:
     """How far a floor may move by chance: ``NOISE_MADS`` median absolute deviations of
     the changes between consecutive bucket minima, or in a sawtooth (``envelope``
@@ -435,9 +441,7 @@ def noise_tolerance(mins: Sequence[float], envelope: int = 1) -> float:
         first, stride = (len(mins) % envelope, envelope) if per_cycle else (0, 1)
         last = len(mins) - envelope
         troughs = [min(mins[i : i + envelope]) for i in range(first, last + 1, stride)]
-    steps = [b - a for a, b in itertools.pairwise(troughs)]
-    centre = _median(steps)
-    return NOISE_MADS * _median([abs(step - centre) for step in steps])
+    return NOISE_MADS * _mad([b - a for a, b in itertools.pairwise(troughs)])
 
 
 def scatter_tolerance(times: Sequence[float], mins: Sequence[float]) -> float:
@@ -451,8 +455,7 @@ def scatter_tolerance(times: Sequence[float], mins: Sequence[float]) -> float:
     """
     slope = _rate(mins, times, bunched_steps=False)
     residuals = [low - slope * t for low, t in zip(mins, times, strict=True)]
-    centre = _median(residuals)
-    return NOISE_MADS * math.sqrt(2.0) * _median([abs(r - centre) for r in residuals])
+    return NOISE_MADS * math.sqrt(2.0) * _mad(residuals)
 
 
 def analyze_window(
