@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable
@@ -606,7 +607,7 @@ class Series:
     def _noise(self) -> float:
         """Typical change between consecutive finest-bucket minima (their median)."""
         mins = self.levels[0].recent_mins(KEEP)
-        steps = sorted(abs(b - a) for a, b in itertools.pairwise(mins))
+        steps = sorted(map(abs, map(operator.sub, mins[1:], mins[:-1])))
         return steps[len(steps) // 2] if steps else 0.0
 
     def _sawtooth(self, end_t: float) -> tuple[float, float]:

@@ -289,6 +289,8 @@ def _stairs(
     time since the step before) at least ``saturation_ratio`` of the second's, as
     growth that saturates comes in smaller and rarer steps. None if not.
     """
+    if floor[-STAIR_HOLD] - floor[0] < STAIR_STEPS * least:
+        return None  # the steps it would take rise further than the floor does
     levels: list[float] = []
     times: list[float] = []
     climbing = False
@@ -355,21 +357,21 @@ def _consistent(
 
     A step counts as rising above the noise ``tolerance`` and, with ``share``, above that
     share of an even split of the rise: without noise the tolerance is zero, and a
-    stretch a rounding error higher than the last would count.
+    stretch a rounding error higher than the last would count. The steps and
+    saturating are counted only for a consistent rise (0 and False otherwise:
+    no caller reads them then).
     """
-    increments = [b - a for a, b in itertools.pairwise(floors)]
+    increments = list(map(operator.sub, floors[1:], floors[:-1]))
     rise = floors[-1] - floors[0]
+    if min(increments) < -tolerance or max(increments) > LARGEST_STEP_SHARE * rise:
+        return 0, False, False  # most windows judged: no count needed to say no
     climb = max(tolerance, share * rise / len(increments))
     rising = sum(inc > climb for inc in increments)
     third = max(1, len(floors) // 3)
     early = floors[third] - floors[0]
     late = floors[-1] - floors[-1 - third]
     saturating = early > 0 and late < saturation_ratio * early
-    consistent = (
-        rising >= len(increments) - (1 if len(floors) >= SEGMENTS else 0)
-        and min(increments) >= -tolerance
-        and max(increments) <= LARGEST_STEP_SHARE * rise
-    )
+    consistent = rising >= len(increments) - (1 if len(floors) >= SEGMENTS else 0)
     return rising, consistent, saturating
 
 
@@ -441,7 +443,7 @@ def noise_tolerance(mins: Sequence[float], envelope: int = 1) -> float:
         first, stride = (len(mins) % envelope, envelope) if per_cycle else (0, 1)
         last = len(mins) - envelope
         troughs = [min(mins[i : i + envelope]) for i in range(first, last + 1, stride)]
-    return NOISE_MADS * _mad([b - a for a, b in itertools.pairwise(troughs)])
+    return NOISE_MADS * _mad(list(map(operator.sub, troughs[1:], troughs[:-1])))
 
 
 def scatter_tolerance(times: Sequence[float], mins: Sequence[float]) -> float:
@@ -496,8 +498,9 @@ def analyze_window(
             scatter about their line (``scatter_tolerance``).
 
     Returns:
-        None when some stretch of the window has no bucket (too little history)
-        or the floor plainly does not rise.
+        None when some stretch of the window has no bucket (too little history),
+        or when neither the stretches nor a staircase rise consistently. A
+        verdict may still be not ``rising``: too small a rise, or saturating.
     """
     start_t = end_t - window_s
     first = bisect_left(starts, start_t - 1e-9)  # starts rise: the first inside the window
@@ -553,11 +556,13 @@ def analyze_window(
             consistent, saturating = True, False
             floors, times = stairs
             rising_segments = min(SEGMENTS - 1, len(floors) + 1)
+    if not consistent:
+        return None  # neither the stretches nor a staircase rise: no verdict to build
     rise = floors[-1] - (min(window_mins) if stairs else floors[0])
     peak = max(maxs[bisect_left(starts, end_t - window_s / 4, first) : len(starts)])
     pattern = _pattern(window_mins, sawtooth, stairs is not None)
     rate = _rate(floors, times, pattern == STAIRCASE and stairs is None)
-    rising = consistent and rise >= min_rise and rise > tolerance and not saturating and rate > 0
+    rising = rise >= min_rise and rise > tolerance and not saturating and rate > 0
     few: list[float] = []
     if rising:
         few = _few_steps(starts, window_mins, lowest, first, stairs, pattern, tolerance)
