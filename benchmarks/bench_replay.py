@@ -1,13 +1,15 @@
 """How fast ``gpu-watchdog replay`` is: device samples per second, CSV parsing included.
 
     python benchmarks/bench_replay.py [--hours 24] [--gpus 8] [--process-every 5] [--repeat 5]
-                                      [--leak-every 3] [--decimals]
+                                      [--leak-every 3] [--sawtooth SECONDS] [--decimals]
 
 Writes a trace of ``--gpus`` GPUs sampled every second for ``--hours`` (each
 GPU with one or two training processes, sampled every ``--process-every``
 seconds; all with sawtooth, eval spikes and noise, and the first job on every
 ``--leak-every``-th GPU leaking slowly: a rising series is judged at
-every close of its time scales, so the more leak, the slower),
+every close of its time scales, so the more leak, the slower; with
+``--sawtooth``, every job saws with that cycle: a cycle about a third of a
+window of some time scale, 60 s or 120 s, is judged at every close too),
 then times, in the same run:
 
 - the baseline: reading the file with ``csv.reader`` and doing nothing else;
@@ -56,11 +58,13 @@ def write_trace(
     seed: int,
     decimals: bool = False,
     leak_every: int = 3,
+    sawtooth_s: float | None = None,
 ) -> int:
     """Write the benchmark trace; return the number of device rows.
 
     ``decimals``: ``pid`` and ``total_bytes`` as pandas writes columns with empty
     cells (``10000.0``), which the replay reads on its second, lenient pass.
+    ``sawtooth_s``: every job saws with this cycle (None: as each job draws).
     """
     point = ".0" if decimals else ""
     rng = random.Random(seed)
@@ -69,7 +73,7 @@ def write_trace(
     for gpu in range(gpus):
         count = 1 + gpu % 2
         for k in range(count):
-            memory = healthy_job(rng, 0.0, total * rng.uniform(0.2, 0.35))
+            memory = healthy_job(rng, 0.0, total * rng.uniform(0.2, 0.35), sawtooth_s=sawtooth_s)
             if gpu % leak_every == 0 and k == 0:
                 leak = leak_fn("steady", 3600.0, total * 0.2 / (hours * 3600), rng)
                 memory = _with_leak(memory, leak)
@@ -131,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         default=3,
         help="the first job on every Nth GPU leaks (1: all)",
     )
+    parser.add_argument(
+        "--sawtooth",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="every job saws with this cycle (default: 40%% of jobs, cycles of 60-1200 s)",
+    )
     parser.add_argument("--trace", type=Path, help="benchmark this trace instead of writing one")
     parser.add_argument(
         "--repeat", type=_positive(int), default=5, help="runs of each; the best counts"
@@ -153,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.seed,
                 args.decimals,
                 args.leak_every,
+                args.sawtooth,
             )
             print(
                 f"wrote {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - started:.0f} s"

@@ -106,6 +106,7 @@ def healthy_job(
     saturating: bool = False,
     warmup_tau: tuple[float, float] = WARMUP_TAU_S,
     warmup_pause: Callable[[], float] | None = None,
+    sawtooth_s: float | None = None,
 ) -> Memory:
     """Memory of a healthy job started at ``start`` whose steady working set is ``working_set``.
 
@@ -113,6 +114,8 @@ def healthy_job(
     from, for the jobs whose warm-up settles exponentially. ``warmup_pause``:
     draws a pause between the model load and the allocator's growth (a
     compile, a data load); without it the growth starts with the job.
+    ``sawtooth_s``: the job saws with this cycle (an ``empty_cache`` every so
+    many seconds) instead of a drawn one, whether or not it was drawn to saw.
     """
     context = rng.uniform(300, 900) * MIB
     load_at = rng.uniform(5, 60)
@@ -125,6 +128,8 @@ def healthy_job(
     if sawtooth is None:
         sawtooth = rng.random() < 0.4
     period = rng.uniform(60, 1200)
+    if sawtooth_s is not None:
+        sawtooth, period = True, sawtooth_s  # after the draws: the rest are as without it
     amplitude = working_set * rng.uniform(0.03, 0.15) if sawtooth else 0.0
     if evals is None:
         evals = rng.random() < 0.4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +46,25 @@ def test_leak_every_says_which_gpus_leak(tmp_path: Path) -> None:
         assert {gpu for gpu, rate in rates.items() if rate > 0} == leaking
 
 
+def test_sawtooth_saws_every_job_with_that_cycle(tmp_path: Path) -> None:
+    """``--sawtooth 60``: every process's memory falls once a minute once warmed up."""
+    path = tmp_path / "saw.csv"
+    write_trace(path, 1.0, 2, 1, 7, sawtooth_s=60.0)
+    series: dict[str, list[tuple[int, int]]] = {}
+    for line in path.read_text().splitlines()[1:]:
+        t, _, pid, used, _ = line.split(",")
+        if pid:
+            series.setdefault(pid, []).append((int(t), int(used)))
+    assert len(series) == 3  # one job on GPU 0, two on GPU 1
+    for samples in series.values():
+        falls = [
+            t for (_, before), (t, now) in itertools.pairwise(samples) if before - now > 256 << 20
+        ]
+        gaps = [b - a for a, b in itertools.pairwise(falls)]
+        assert len(falls) >= 50
+        assert statistics.median(gaps) == 60
+
+
 @pytest.mark.parametrize(
     ("argument", "message"),
     [
@@ -52,6 +73,7 @@ def test_leak_every_says_which_gpus_leak(tmp_path: Path) -> None:
         (["--hours", "nan"], "argument --hours: must be a finite number above 0, got nan"),
         (["--hours", "inf"], "argument --hours: must be a finite number above 0, got inf"),
         (["--trace", "/nonexistent/t.csv"], "--trace: not a file: /nonexistent/t.csv"),
+        (["--sawtooth", "0"], "argument --sawtooth: must be a finite number above 0, got 0"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(argument: list[str], message: str) -> None:
