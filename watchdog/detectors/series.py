@@ -29,6 +29,7 @@ from watchdog.detectors.events import (
     LEAK,
     NEAR_OOM,
     RAISED,
+    SAWTOOTH,
     STEADY,
     UPDATED,
     Event,
@@ -45,6 +46,12 @@ CAPACITY = 2 * KEEP
 DROPS_KEPT = 6
 DROP_NOISES = 6.0
 """A fall counts as a sawtooth drop when it is this many typical bucket-to-bucket changes."""
+TOOTH_TAKEN_BACK = 0.75
+"""A fall that is no drop is a short tooth's when it takes back this share of the climb since
+the fall before (``Series._short_tooth``)."""
+SHORT_TOOTH_BUCKETS = 8
+"""A sawtooth of this many finest buckets a cycle or fewer may have no drop recorded: it climbs
+about the typical change in each bucket, and falls less than ``DROP_NOISES`` of it."""
 SAWTOOTH_MARGIN = 1.5
 """Inside a sawtooth, a short window must rise this many tooth heights to count."""
 SAWTOOTH_CYCLES = 3
@@ -297,6 +304,8 @@ class Series:
         "saw_cycle",
         "saw_tooth",
         "settings",
+        "short_teeth",
+        "short_trough",
         "start_floor",
         "start_t",
         "tooth_climb",
@@ -343,8 +352,7 @@ class Series:
         self.leak_hold = 0.0
         self.leak_pattern: str | None = None
         self.x = self.x_before = self.limit = 0.0
-        self.near_on = math.inf
-        self.near_off = math.inf
+        self.near_on = self.near_off = math.inf
         self.min_rise = 0.0
         self.least_rise = 0.0
         """The least rise a window may be judged on: ``min_rise``, or down to
@@ -353,6 +361,10 @@ class Series:
         self.b_end = self.b_lo = self.b_hi = self.reset_below = -math.inf
         self.tooth_climb = self.tooth_jumps = self.saw_cycle = self.saw_tooth = 0.0
         self.drops: list[tuple[float, float]] = []
+        # When the newest falls of a sawtooth too short to be known came, and where the
+        # floor fell to at the newest material fall that was no drop (``_short_tooth``).
+        self.short_teeth: list[float] = []
+        self.short_trough = math.inf
         self.falls: list[float] = []
         self.cycling_t = -math.inf
         self.confirm_t = -math.inf
@@ -581,6 +593,8 @@ class Series:
             self.peak = max(self.peak, hi)
             size = abs(step)
             if size <= self.min_rise or size <= DROP_NOISES * self._noise():
+                if step < 0.0 and size > self.min_rise:
+                    self._short_tooth(start, lo, size)
                 self.tooth_climb = max(0.0, self.tooth_climb + step)
             elif step < 0:
                 if size >= max(float(s.reset_drop_min_bytes), s.reset_drop_ratio * (lo + size)):
@@ -609,6 +623,50 @@ class Series:
         mins = self.levels[0].recent_mins(KEEP)
         steps = sorted(map(abs, map(operator.sub, mins[1:], mins[:-1])))
         return steps[len(steps) // 2] if steps else 0.0
+
+    def _short_tooth(self, t: float, lo: float, size: float) -> None:
+        """Note a material fall at ``t`` to ``lo`` that is a short tooth's, though not a drop.
+
+        A sawtooth of a few finest buckets a cycle (an ``empty_cache`` every
+        minute) climbs about the typical change in every bucket, so its drops
+        are under ``DROP_NOISES`` of it and are not recorded: the series is
+        judged as a noisy one, and a leak under it is found where buckets hold
+        whole cycles. Only its pattern is read from these falls
+        (``_pattern``): a fall that takes back most of what the floor climbed
+        since the last such fall, and is ``DROP_NOISES`` deviations of the
+        changes about their median (about it, a regular climb is no noise; pure
+        noise has a median change of about nothing, and rarely falls that far).
+        """
+        climbed = lo + size - self.short_trough
+        self.short_trough = lo
+        if climbed < self.min_rise or size < TOOTH_TAKEN_BACK * climbed:
+            return
+        mins = self.levels[0].recent_mins(KEEP)
+        steps = sorted(map(operator.sub, mins[1:], mins[:-1]))
+        centre = steps[len(steps) // 2]
+        spread = sorted(abs(step - centre) for step in steps)[len(steps) // 2]
+        if size > DROP_NOISES * spread:
+            self.short_teeth.append(t)
+            if len(self.short_teeth) > DROPS_KEPT:
+                del self.short_teeth[0]
+
+    def _pattern(self, trend: Trend) -> str:
+        """The pattern a leak is reported with: the window's, or ``sawtooth`` where short
+        teeth (``_short_tooth``) fell ``SAWTOOTH_CYCLES`` times or more in the window,
+        once a cycle of at most ``SHORT_TOOTH_BUCKETS`` finest buckets (or a whole
+        number of such cycles: a fall lost in the noise), the last no longer ago than
+        two of the longest gaps. Noise that falls as far comes at random, hours apart."""
+        if trend.pattern != STEADY:
+            return trend.pattern
+        teeth = [t for t in self.short_teeth if t >= trend.end_t - trend.window_s]
+        gaps = [b - a for a, b in itertools.pairwise(teeth)]
+        if len(gaps) < SAWTOOTH_CYCLES:
+            return trend.pattern
+        width, cycle = self.levels[0].width, min(gaps)
+        regular = cycle <= SHORT_TOOTH_BUCKETS * width and all(
+            abs(gap - cycle * round(gap / cycle)) <= width for gap in gaps
+        )
+        return SAWTOOTH if regular and trend.end_t - teeth[-1] <= 2 * max(gaps) else trend.pattern
 
     def _sawtooth(self, end_t: float) -> tuple[float, float]:
         """(cycle, tooth height) of the sawtooth the series is in now; (0, 0) if none."""
@@ -954,7 +1012,7 @@ class Series:
             self.leak_hold = max(self.settings.leak_clear_after_s, best.trend.window_s)
             self.leak_rate = best.trend.rate
             self.leak_confidence = best.confidence
-            self.leak_pattern = best.trend.pattern
+            self.leak_pattern = self._pattern(best.trend)
             if not self.leak_active:
                 self.leak_active = True
                 self.leak_update_t = t
