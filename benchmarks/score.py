@@ -51,7 +51,7 @@ import multiprocessing
 import statistics
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,6 +322,8 @@ class Record:
     """The seed the trace was generated from."""
     alarms: int = 0
     """How many separate leak alarms the project raised on the trace (``alarm_count``)."""
+    pattern: str | None = None
+    """The pattern of the project's first leak raised on the series that must report it."""
 
 
 def evaluate(
@@ -351,7 +353,24 @@ def evaluate(
         ),
     }
     samples = result.device_samples + result.process_samples
-    return Record(label, outcomes, near, samples, alarms=alarm_count(intervals))
+    first = next(
+        (
+            event
+            for event in result.events
+            if event.kind == "leak"
+            and event.state == "raised"
+            and (not label.leak or label.pid is None or event.pid == label.pid)
+        ),
+        None,
+    )
+    return Record(
+        label,
+        outcomes,
+        near,
+        samples,
+        alarms=alarm_count(intervals),
+        pattern=first.pattern if first is not None else None,
+    )
 
 
 def run_seed(
@@ -422,15 +441,16 @@ def report(records: list[Record], generator: ModuleType, seeds: list[int]) -> in
     if len(seeds) > 1:
         _per_seed(records, seeds)
     print("\nProject by scenario:\n")
-    print("| scenario | traces | caught / false alarms | median lead |")
-    print("|---|---|---|---|")
+    print("| scenario | traces | caught / false alarms | median lead | patterns raised |")
+    print("|---|---|---|---|---|")
     for scenario in generator.SCENARIOS:
-        each = tally([r for r in records if r.label.scenario == scenario], "project")
+        of_scenario = [r for r in records if r.label.scenario == scenario]
+        each = tally(of_scenario, "project")
         if scenario in generator.LEAKS:
             traces, verdict, lead = each.leaks, f"caught {each.caught}/{each.leaks}", _lead(each)
         else:
             traces, verdict, lead = each.healthy, f"false alarms {each.false_alarms}", "-"
-        print(f"| {scenario} | {traces} | {verdict} | {lead} |")
+        print(f"| {scenario} | {traces} | {verdict} | {lead} | {_patterns(of_scenario)} |")
     expected = [r for r in records if r.label.near_oom_expected]
     near_healthy = [
         f"{r.seed}:{r.label.name}"
@@ -460,6 +480,12 @@ def report(records: list[Record], generator: ModuleType, seeds: list[int]) -> in
     if near_healthy:
         print("near_oom on healthy:", ", ".join(near_healthy))
     return 0 if not project.missed and not project.false else 1
+
+
+def _patterns(records: list[Record]) -> str:
+    """How often each pattern was the first leak's on ``records``: ``sawtooth 22, steady 2``."""
+    counts = Counter(r.pattern for r in records if r.pattern is not None)
+    return ", ".join(f"{pattern} {n}" for pattern, n in counts.most_common()) or "-"
 
 
 def _per_seed(records: list[Record], seeds: list[int]) -> None:

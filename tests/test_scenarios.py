@@ -302,6 +302,20 @@ def test_an_alarm_counts_only_from_when_the_healthy_twin_would_not_have_raised_i
     assert score.judge(label, warmup_alarm).lead_s == 5000.0 - 60.0
 
 
+def test_the_scorer_says_which_pattern_each_scenario_s_leaks_were_raised_with(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The pattern of the first leak raised, counted by scenario: what issue 3 asks
+    reported, measured as the catches are."""
+    lines, label = scenarios.build("sawtooth_leak", 100_010, "0010-sawtooth_leak")
+    record = score.evaluate(lines, label, DetectionSettings(), scenarios)
+    assert record.pattern == "sawtooth"
+    score.report([record], scenarios, [1])
+    rows = {row.split(" | ")[0]: row for row in capsys.readouterr().out.splitlines()}
+    assert rows["| sawtooth_leak"] == "| sawtooth_leak | 1 | caught 1/1 | 82 min | sawtooth 1 |"
+    assert rows["| staircase"].endswith("| - |")  # no trace of it scored
+
+
 def test_the_scorer_scores_the_detection_settings_of_a_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
