@@ -8,8 +8,9 @@ GPU with one or two training processes, sampled every ``--process-every``
 seconds; all with sawtooth, eval spikes and noise, and the first job on every
 ``--leak-every``-th GPU leaking slowly: a rising series is judged at
 every close of its time scales, so the more leak, the slower; with
-``--sawtooth``, every job saws with that cycle: a cycle about a third of a
-window of some time scale, 60 s or 120 s, is judged at every close too),
+``--sawtooth``, every job saws with that cycle, and one of about a minute
+is the slowest shape: each close of the finest levels judges both its
+windows in full, docs/detection.md "Throughput"),
 then times, in the same run:
 
 - the baseline: reading the file with ``csv.reader`` and doing nothing else;
