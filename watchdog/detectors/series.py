@@ -49,6 +49,9 @@ DROP_NOISES = 6.0
 TOOTH_TAKEN_BACK = 0.75
 """A fall that is no drop is a short tooth's when it takes back this share of the climb since
 the fall before (``Series._short_tooth``)."""
+TOOTH_FILL = 0.25
+"""Drops after which the floor sat this share of the fall above the trough, on average over
+their cycle, or less, were spikes', not a sawtooth's (``_Teeth``): for the label only."""
 SHORT_TOOTH_BUCKETS = 8
 """A sawtooth of this many finest buckets a cycle or fewer may have no drop recorded: it climbs
 about the typical change in each bucket, and falls less than ``DROP_NOISES`` of it."""
@@ -256,6 +259,52 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+class _Teeth:
+    """What the series' falls say of its shape, for the pattern a leak is reported with
+    (``Series._pattern``). No decision reads it.
+
+    A sawtooth's tooth holds the memory up through its cycle (it climbs back,
+    gradually or in segments, and falls once); an evaluation's spike holds it
+    up for a few minutes of a cycle of an hour. Both record drops. ``fills``
+    is, for each recent drop, how high the floor sat on average since the
+    drop before, above the line joining the two troughs, as a share of the
+    fall. ``short`` holds the falls of a
+    sawtooth too short for its drops to be recorded (``Series._short_tooth``).
+    """
+
+    __slots__ = ("buckets", "filled", "fills", "short", "short_trough", "trough")
+
+    def __init__(self) -> None:
+        self.short: list[float] = []
+        self.short_trough = math.inf
+        self.fills: list[float] = []
+        self.trough: float | None = None
+        self.filled = 0.0
+        self.buckets = 0
+
+    def closed(self, lo: float) -> None:
+        """A finest bucket whose floor is ``lo`` closed, and no drop came with it."""
+        if self.trough is not None:
+            self.filled += lo - self.trough
+            self.buckets += 1
+
+    def dropped(self, lo: float, size: float) -> None:
+        """A drop of ``size`` to ``lo``: how full its cycle was, and the next one's trough.
+
+        Full above the line from trough to trough: a leak lifts both, and spikes on
+        a rising floor would pass for teeth."""
+        if self.trough is not None and self.buckets:
+            above_line = self.filled / self.buckets - (lo - self.trough) / 2
+            self.fills.append(above_line / size)
+            if len(self.fills) > DROPS_KEPT:
+                del self.fills[0]
+        self.trough, self.filled, self.buckets = lo, 0.0, 0
+
+    def spikes(self) -> bool:
+        """Whether the recent drops were spikes' (up for under ``TOOTH_FILL`` of a cycle)."""
+        return bool(self.fills) and _lower_median(self.fills) < TOOTH_FILL
+
+
 class Series:
     """The detector state of one memory series (see the module docstring)."""
 
@@ -304,10 +353,9 @@ class Series:
         "saw_cycle",
         "saw_tooth",
         "settings",
-        "short_teeth",
-        "short_trough",
         "start_floor",
         "start_t",
+        "teeth",
         "tooth_climb",
         "tooth_jumps",
         "x",
@@ -361,10 +409,7 @@ class Series:
         self.b_end = self.b_lo = self.b_hi = self.reset_below = -math.inf
         self.tooth_climb = self.tooth_jumps = self.saw_cycle = self.saw_tooth = 0.0
         self.drops: list[tuple[float, float]] = []
-        # When the newest falls of a sawtooth too short to be known came, and where the
-        # floor fell to at the newest material fall that was no drop (``_short_tooth``).
-        self.short_teeth: list[float] = []
-        self.short_trough = math.inf
+        self.teeth = _Teeth()
         self.falls: list[float] = []
         self.cycling_t = -math.inf
         self.confirm_t = -math.inf
@@ -485,6 +530,7 @@ class Series:
         """Start with ``other``'s sawtooth record (a new process on a GPU that saws)."""
         self.drops = list(other.drops)
         self.saw_cycle, self.saw_tooth = other.saw_cycle, other.saw_tooth
+        self.teeth.fills = list(other.teeth.fills)
 
     def restart(self, t: float, keep_ground: bool = False) -> None:
         """Judge the series afresh from ``t``: its job ended or restarted, or it was silent.
@@ -596,6 +642,7 @@ class Series:
                 if step < 0.0 and size > self.min_rise:
                     self._short_tooth(start, lo, size)
                 self.tooth_climb = max(0.0, self.tooth_climb + step)
+                self.teeth.closed(lo)
             elif step < 0:
                 if size >= max(float(s.reset_drop_min_bytes), s.reset_drop_ratio * (lo + size)):
                     self._fall(start)  # as deep as a restart's: counts towards cycling
@@ -605,10 +652,13 @@ class Series:
                 # buckets: jumps not yet matched by a fall wait for the next one.
                 jumps = self.tooth_jumps
                 self._drop(start, max(0.0, size - jumps))
+                self.teeth.dropped(lo, size)
                 self.tooth_jumps = max(0.0, jumps - size)
                 self.tooth_climb = 0.0
-            elif start - self.start_t >= s.warmup_s:
-                self.tooth_jumps += step  # the model load and warm-up steps are no spikes
+            else:
+                self.teeth.closed(lo)
+                if start - self.start_t >= s.warmup_s:
+                    self.tooth_jumps += step  # the model load and warm-up steps are no spikes
             floor = min(first.low, lo)
         else:
             floor = self.start_floor = self.climb_floor = lo
@@ -637,8 +687,9 @@ class Series:
         changes about their median (about it, a regular climb is no noise; pure
         noise has a median change of about nothing, and rarely falls that far).
         """
-        climbed = lo + size - self.short_trough
-        self.short_trough = lo
+        teeth = self.teeth
+        climbed = lo + size - teeth.short_trough
+        teeth.short_trough = lo
         if climbed < self.min_rise or size < TOOTH_TAKEN_BACK * climbed:
             return
         mins = self.levels[0].recent_mins(KEEP)
@@ -646,19 +697,26 @@ class Series:
         centre = steps[len(steps) // 2]
         spread = sorted(abs(step - centre) for step in steps)[len(steps) // 2]
         if size > DROP_NOISES * spread:
-            self.short_teeth.append(t)
-            if len(self.short_teeth) > DROPS_KEPT:
-                del self.short_teeth[0]
+            teeth.short.append(t)
+            if len(teeth.short) > DROPS_KEPT:
+                del teeth.short[0]
 
     def _pattern(self, trend: Trend) -> str:
-        """The pattern a leak is reported with: the window's, or ``sawtooth`` where short
-        teeth (``_short_tooth``) fell ``SAWTOOTH_CYCLES`` times or more in the window,
-        once a cycle of at most ``SHORT_TOOTH_BUCKETS`` finest buckets (or a whole
-        number of such cycles: a fall lost in the noise), the last no longer ago than
-        two of the longest gaps. Noise that falls as far comes at random, hours apart."""
+        """The pattern a leak is reported with (``_Teeth``); the window's, but:
+
+        - in a sawtooth whose recent drops were all but spikes' (``_Teeth.spikes``),
+          the pattern the floor's own steps make: evaluations are no sawtooth;
+        - on a steady window, ``sawtooth`` where short teeth (``_short_tooth``) fell
+          ``SAWTOOTH_CYCLES`` times or more in the window, once a cycle of at most
+          ``SHORT_TOOTH_BUCKETS`` finest buckets (or a whole number of such cycles: a
+          fall lost in the noise), the last no longer ago than two of the longest
+          gaps. Noise that falls as far comes at random, hours apart.
+        """
+        if trend.pattern == SAWTOOTH:
+            return trend.shape if self.teeth.spikes() else SAWTOOTH
         if trend.pattern != STEADY:
             return trend.pattern
-        teeth = [t for t in self.short_teeth if t >= trend.end_t - trend.window_s]
+        teeth = [t for t in self.teeth.short if t >= trend.end_t - trend.window_s]
         gaps = [b - a for a, b in itertools.pairwise(teeth)]
         if len(gaps) < SAWTOOTH_CYCLES:
             return trend.pattern

@@ -100,6 +100,8 @@ class Trend:
     settle_s: float = 0.0
     """The shortest time constant growth that settles could have and still rise as
     evenly as this window's floor did (``_settle_s``); 0 when some stretch did not rise."""
+    shape: str = STEADY
+    """The pattern the floor's own steps make, sawtooth or not: ``staircase`` or ``steady``."""
 
 
 def _median(values: list[float]) -> float:
@@ -569,6 +571,7 @@ def analyze_window(
         if _slowing(few, width):
             rising, saturating = False, True
     return Trend(
+        shape=_pattern(window_mins, False, stairs is not None) if sawtooth else pattern,
         steps_span_s=_few_steps_span(few, start_t, end_t) if rising else 0.0,
         settle_s=_settle_s(floors, times) if rising else 0.0,
         end_t=end_t,

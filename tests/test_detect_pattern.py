@@ -1,12 +1,20 @@
-"""A leak under a sawtooth of a few buckets a cycle is reported as a sawtooth's.
+"""The pattern a leak is reported with: a sawtooth where the memory saws.
 
-An ``empty_cache`` every minute climbs the floor by about the typical change
-in every 10 s bucket, so its drops stay under ``DROP_NOISES`` of that change
-and are not recorded: the series knows no sawtooth, and the leak under it is
-found by the levels whose buckets hold whole cycles, as it was before. Only
-its pattern was wrong: ``steady``. The falls that take back each short
-tooth's climb now label it ``sawtooth`` (``Series._short_tooth``), and change
-nothing else.
+Two shapes were labelled wrong, and the label is all that changed for them
+(``Series._pattern``; what is raised and when is the same):
+
+- A sawtooth of a few buckets a cycle: an ``empty_cache`` every minute climbs
+  the floor by about the typical change in every 10 s bucket, so its drops
+  stay under ``DROP_NOISES`` of that change and are not recorded. The leak
+  under it is found by the levels whose buckets hold whole cycles, but was
+  labelled ``steady``. The falls that take back each short tooth's climb now
+  label it ``sawtooth``.
+- Evaluations: each spike's fall is recorded as a drop, as a tooth's is, so a
+  steady leak or a staircase on a job that evaluates every half hour was
+  labelled ``sawtooth``. A tooth holds the memory up through its cycle, a
+  spike for minutes of it: drops after which the floor sat, on average, under
+  a quarter of the fall above the line from trough to trough are spikes', and
+  the label is what the floor's own steps make.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import pytest
 
 from watchdog.detectors.events import STEADY
 from watchdog.detectors.replay import replay_lines
-from watchdog.detectors.series import Series
+from watchdog.detectors.series import Series, _Teeth
 from watchdog.detectors.trend import SEGMENTS, Trend
 
 GIB = 1 << 30
@@ -27,17 +35,30 @@ LEAK_FROM_S = 3600.0
 LEAK_PER_S = 4 * GIB / 3600
 
 
-def _trace(cycle_s: float, tooth: float, noise: float, seed: int = 0) -> list[str]:
+def _trace(
+    cycle_s: float, tooth: float, noise: float, seed: int = 0, evals: bool = False
+) -> list[str]:
     """Ten hours of one GPU polled every 2 s: 24 GiB, a tooth of ``tooth`` bytes climbed
-    over each ``cycle_s`` (none if 0), a leak from the first hour on, Gaussian ``noise``."""
+    over each ``cycle_s`` (none if 0), a leak from the first hour on, Gaussian ``noise``;
+    with ``evals``, 4 GiB more for 3 minutes every half hour."""
     rng = random.Random(seed)
     lines = ["t,gpu,pid,used_bytes,total_bytes"]
     for t in range(0, 10 * 3600, 2):
         used = 24 * GIB + max(0.0, t - LEAK_FROM_S) * LEAK_PER_S + rng.gauss(0, noise)
         if cycle_s:
             used += tooth * (t % cycle_s) / cycle_s
+        if evals and t > 600 and t % 1800 < 180:
+            used += 4 * GIB
         lines.append(f"{t},0,,{min(int(used), TOTAL)},{TOTAL}")
     return lines
+
+
+def _decisions(lines: list[str]) -> list[tuple[object, ...]]:
+    """Every event's time and figures, without its pattern or message."""
+    return [
+        (e.t, e.kind, e.state, e.series, e.rate_bytes_per_s, e.time_to_oom_s, e.confidence)
+        for e in replay_lines(lines, "t.csv").events
+    ]
 
 
 def _first_raise(lines: list[str]) -> tuple[float, str | None]:
@@ -80,14 +101,26 @@ def test_short_teeth_change_the_label_and_nothing_else(monkeypatch: pytest.Monke
     """The same trace with the short teeth ignored: every event at the same time, with
     the same figures; only the pattern (and the message that names it) differs."""
     lines = _trace(60.0, 2 * GIB, 16 * MIB)
-
-    def decisions() -> list[tuple[object, ...]]:
-        return [
-            (e.t, e.kind, e.state, e.series, e.rate_bytes_per_s, e.time_to_oom_s, e.confidence)
-            for e in replay_lines(lines, "t.csv").events
-        ]
-
-    labelled = decisions()
+    labelled = _decisions(lines)
     monkeypatch.setattr(Series, "_short_tooth", lambda self, t, lo, size: None)
-    assert decisions() == labelled
+    assert _decisions(lines) == labelled
     assert _first_raise(lines)[1] == "steady"
+
+
+def test_a_leak_on_a_job_that_evaluates_every_half_hour_is_steady() -> None:
+    """Each evaluation's fall is a recorded drop; the floor sat above the line from trough
+    to trough for three minutes of thirty. Before, ``sawtooth``."""
+    assert _first_raise(_trace(0.0, 0.0, 16 * MIB, evals=True))[1] == "steady"
+
+
+def test_a_leak_under_a_ten_minute_sawtooth_is_a_sawtooths() -> None:
+    assert _first_raise(_trace(600.0, 3 * GIB, 16 * MIB))[1] == "sawtooth"
+    assert _first_raise(_trace(600.0, 3 * GIB, 16 * MIB, evals=True))[1] == "sawtooth"
+
+
+def test_spikes_change_the_label_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = _trace(0.0, 0.0, 16 * MIB, evals=True)
+    labelled = _decisions(lines)
+    monkeypatch.setattr(_Teeth, "spikes", lambda self: False)
+    assert _decisions(lines) == labelled
+    assert _first_raise(lines)[1] == "sawtooth"
