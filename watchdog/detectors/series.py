@@ -50,8 +50,8 @@ TOOTH_TAKEN_BACK = 0.75
 """A fall that is no drop is a short tooth's when it takes back this share of the climb since
 the fall before (``Series._short_tooth``)."""
 TOOTH_FILL = 0.25
-"""Drops after which the floor sat this share of the fall above the trough, on average over
-their cycle, or less, were spikes', not a sawtooth's (``_Teeth``): for the label only."""
+"""Drops after whose cycles the floor sat, on average, this share of the fall or less above
+the line from trough to trough were spikes', not a sawtooth's (``_Teeth``): the label only."""
 SHORT_TOOTH_BUCKETS = 8
 """A sawtooth of this many finest buckets a cycle or fewer may have no drop recorded: it climbs
 about the typical change in each bucket, and falls less than ``DROP_NOISES`` of it."""
@@ -268,8 +268,8 @@ class _Teeth:
     up for a few minutes of a cycle of an hour. Both record drops. ``fills``
     is, for each recent drop, how high the floor sat on average since the
     drop before, above the line joining the two troughs, as a share of the
-    fall. ``short`` holds the falls of a
-    sawtooth too short for its drops to be recorded (``Series._short_tooth``).
+    fall. ``short`` holds the falls of a sawtooth too short for its drops to
+    be recorded (``Series._short_tooth``).
     """
 
     __slots__ = ("buckets", "filled", "fills", "short", "short_trough", "trough")
@@ -704,7 +704,7 @@ class Series:
     def _pattern(self, trend: Trend) -> str:
         """The pattern a leak is reported with (``_Teeth``); the window's, but:
 
-        - in a sawtooth whose recent drops were all but spikes' (``_Teeth.spikes``),
+        - in a sawtooth whose recent drops were mostly spikes' (``_Teeth.spikes``),
           the pattern the floor's own steps make: evaluations are no sawtooth;
         - on a steady window, ``sawtooth`` where short teeth (``_short_tooth``) fell
           ``SAWTOOTH_CYCLES`` times or more in the window, once a cycle of at most
