@@ -84,7 +84,7 @@ def _short_teeth_pattern(lines: list[str]) -> str:
     series = replay_lines(lines, "t.csv").engine._gpus[0]
     end = float(lines[-1].split(",")[0])
     window = Trend(end, end, 1.0, 1.0, 0.0, 0.0, SEGMENTS - 1, False, STEADY, True)
-    return series._pattern(window)
+    return series._pattern(window, series.levels[0])
 
 
 def test_noise_falls_are_no_short_teeth() -> None:

@@ -35,7 +35,7 @@ from watchdog.detectors.events import (
     Event,
     SeriesStatus,
 )
-from watchdog.detectors.trend import SEGMENTS, Trend, analyze_window
+from watchdog.detectors.trend import SEGMENTS, Trend, analyze_window, shape_of
 
 WINDOWS = (18, 12)
 """Window lengths judged at each level, in buckets of that level (longest first)."""
@@ -701,7 +701,7 @@ class Series:
             if len(teeth.short) > DROPS_KEPT:
                 del teeth.short[0]
 
-    def _pattern(self, trend: Trend) -> str:
+    def _pattern(self, trend: Trend, level: _Level) -> str:
         """The pattern a leak is reported with (``_Teeth``); the window's, but:
 
         - in a sawtooth whose recent drops were mostly spikes' (``_Teeth.spikes``),
@@ -713,7 +713,12 @@ class Series:
           gaps. Noise that falls as far comes at random, hours apart.
         """
         if trend.pattern == SAWTOOTH:
-            return trend.shape if self.teeth.spikes() else SAWTOOTH
+            if not self.teeth.spikes():
+                return SAWTOOTH
+            n = level.count  # the verdict's window is the level's newest buckets
+            return shape_of(
+                level.mins[max(0, n - round(trend.window_s / level.width)) : n], trend.stairs
+            )
         if trend.pattern != STEADY:
             return trend.pattern
         teeth = [t for t in self.teeth.short if t >= trend.end_t - trend.window_s]
@@ -1070,7 +1075,7 @@ class Series:
             self.leak_hold = max(self.settings.leak_clear_after_s, best.trend.window_s)
             self.leak_rate = best.trend.rate
             self.leak_confidence = best.confidence
-            self.leak_pattern = self._pattern(best.trend)
+            self.leak_pattern = self._pattern(best.trend, best_level)
             if not self.leak_active:
                 self.leak_active = True
                 self.leak_update_t = t

@@ -100,8 +100,8 @@ class Trend:
     settle_s: float = 0.0
     """The shortest time constant growth that settles could have and still rise as
     evenly as this window's floor did (``_settle_s``); 0 when some stretch did not rise."""
-    shape: str = STEADY
-    """The pattern the floor's own steps make, sawtooth or not: ``staircase`` or ``steady``."""
+    stairs: bool = False
+    """A staircase of like steps carried the rise (``_stairs``), sawtooth or not."""
 
 
 def _median(values: list[float]) -> float:
@@ -125,6 +125,11 @@ def _pattern(mins: Sequence[float], sawtooth: bool, stairs: bool) -> str:
     if sum(steps[i] for i in big) >= STAIRCASE_SHARE * rise and len(big) <= len(steps) // 2:
         return STAIRCASE
     return STEADY
+
+
+def shape_of(mins: Sequence[float], stairs: bool) -> str:
+    """The pattern a window's bucket minima make on their own, sawtooth or not."""
+    return _pattern(mins, False, stairs)
 
 
 def _few_steps_span(steps: Sequence[float], start_t: float, end_t: float) -> float:
@@ -571,7 +576,7 @@ def analyze_window(
         if _slowing(few, width):
             rising, saturating = False, True
     return Trend(
-        shape=_pattern(window_mins, False, stairs is not None) if sawtooth else pattern,
+        stairs=stairs is not None,
         steps_span_s=_few_steps_span(few, start_t, end_t) if rising else 0.0,
         settle_s=_settle_s(floors, times) if rising else 0.0,
         end_t=end_t,
