@@ -364,9 +364,10 @@ def _consistent(
 
     A step counts as rising above the noise ``tolerance`` and, with ``share``, above that
     share of an even split of the rise: without noise the tolerance is zero, and a
-    stretch a rounding error higher than the last would count. The steps and
-    saturating are counted only for a consistent rise (0 and False otherwise:
-    no caller reads them then).
+    stretch a rounding error higher than the last would count. For floors that
+    fall by more than the noise, or rise by more than ``LARGEST_STEP_SHARE`` in
+    one step, it says no before counting: (0, False, False); no caller reads the
+    steps or saturating of a rise that is not consistent.
     """
     increments = list(map(operator.sub, floors[1:], floors[:-1]))
     rise = floors[-1] - floors[0]
