@@ -35,7 +35,13 @@ from watchdog.detectors.events import (
     Event,
     SeriesStatus,
 )
-from watchdog.detectors.trend import SEGMENTS, Trend, analyze_window, shape_of
+from watchdog.detectors.trend import (
+    SEGMENTS,
+    Trend,
+    analyze_window,
+    median_abs_deviation,
+    shape_of,
+)
 
 WINDOWS = (18, 12)
 """Window lengths judged at each level, in buckets of that level (longest first)."""
@@ -693,10 +699,7 @@ class Series:
         if climbed < self.min_rise or size < TOOTH_TAKEN_BACK * climbed:
             return
         mins = self.levels[0].recent_mins(KEEP)
-        steps = sorted(map(operator.sub, mins[1:], mins[:-1]))
-        centre = steps[len(steps) // 2]
-        spread = sorted(abs(step - centre) for step in steps)[len(steps) // 2]
-        if size > DROP_NOISES * spread:
+        if size > DROP_NOISES * median_abs_deviation(list(map(operator.sub, mins[1:], mins[:-1]))):
             teeth.short.append(t)
             if len(teeth.short) > DROPS_KEPT:
                 del teeth.short[0]

@@ -424,7 +424,7 @@ def _rate(floors: Sequence[float], times: Sequence[float], bunched_steps: bool) 
     return rate
 
 
-def _mad(values: list[float]) -> float:
+def median_abs_deviation(values: list[float]) -> float:
     """The median absolute deviation of ``values`` from their median."""
     centre = _median(values)
     return _median([abs(value - centre) for value in values])
@@ -451,7 +451,7 @@ def noise_tolerance(mins: Sequence[float], envelope: int = 1) -> float:
         first, stride = (len(mins) % envelope, envelope) if per_cycle else (0, 1)
         last = len(mins) - envelope
         troughs = [min(mins[i : i + envelope]) for i in range(first, last + 1, stride)]
-    return NOISE_MADS * _mad(list(map(operator.sub, troughs[1:], troughs[:-1])))
+    return NOISE_MADS * median_abs_deviation(list(map(operator.sub, troughs[1:], troughs[:-1])))
 
 
 def scatter_tolerance(times: Sequence[float], mins: Sequence[float]) -> float:
@@ -465,7 +465,7 @@ def scatter_tolerance(times: Sequence[float], mins: Sequence[float]) -> float:
     """
     slope = _rate(mins, times, bunched_steps=False)
     residuals = [low - slope * t for low, t in zip(mins, times, strict=True)]
-    return NOISE_MADS * math.sqrt(2.0) * _mad(residuals)
+    return NOISE_MADS * math.sqrt(2.0) * median_abs_deviation(residuals)
 
 
 def analyze_window(
