@@ -1,6 +1,6 @@
 """The pattern a leak is reported with: a sawtooth where the memory saws.
 
-Two shapes were labelled wrong, and the label is all that changed for them
+Three shapes were labelled wrong, and the label is all that changed for them
 (``Series._pattern``; what is raised and when is the same):
 
 - A sawtooth of a few buckets a cycle: an ``empty_cache`` every minute climbs
@@ -15,10 +15,15 @@ Two shapes were labelled wrong, and the label is all that changed for them
   spike for minutes of it: drops after which the floor sat, on average, under
   a quarter of the fall above the line from trough to trough are spikes', and
   the label is what the floor's own steps make.
+- Allocations that come and go (a buffer held for minutes, then freed for
+  seconds) record drops too, at random gaps, and a leak under them was
+  labelled ``sawtooth``. A sawtooth drops once a cycle
+  (``Series._drops_regular``).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -124,3 +129,65 @@ def test_spikes_change_the_label_and_nothing_else(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(_Teeth, "spikes", lambda self: False)
     assert _decisions(lines) == labelled
     assert _first_raise(lines)[1] == "sawtooth"
+
+
+def _held_buffers(holds_s: list[float]) -> list[str]:
+    """Ten hours as ``_trace`` draws them with no sawtooth, and 1.5 GiB more held for each
+    of ``holds_s`` in turn (over and over), freed for 20 s in between."""
+    lines = _trace(0.0, 0.0, 16 * MIB)
+    out = [lines[0]]
+    schedule = itertools.cycle(holds_s)
+    free_until, held_until = 0.0, 0.0
+    for line in lines[1:]:
+        t_text, gpu, pid, used, total = line.split(",")
+        t = float(t_text)
+        if t >= held_until and t >= free_until:
+            if held_until > free_until:
+                free_until = t + 20.0
+            else:
+                held_until = t + next(schedule)
+        extra = 1.5 * GIB if t < held_until else 0.0
+        out.append(f"{t_text},{gpu},{pid},{min(int(used) + int(extra), TOTAL)},{total}")
+    return out
+
+
+IRREGULAR_HOLDS_S = [90.0, 300.0, 150.0, 420.0, 120.0, 360.0, 200.0]
+
+
+def test_a_leak_under_buffers_held_at_random_lengths_is_steady() -> None:
+    """Their frees are recorded drops, but at no regular cycle. Before, ``sawtooth``."""
+    assert _first_raise(_held_buffers(IRREGULAR_HOLDS_S))[1] == "steady"
+
+
+def test_irregular_drops_change_the_label_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lines = _held_buffers(IRREGULAR_HOLDS_S)
+    labelled = _decisions(lines)
+    monkeypatch.setattr(Series, "_drops_regular", lambda self: True)
+    assert _decisions(lines) == labelled
+    assert _first_raise(lines)[1] == "sawtooth"
+
+
+@pytest.mark.parametrize(
+    ("gaps_s", "regular"),
+    [
+        ([600.0] * 5, True),
+        ([590.0, 610.0, 570.0, 640.0, 600.0], True),  # a cycle of steps, not of seconds
+        ([780.0, 420.0, 600.0, 780.0, 420.0], True),  # drops held up by an evaluation over them
+        ([1080.0, 1080.0, 510.0, 560.0, 1080.0], True),  # an extra drop inside a cycle
+        ([600.0, 600.0, 600.0, 1000.0], True),  # the newest gap long: one of four
+        ([600.0, 600.0, 600.0, 1700.0, 600.0], True),  # one gap off, of five
+        ([220.0, 110.0, 320.0, 170.0, 440.0], False),  # buffers held for random lengths
+        ([140.0, 320.0, 390.0, 330.0, 100.0], False),
+        ([600.0, 1700.0], False),  # one gap off, of two
+        ([600.0], False),  # two drops: no cycle shown yet
+        ([], False),  # one drop: a "cycle" from the series' start
+        ([60.0] * 5, False),  # six finest buckets: a sawtooth that short drops in the noise
+    ],
+)
+def test_drops_come_once_a_cycle(gaps_s: list[float], regular: bool) -> None:
+    series = replay_lines(_trace(0.0, 0.0, 16 * MIB)[:100], "t.csv").engine._gpus[0]
+    times = list(itertools.accumulate([1000.0, *gaps_s]))
+    series.drops = [(t, 0.0) for t in times]
+    assert series._drops_regular() is regular

@@ -61,6 +61,9 @@ the line from trough to trough were spikes', not a sawtooth's (``_Teeth``): the 
 SHORT_TOOTH_BUCKETS = 8
 """A sawtooth of this many finest buckets a cycle or fewer may have no drop recorded: it climbs
 about the typical change in each bucket, and falls less than ``DROP_NOISES`` of it."""
+DROP_GAP_SPREAD = 0.25
+"""A sawtooth drops once a cycle: a gap between its drops within this share of the typical gap
+(and a finest bucket) of it. The label only (``Series._drops_regular``)."""
 SAWTOOTH_MARGIN = 1.5
 """Inside a sawtooth, a short window must rise this many tooth heights to count."""
 SAWTOOTH_CYCLES = 3
@@ -722,8 +725,9 @@ class Series:
     def _pattern(self, trend: Trend, level: _Level) -> str:
         """The pattern a leak is reported with (``_Teeth``); the window's, but:
 
-        - in a sawtooth whose recent drops were mostly spikes' (``_Teeth.spikes``),
-          the pattern the floor's own steps make: evaluations are no sawtooth;
+        - in a sawtooth whose recent drops were mostly spikes' (``_Teeth.spikes``), or
+          came at no regular cycle (``_drops_regular``), the pattern the floor's own
+          steps make: evaluations and noise are no sawtooth;
         - on a steady window, ``sawtooth`` where short teeth (``_short_tooth``) fell
           ``SAWTOOTH_CYCLES`` times or more in the window, once a cycle of at most
           ``SHORT_TOOTH_BUCKETS`` finest buckets (or a whole number of such cycles: a
@@ -731,7 +735,7 @@ class Series:
           gaps. Noise that falls as far comes at random, hours apart.
         """
         if trend.pattern == SAWTOOTH:
-            if not self.teeth.spikes():
+            if not self.teeth.spikes() and self._drops_regular():
                 return SAWTOOTH
             n = level.count  # the verdict's window is the level's newest buckets
             return shape_of(
@@ -748,6 +752,45 @@ class Series:
             abs(gap - cycle * round(gap / cycle)) <= width for gap in gaps
         )
         return SAWTOOTH if regular and trend.end_t - teeth[-1] <= 2 * max(gaps) else trend.pattern
+
+    def _drops_regular(self) -> bool:
+        """Whether the recorded drops came once a cycle, as an ``empty_cache`` every so many
+        steps makes them (for the label only: the decisions read the cycle, not this).
+
+        ``SAWTOOTH_CYCLES`` drops or more, their typical (lower median) gap longer than
+        ``SHORT_TOOTH_BUCKETS`` finest buckets (a sawtooth that short drops under the
+        noise, ``_short_tooth``), and every gap within ``DROP_GAP_SPREAD`` of it, or a
+        short gap and the next that add up to one cycle (an extra drop), or a long gap
+        and a short one that add up to two (a drop held up by a spike over it), but one
+        where there are four gaps or more. Allocations that come and go record drops
+        too, at random gaps; and a single drop gives the series a cycle from its start.
+        """
+        gaps = [b - a for (a, _), (b, _) in itertools.pairwise(self.drops)]
+        if len(gaps) < SAWTOOTH_CYCLES - 1:
+            return False
+        width = self.levels[0].width
+        typical = _lower_median(gaps)
+        if typical <= SHORT_TOOTH_BUCKETS * width:
+            return False
+        spread = DROP_GAP_SPREAD * typical + width
+        misfits = i = 0
+        while i < len(gaps):
+            gap = gaps[i]
+            both = gap + gaps[i + 1] if i + 1 < len(gaps) else math.inf
+            if abs(gap - typical) <= spread:
+                i += 1
+            elif gap < typical - spread and abs(both - typical) <= spread:
+                i += 2  # a cycle split by an extra drop (an evaluation's, a fall over two)
+            elif (
+                gap > typical + spread
+                and abs(both - 2 * typical) <= spread
+                and gaps[i + 1] < typical - spread
+            ):
+                i += 2  # a drop late by what the next came early: held up, not extra
+            else:
+                misfits += 1
+                i += 1
+        return misfits <= (1 if len(gaps) >= 4 else 0)
 
     def _sawtooth(self, end_t: float) -> tuple[float, float]:
         """(cycle, tooth height) of the sawtooth the series is in now; (0, 0) if none."""
