@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.judge_traces import judged
 from tests.test_detect_engine import GIB, MIB, TOTAL, deadline, leaks, run, warm
 from watchdog.config import DetectionSettings
 from watchdog.detectors.engine import DetectionEngine
@@ -73,6 +74,10 @@ def settled_then_leaking(oom_after: float, start: float = LEAK_START) -> Callabl
         (420.0, 2.0, 16 * MIB),
         (330.0, 5.0, 16 * MIB),
         (360.0, 1.0, 64 * MIB),
+        # Bucket minima that dip by more than the smallest material rise (205 MiB here)
+        # and come back: a noisy floor, as settled as a quiet one.
+        (300.0, 1.0, 128 * MIB),
+        (240.0, 1.0, 128 * MIB),
     ],
 )
 def test_an_even_leak_from_a_settled_floor_is_raised_before_the_deadline(
@@ -80,7 +85,8 @@ def test_an_even_leak_from_a_settled_floor_is_raised_before_the_deadline(
 ) -> None:
     """It does not speed up, but it sets off from a floor the job had held for two minutes:
     no warm-up ramp runs on from a pause to the top of the card. The floor's noise (its
-    buckets a little lower, then higher) does not unsettle it."""
+    buckets a little lower, then higher, further than ``min_rise`` at times) does not
+    unsettle it."""
     events, oom, _ = run(settled_then_leaking(oom_after), 3600, interval=interval, noise=noise)
     assert oom is not None
     assert oom < DetectionSettings().warmup_s + 120
@@ -226,3 +232,13 @@ def test_flat_thirds_over_a_full_card_with_no_material_rise_do_not_crash() -> No
             events += engine.observe_step(bucket * 10.0 + second, [(0, used, total)])
     assert all(e.rate_bytes_per_s > 0 for e in leaks(events))
     assert any(e.kind == "near_oom" for e in events)
+
+
+def test_a_fast_leak_after_the_floor_dipped_within_its_noise_is_caught() -> None:
+    """The judge set's 10:0041: a job settled at 46 GiB of an 80 GiB card, its floor
+    wandering by half a GiB, leaks 12 GiB a minute from 36 s before its grace ends. The
+    bucket before the climb dipped 0.5 GiB (the material rise is 0.38 GiB), which made the
+    floor unsettled and left the climb to windows that see it only after the deadline."""
+    trace = judged(10, 41)
+    assert trace.label.leak
+    assert trace.outcome.caught

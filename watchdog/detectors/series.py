@@ -651,16 +651,19 @@ class Series:
             least = WARMUP_CLIMB_LEAST * self.min_rise
             # Conditionals, not max() and min(): this runs at every finest bucket.
             peak = self.peak
+            size = abs(step)
+            # A move the floor's own noise makes (a drop is DROP_NOISES of it and material).
+            within_noise = size <= self.min_rise or size <= DROP_NOISES * self._noise()
             if step < least:
                 # A climb may start here: what the series held before it, where from,
-                # and for how long the floor had held there.
-                self.flat_buckets = self.flat_buckets + 1 if step > -self.min_rise else 0
+                # and for how long the floor had held there (give or take its noise: a
+                # noisy floor dips by more than ``min_rise`` and is as settled).
+                self.flat_buckets = self.flat_buckets + 1 if within_noise else 0
                 self.peak_before_climb = peak if peak >= hi else hi
                 self.climb_floor = lo
             if hi > peak:
                 self.peak = hi
-            size = abs(step)
-            if size <= self.min_rise or size <= DROP_NOISES * self._noise():
+            if within_noise:
                 if step < 0.0 and size > self.min_rise:
                     self._short_tooth(start, lo, size)
                 climb = self.tooth_climb + step
