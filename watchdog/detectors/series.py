@@ -41,6 +41,7 @@ from watchdog.detectors.trend import (
     analyze_window,
     median_abs_deviation,
     shape_of,
+    theil_sen_slope,
 )
 
 WINDOWS = (18, 12)
@@ -89,6 +90,8 @@ CONFIRM_RATE = 0.5
 """Going on climbing: at least this share of the window's rate."""
 CONFIRM_SHARE = 0.5
 """The watch takes at most this share of the time left before a checkpoint would be late."""
+STILL_RISING_CYCLES = 8
+"""Cycles (or buckets) a raised leak is followed on once no window shows it (``_still_rising``)."""
 CHECKPOINT_LEAD_S = 300.0
 CHECKPOINT_SHARE = 0.25
 """A checkpoint needs the leak raised ``CHECKPOINT_LEAD_S`` before the OOM, or this
@@ -1154,11 +1157,59 @@ class Series:
                 self.leak_reported_rate = self.leak_rate
                 self._emit(t, LEAK, UPDATED, "")
         elif self.leak_active and t - self.leak_ok_t >= self.leak_hold:
-            self.leak_active = False
-            self._emit(t, LEAK, CLEARED, "the floor stopped rising")
+            if self._still_rising(t):
+                self.leak_ok_t = t  # no window proves it, but the memory has not stopped
+            else:
+                self.leak_active = False
+                self._emit(t, LEAK, CLEARED, "the floor stopped rising")
         if near != self.near_pred:
             self.near_pred = near
             self._near_changed(t)
+
+    def _still_rising(self, t: float) -> bool:
+        """Whether a raised leak's memory went on climbing while no window showed it.
+
+        A leak is cleared when its memory stops climbing, not when the windows
+        stop proving that its floor does: under a sawtooth whose troughs a poll
+        catches in a dip in some cycles (the step's activations freed for a
+        second at an ``empty_cache``) and not in others, the stretch floors
+        scatter by the dips' depth, and a leak raised once went unproven for
+        hours and was cleared before its OOM.
+
+        The cycles of the hold that went unproven, at least
+        ``STILL_RISING_CYCLES`` of them (buckets where there is no sawtooth),
+        are read twice: their troughs, which spikes do not reach, and their
+        tops, which dips do not reach. The memory still climbs while both rise
+        on their Theil-Sen lines (a minority of dips or spikes does not drag
+        them) by ``min_rise`` a hold: the whole sawtooth moving up, not its
+        teeth growing (tops only) nor its troughs scattering (troughs only).
+        With too few cycles to read (a young series under long teeth, whose
+        climb may be a buffer filling to its cap) the leak clears as before.
+        """
+        cycle, _ = self._sawtooth(t)
+        since = t - self.leak_hold
+        for level in self.levels:
+            n = level.count
+            starts = level.starts
+            if n == 0 or (starts[0] > since and starts[0] > self.start_t + level.width):
+                continue  # holds neither the whole hold nor the whole series
+            per_cycle = max(1, math.ceil(cycle / level.width - 1e-9))
+            count = max((n - bisect_left(starts, since, 0, n)) // per_cycle, STILL_RISING_CYCLES)
+            first = n - count * per_cycle
+            if first < 0:
+                continue  # too few cycles here: a coarser level may hold them
+            runs = range(first, n, per_cycle)
+            times = starts[first:n:per_cycle]
+            least = self.min_rise / self.leak_hold
+            troughs = [min(level.mins[i : i + per_cycle]) for i in runs]
+            if theil_sen_slope(times, troughs) < least:
+                return False
+            # The tops of the newest half only: a reach back past the hold (a sawtooth
+            # of long cycles) must not carry a climb that stopped within it.
+            newest = runs[count // 2 :]
+            tops = [max(level.maxs[i : i + per_cycle]) for i in newest]
+            return theil_sen_slope(times[count // 2 :], tops) >= least
+        return False  # too few cycles yet to read: the windows' silence stands, as it did
 
     def _been_here(self, trend: Trend) -> bool:
         """Whether the series held the trend's newest floor, half a stretch or longer, before.

@@ -454,6 +454,11 @@ def noise_tolerance(mins: Sequence[float], envelope: int = 1) -> float:
     return NOISE_MADS * median_abs_deviation(list(map(operator.sub, troughs[1:], troughs[:-1])))
 
 
+def theil_sen_slope(times: Sequence[float], values: Sequence[float]) -> float:
+    """The median of the pairwise slopes of ``values`` over ``times``: no outlier drags it."""
+    return _rate(values, times, bunched_steps=False)
+
+
 def scatter_tolerance(times: Sequence[float], mins: Sequence[float]) -> float:
     """How far a floor may move by chance, from the minima's scatter about their line.
 
@@ -463,7 +468,7 @@ def scatter_tolerance(times: Sequence[float], mins: Sequence[float]) -> float:
     gives. A minimum well off the line in a minority of buckets does not move
     it: a dip a poll caught in some buckets and not in others.
     """
-    slope = _rate(mins, times, bunched_steps=False)
+    slope = theil_sen_slope(times, mins)
     residuals = [low - slope * t for low, t in zip(mins, times, strict=True)]
     return NOISE_MADS * math.sqrt(2.0) * median_abs_deviation(residuals)
 
