@@ -39,6 +39,7 @@ from watchdog.detectors.trend import (
     SEGMENTS,
     Trend,
     analyze_window,
+    kendall_tau,
     median_abs_deviation,
     shape_of,
     theil_sen_slope,
@@ -92,6 +93,19 @@ CONFIRM_SHARE = 0.5
 """The watch takes at most this share of the time left before a checkpoint would be late."""
 STILL_RISING_CYCLES = 8
 """Cycles (or buckets) a raised leak is followed on once no window shows it (``_still_rising``)."""
+CLIMB_CYCLES = 6
+"""A sawtooth no window shows rising is read over this many of its newest cycles
+(``Series._cycles_climb``): ..."""
+CLIMB_TOPS_ORDER = 0.7
+"""... its tops must climb in order (Kendall's tau with time at least this: at most two of
+the fifteen pairs of six tops out of order), ..."""
+CLIMB_TROUGHS_ORDER = 0.3
+"""... and its troughs more often than not (a tau of at least this), each line by a material
+rise, each half of the tops at least ``saturation_ratio`` as steep as the other, ..."""
+CLIMB_SPAN = 2.0
+"""... where a cycle spans (top less trough, the median of the runs) at least this many times
+what the climb adds in one: teeth that fall back by more than the leak lifts them. A climb
+with small falls on its way (quantised noise, one long tooth's steps) is no sawtooth."""
 CHECKPOINT_LEAD_S = 300.0
 CHECKPOINT_SHARE = 0.25
 """A checkpoint needs the leak raised ``CHECKPOINT_LEAD_S`` before the OOM, or this
@@ -237,6 +251,20 @@ class _Verdict:
         self.near = near
 
 
+def _cycle_envelope(
+    level: _Level, first: int, per_cycle: int
+) -> tuple[list[float], list[float], list[float]]:
+    """(start, trough, top) of each run of ``per_cycle`` of ``level``'s buckets from ``first``:
+    runs that each span a sawtooth's cycle, their lowest and highest points."""
+    runs = range(first, level.count, per_cycle)
+    mins, maxs = level.mins, level.maxs
+    return (
+        [level.starts[i] for i in runs],
+        [min(mins[i : i + per_cycle]) for i in runs],
+        [max(maxs[i : i + per_cycle]) for i in runs],
+    )
+
+
 def _lower_median(values: list[float]) -> float:
     return sorted(values)[(len(values) - 1) // 2]
 
@@ -326,6 +354,7 @@ class Series:
         "b_lo",
         "cause_of",
         "climb_floor",
+        "climb_read_t",
         "confirm_t",
         "cycling_t",
         "drops",
@@ -424,7 +453,8 @@ class Series:
         self.teeth = _Teeth()
         self.falls: list[float] = []
         self.cycling_t = -math.inf
-        self.confirm_t = -math.inf
+        # When ``_cycles_climb`` last read the sawtooth's cycles: it reads them once a cycle.
+        self.confirm_t = self.climb_read_t = -math.inf
         self.start_floor = self.climb_floor = self.peak = self.peak_before_climb = 0.0
         self.flat_buckets = 0
         """Finest buckets the floor held before the newest climb (a climb's rising buckets
@@ -837,6 +867,18 @@ class Series:
             best = self._best_window(level, end_t, rise)
             if best is None and level is self.levels[0] and rise >= self.min_rise:
                 best = self._warmup_climb(level, end_t)
+        if (
+            self.saw_cycle
+            # Cheap tests first, at every close: the cycles are read once a cycle, and
+            # runs of buckets that each span a cycle hold fewer than the buckets.
+            and end_t - self.climb_read_t >= self.saw_cycle
+            and level.count * level.width >= CLIMB_CYCLES * self.saw_cycle
+            and not self.leak_active  # a raised leak stands while it climbs (_still_rising)
+            and (best is None or not best.leak)
+        ):
+            climb = self._cycles_climb(level, end_t)
+            if climb is not None and climb.leak:
+                best = climb
         if best is not None or level.result is not None:
             level.result = best
             self._decide(end_t)
@@ -1066,6 +1108,92 @@ class Series:
         )
         return self._verdict(trend)
 
+    def _cycles_climb(self, level: _Level, end_t: float) -> _Verdict | None:
+        """The whole sawtooth climbing over its newest ``CLIMB_CYCLES`` cycles, where no window
+        shows its floor rising.
+
+        At each ``empty_cache`` a poll may land in the second for which a step's
+        activations are freed, in some cycles and not in others, and catch a dip
+        of any depth under the trough. The stretch floors a window compares are
+        then dips or troughs by chance, and the noise tolerance measured on them
+        buries a leak's rise: a sawtooth that climbed from 38 to 88 GiB of a
+        90 GiB card in three hours was never raised. Read cycle by cycle, the
+        climb shows. Each run of the level's buckets that spans a cycle gives
+        a top, which no dip reaches, and a trough, which no spike reaches. The
+        sawtooth climbs where its tops rise in order (``CLIMB_TOPS_ORDER``), its
+        troughs more often than not (``CLIMB_TROUGHS_ORDER``), both by a
+        material rise on their Theil-Sen lines, each half of the tops at least
+        ``saturation_ratio`` as steep as the other (not growth that saturates,
+        nor an evaluation's jump at the end), and each cycle falls back by more
+        than the climb adds in it (``CLIMB_SPAN``). Teeth growing from a flat
+        floor (longer sequences) lift the tops alone; dips that happen to come
+        out shallower lift the troughs alone; the steps of one long tooth, with
+        the quantised noise falling between them, are a climb with small falls
+        on its way, no sawtooth.
+
+        The verdict is judged as a window's (``_verdict``) at the slower of the
+        two lines' rates; the finest level holding the cycles reads them, once a
+        cycle, and only runs wholly past the warm-up.
+        """
+        per_cycle = self._cycles_read_on(level, self._sawtooth(end_t)[0])
+        if not per_cycle:
+            return None
+        self.climb_read_t = end_t  # read once a cycle (``_judge``)
+        first = level.count - CLIMB_CYCLES * per_cycle
+        times, troughs, tops = _cycle_envelope(level, first, per_cycle)
+        # Order first: it is the cheaper test, and tops in order are rare where nothing leaks.
+        if kendall_tau(tops) < CLIMB_TOPS_ORDER or kendall_tau(troughs) < CLIMB_TROUGHS_ORDER:
+            return None
+        span = times[-1] - times[0]
+        troughs_rate = theil_sen_slope(times, troughs)
+        rate = min(troughs_rate, theil_sen_slope(times, tops))
+        half = CLIMB_CYCLES // 2
+        older = theil_sen_slope(times[: half + 1], tops[: half + 1])
+        newer = theil_sen_slope(times[half:], tops[half:])
+        ratio = self.settings.saturation_ratio
+        spans = sorted(top - low for low, top in zip(troughs, tops, strict=True))
+        if (
+            rate * span < self.min_rise
+            # Each half as steep as the other, give or take: not saturating (the newer
+            # flatter), nor a step (an evaluation's jump: the older flat).
+            or newer < ratio * older
+            or older < ratio * newer
+            or spans[len(spans) // 2] < CLIMB_SPAN * rate * per_cycle * level.width
+        ):
+            return None
+        intercept = sorted(low - troughs_rate * t for low, t in zip(troughs, times, strict=True))
+        trend = Trend(
+            end_t=end_t,
+            window_s=CLIMB_CYCLES * per_cycle * level.width,
+            rate=rate,
+            rise=rate * span,
+            floor=intercept[len(intercept) // 2] + troughs_rate * times[-1],
+            peak=tops[-1],
+            rising_segments=SEGMENTS - 1,
+            saturating=False,
+            pattern=SAWTOOTH,
+            rising=True,
+        )
+        return self._verdict(trend)
+
+    def _cycles_read_on(self, level: _Level, cycle: float) -> int:
+        """Buckets of ``level`` to a run spanning ``cycle`` where ``level`` is the finest level
+        holding ``CLIMB_CYCLES`` such runs, all past the warm-up (a finer one reads them more
+        recently); 0 where it is not, or where there is no cycle."""
+        if not cycle:
+            return 0
+        for finest in self.levels:
+            per_cycle = max(1, math.ceil(cycle / finest.width - 1e-9))
+            if finest.count >= CLIMB_CYCLES * per_cycle:
+                break
+        else:
+            return 0
+        if finest is not level:
+            return 0
+        first = level.count - CLIMB_CYCLES * per_cycle
+        past_warmup = level.starts[first] >= self.start_t + self.settings.warmup_s
+        return per_cycle if past_warmup else 0
+
     def _troughs_rise(self, level: _Level, start_t: float, end_t: float) -> bool:
         """Whether the sawtooth's lowest point rose at every drop in the window, twice or more."""
         bounds = [start_t, *(t for t, _ in self.drops if start_t < t < end_t), end_t]
@@ -1198,17 +1326,13 @@ class Series:
             first = n - count * per_cycle
             if first < 0:
                 continue  # too few cycles here: a coarser level may hold them
-            runs = range(first, n, per_cycle)
-            times = starts[first:n:per_cycle]
+            times, troughs, tops = _cycle_envelope(level, first, per_cycle)
             least = self.min_rise / self.leak_hold
-            troughs = [min(level.mins[i : i + per_cycle]) for i in runs]
             if theil_sen_slope(times, troughs) < least:
                 return False
             # The tops of the newest half only: a reach back past the hold (a sawtooth
             # of long cycles) must not carry a climb that stopped within it.
-            newest = runs[count // 2 :]
-            tops = [max(level.maxs[i : i + per_cycle]) for i in newest]
-            return theil_sen_slope(times[count // 2 :], tops) >= least
+            return theil_sen_slope(times[count // 2 :], tops[count // 2 :]) >= least
         return False  # too few cycles yet to read: the windows' silence stands, as it did
 
     def _been_here(self, trend: Trend) -> bool:

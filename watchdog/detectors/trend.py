@@ -459,6 +459,17 @@ def theil_sen_slope(times: Sequence[float], values: Sequence[float]) -> float:
     return _rate(values, times, bunched_steps=False)
 
 
+def kendall_tau(values: Sequence[float]) -> float:
+    """Kendall's rank correlation of ``values`` with their order: 1 when each is higher than
+    every one before it, about 0 for values in no order, -1 when each is lower."""
+    in_order = 0  # pairs in order less pairs out of order (ties count neither)
+    for i, earlier in enumerate(values):
+        for later in values[i + 1 :]:
+            in_order += (later > earlier) - (later < earlier)
+    pairs = len(values) * (len(values) - 1) // 2
+    return in_order / pairs if pairs else 0.0
+
+
 def scatter_tolerance(times: Sequence[float], mins: Sequence[float]) -> float:
     """How far a floor may move by chance, from the minima's scatter about their line.
 
